@@ -1,0 +1,1 @@
+"""What makes and talks to the cluster: settings, local stack, registry client, logging, metrics, CLI."""

@@ -1,0 +1,1 @@
+"""The ``rayline`` command line."""

@@ -1,0 +1,63 @@
+"""One logging setup: JSON lines through the standard ``logging`` module.
+
+Each line carries timestamp, level, component, trace_id, message and any ``extra``
+fields the caller passed, so logs from Ray jobs, Serve replicas and the CLI can be
+joined by trace id.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from cluster.tracing import current_trace_id
+
+# Attributes every LogRecord has; anything else on a record came from ``extra=``.
+_RECORD_FIELDS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, component: str) -> None:
+        super().__init__()
+        self.component = component
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "component": getattr(record, "component", self.component),
+            "logger": record.name,
+            "trace_id": getattr(record, "trace_id", None) or current_trace_id(),
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _RECORD_FIELDS and key not in line:
+                line[key] = value
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self, component: str) -> None:
+        super().__init__("%(asctime)s %(levelname)s " + component + " %(name)s: %(message)s")
+
+
+def configure_logging(component: str, level: str = "INFO", fmt: str = "json", stream: Any = None) -> None:
+    """Install one handler on the root logger (idempotent: replaces an earlier rayline handler)."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_rayline", False):
+            root.removeHandler(handler)
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler._rayline = True  # type: ignore[attr-defined]
+    handler.setFormatter(JsonFormatter(component) if fmt == "json" else TextFormatter(component))
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+def get_logger(name: str) -> logging.Logger:
+    return logging.getLogger(name)

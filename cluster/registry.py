@@ -1,0 +1,136 @@
+"""The one MLflow client wrapper: tracking URI from settings, typed errors, alias helpers.
+
+Every caller (training jobs, the evaluation job, the rollout controller, the CLI) goes
+through :class:`Registry`, so connection handling and error messages are the same
+everywhere. MLflow being unreachable is a :class:`RegistryError`, which the rollout
+controller treats as "pause", never as "promote".
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from cluster.errors import RegistryError
+from cluster.settings import Settings
+
+# Fail fast instead of MLflow's default of many minutes of retries when the server is down.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
+@dataclass(frozen=True)
+class ModelVersionInfo:
+    name: str
+    version: str
+    run_id: str | None
+    aliases: tuple[str, ...]
+    tags: dict[str, str]
+    source: str
+    status: str
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+class Registry:
+    """Thin, typed facade over ``mlflow.MlflowClient`` for the tracking server in settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        import mlflow
+
+        self.tracking_uri = str(settings.mlflow_tracking_uri)
+        self.experiment = settings.mlflow_experiment
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+        self._client = mlflow.MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    @property
+    def client(self):
+        return self._client
+
+    def healthy(self, timeout: float = 2.0) -> bool:
+        """True when the server's ``/health`` answers 200 (HTTP servers only)."""
+        if not self.tracking_uri.startswith("http"):
+            return True
+        try:
+            return httpx.get(f"{self.tracking_uri}/health", timeout=timeout).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def require_healthy(self) -> None:
+        if not self.healthy():
+            raise RegistryError(f"MLflow at {self.tracking_uri} is not reachable (is `rayline up` running?)")
+
+    def ensure_experiment(self, name: str | None = None) -> str:
+        """The id of the named experiment, creating it when missing."""
+        name = name or self.experiment
+        exp = self._call(self._client.get_experiment_by_name, name)
+        if exp is not None:
+            return exp.experiment_id
+        return self._call(self._client.create_experiment, name)
+
+    def version(self, name: str, version: str | int) -> ModelVersionInfo:
+        return _info(self._call(self._client.get_model_version, name, str(version)))
+
+    def by_alias(self, name: str, alias: str) -> ModelVersionInfo:
+        return _info(self._call(self._client.get_model_version_by_alias, name, alias))
+
+    def resolve(self, ref: str) -> ModelVersionInfo:
+        """Resolve ``models:/NAME/VERSION``, ``models:/NAME@ALIAS``, ``NAME/VERSION`` or ``NAME@ALIAS``."""
+        body = ref.removeprefix("models:/")
+        if "@" in body:
+            name, alias = body.split("@", 1)
+            return self.by_alias(name, alias)
+        if "/" in body:
+            name, version = body.rsplit("/", 1)
+            return self.version(name, version)
+        raise RegistryError(f"model reference {ref!r} must be models:/NAME/VERSION or models:/NAME@ALIAS")
+
+    def versions(self, name: str) -> list[ModelVersionInfo]:
+        found = self._call(self._client.search_model_versions, f"name='{name}'")
+        return sorted((_info(v) for v in found), key=lambda v: int(v.version))
+
+    def models(self) -> list[str]:
+        return sorted(m.name for m in self._call(self._client.search_registered_models))
+
+    def set_alias(self, name: str, alias: str, version: str | int) -> None:
+        self._call(self._client.set_registered_model_alias, name, alias, str(version))
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        self._call(self._client.delete_registered_model_alias, name, alias)
+
+    def set_version_tag(self, name: str, version: str | int, key: str, value: str) -> None:
+        self._call(self._client.set_model_version_tag, name, str(version), key, value)
+
+    def _call(self, fn: Any, *args: Any) -> Any:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return fn(*args)
+        except MlflowException as exc:
+            message = str(exc).splitlines()[0]
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST" or "not found" in message.lower():
+                raise RegistryError(message) from None
+            raise RegistryError(f"MLflow at {self.tracking_uri}: {message}") from None
+        except (httpx.HTTPError, OSError, ConnectionError) as exc:
+            raise RegistryError(f"MLflow at {self.tracking_uri} is not reachable: {exc}") from None
+
+
+def _info(mv: Any) -> ModelVersionInfo:
+    return ModelVersionInfo(
+        name=mv.name,
+        version=str(mv.version),
+        run_id=mv.run_id,
+        aliases=tuple(getattr(mv, "aliases", ()) or ()),
+        tags=dict(mv.tags or {}),
+        source=mv.source,
+        status=str(mv.status),
+    )

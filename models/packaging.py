@@ -1,0 +1,89 @@
+"""How a rayline model travels through MLflow: torch module + its preprocessing, together.
+
+``log_model`` stores the module (pickle format: any nn.Module, no torch.export needed)
+with a signature over the raw request fields and ``preprocessing.json`` beside it, so
+the serving side needs only this module, torch and MLflow (never DeepSpeed or Ray Train).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.preprocessing import Preprocessing
+
+PREPROCESSING_FILE = "preprocessing.json"
+# Explicit requirements skip MLflow's slow environment inference (~13 s → ~3 s per log).
+PIP_REQUIREMENTS = [f"torch=={torch.__version__.split('+')[0]}", "numpy"]
+
+
+@dataclass
+class LoadedModel:
+    module: torch.nn.Module
+    preprocessing: Preprocessing
+    uri: str
+
+    @torch.no_grad()
+    def predict_records(self, records: list[dict[str, Any]]) -> list[Any]:
+        """Raw records → predictions (validates fields; raises InputError naming the field)."""
+        matrix = self.preprocessing.records_to_matrix(records)
+        outputs = self.module(torch.from_numpy(matrix)).numpy()
+        return self.preprocessing.decode_outputs(outputs)
+
+
+def _signature(preprocessing: Preprocessing):
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    inputs = Schema(
+        [ColSpec("double" if f.kind == "numeric" else "string", f.name) for f in preprocessing.features]
+    )
+    outputs = Schema([TensorSpec(np.dtype(np.float32), (-1, preprocessing.num_outputs))])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def log_model(
+    module: torch.nn.Module,
+    preprocessing: Preprocessing,
+    input_example: list[dict[str, Any]] | None = None,
+    registered_model_name: str | None = None,
+    name: str = "model",
+):
+    """Log ``module`` and its preprocessing to the active MLflow run (optionally registering it)."""
+    import mlflow.pytorch
+
+    module = module.cpu().eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        pre_path = Path(tmp) / PREPROCESSING_FILE
+        pre_path.write_text(json.dumps(preprocessing.to_dict(), indent=2))
+        return mlflow.pytorch.log_model(
+            module,
+            name=name,
+            serialization_format="pickle",
+            signature=_signature(preprocessing),
+            input_example=None,
+            extra_files=[str(pre_path)],
+            pip_requirements=PIP_REQUIREMENTS,
+            registered_model_name=registered_model_name,
+            metadata={"rayline_input_example": input_example or []},
+        )
+
+
+def load_model(uri: str, dst: str | None = None) -> LoadedModel:
+    """Load a module + preprocessing from ``models:/NAME/VERSION``, ``models:/NAME@ALIAS`` or a path."""
+    import mlflow.artifacts
+    import mlflow.pytorch
+
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst))
+    module = mlflow.pytorch.load_model(str(local), map_location="cpu").eval()
+    pre_file = next(local.rglob(PREPROCESSING_FILE), None)
+    if pre_file is None:
+        raise FileNotFoundError(f"{uri} has no {PREPROCESSING_FILE}: not a rayline model")
+    preprocessing = Preprocessing.from_dict(json.loads(pre_file.read_text()))
+    return LoadedModel(module=module, preprocessing=preprocessing, uri=uri)
