@@ -249,7 +249,8 @@ def status(settings: Settings) -> list[Health]:
     checks: list[Health] = []
     host, _, port = str(settings.ray_address).rpartition(":")
     gcs_ok = port.isdigit() and tcp_reachable(host.split("//")[-1], int(port))
-    checks.append(Health("ray", "ray-gcs", gcs_ok, f"{settings.ray_address} {'reachable' if gcs_ok else 'unreachable'}"))
+    reach = "reachable" if gcs_ok else "unreachable"
+    checks.append(Health("ray", "ray-gcs", gcs_ok, f"{settings.ray_address} {reach}"))
     token = settings.ray_token()
     headers = {"Authorization": f"Bearer {token}"} if token else None
     ok, detail = _http_ok(f"{settings.ray_dashboard_url}/api/jobs/", headers)

@@ -1,0 +1,97 @@
+"""Shared fixtures: one real Ray instance and one real MLflow server per test session.
+
+Starting Ray costs 5–8 s and each MLflow server ~9 s on 2 cores, so they are shared;
+every test that uses them must leave them usable (unique names, no global teardown).
+Nothing here is mocked.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".tools" / "torch_extensions"))
+
+from cluster.processes import free_port, session_members, start_detached, terminate, wait_until  # noqa: E402
+from cluster.settings import Settings, load_settings  # noqa: E402
+from cluster.stack import MLFLOW_ENV, mlflow_command  # noqa: E402
+
+RAY_TEST_CPUS = 4  # logical CPUs: 2 train workers + Ray Data / Serve replicas on a 2-core box
+
+
+class MlflowServer:
+    """A real ``mlflow server`` (SQLite + local artifacts) that tests may stop and restart."""
+
+    def __init__(self, state_dir: Path, port: int) -> None:
+        self.state_dir = state_dir
+        self.port = port
+        self.settings = load_settings(state_dir=state_dir, mlflow_port=port)
+        self.uri = str(self.settings.mlflow_tracking_uri)
+        self.pid: int | None = None
+
+    def start(self) -> None:
+        proc = start_detached(mlflow_command(self.settings), self.state_dir / "mlflow.log", env=MLFLOW_ENV)
+        self.pid = proc.pid
+        if not wait_until(self.healthy, timeout_s=90):
+            raise RuntimeError(f"MLflow test server did not start; see {self.state_dir / 'mlflow.log'}")
+
+    def stop(self) -> None:
+        if self.pid is not None:
+            terminate(session_members(self.pid), grace_s=5)
+            self.pid = None
+
+    def healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.uri}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow"), free_port())
+    server.start()
+    os.environ["MLFLOW_TRACKING_URI"] = server.uri
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def settings(mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Settings pointing at the session's MLflow server and a private state dir."""
+    state = tmp_path_factory.mktemp("state")
+    return load_settings(
+        state_dir=state,
+        mlflow_tracking_uri=mlflow_server.uri,
+        datasets_root=str(state / "datasets"),
+        checkpoints_root=str(state / "checkpoints"),
+        log_format="text",
+    )
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    """One local Ray instance for the whole session (address='local': never a stale cluster)."""
+    import ray
+
+    ray.init(
+        address="local",
+        num_cpus=RAY_TEST_CPUS,
+        include_dashboard=False,
+        object_store_memory=512 * 1024**2,
+        runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+                                  "TORCH_EXTENSIONS_DIR": os.environ["TORCH_EXTENSIONS_DIR"],
+                                  "PYTHONPATH": str(ROOT)}},
+        logging_level="WARNING",
+    )
+    yield
+    ray.shutdown()
