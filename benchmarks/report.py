@@ -1,0 +1,123 @@
+"""One way to write benchmark reports: ``reports/<date>-<name>/metrics.csv`` and ``summary.md``.
+
+Every benchmark measures its baseline in the same script and reports medians over
+n >= 5 repeats plus percentiles, with the hardware and versions it ran on.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import os
+import platform
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+MIN_REPEATS = 5
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile, ``q`` in [0, 100]."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def summarize(values: Sequence[float]) -> dict[str, float]:
+    return {
+        "n": len(values),
+        "median": statistics.median(values) if values else float("nan"),
+        "p50": percentile(values, 50),
+        "p95": percentile(values, 95),
+        "p99": percentile(values, 99),
+        "min": min(values) if values else float("nan"),
+        "max": max(values) if values else float("nan"),
+    }
+
+
+PACKAGES = ("torch", "ray", "polars", "pandas", "mlflow", "deepspeed")
+
+
+def environment(packages: Iterable[str] = PACKAGES) -> dict[str, str]:
+    env = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cores": str(os.cpu_count()),
+        "memory_gib": f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 1024**3:.1f}",
+    }
+    for pkg in packages:
+        try:
+            env[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            continue
+    return env
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+@dataclass
+class Report:
+    """Collects rows and prose, then writes ``metrics.csv`` and ``summary.md``."""
+
+    name: str
+    workload: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    sections: list[str] = field(default_factory=list)
+    out_dir: Path | None = None
+
+    def add(self, **row: Any) -> None:
+        self.rows.append(row)
+
+    def section(self, title: str, body: str) -> None:
+        self.sections.append(f"## {title}\n\n{body.strip()}\n")
+
+    def table(self, rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
+        if not rows:
+            return "(no rows)"
+        cols = list(columns or rows[0].keys())
+        lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        for row in rows:
+            lines.append("| " + " | ".join(_fmt(row.get(c, "")) for c in cols) + " |")
+        return "\n".join(lines)
+
+    def write(self, command: str) -> Path:
+        out = self.out_dir or ROOT / "reports" / f"{dt.date.today().isoformat()}-{self.name}"
+        out.mkdir(parents=True, exist_ok=True)
+        if self.rows:
+            cols: list[str] = []
+            for row in self.rows:
+                cols += [k for k in row if k not in cols]
+            with open(out / "metrics.csv", "w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=cols)
+                writer.writeheader()
+                writer.writerows(self.rows)
+        env = environment()
+        head = [f"# Benchmark: {self.name}", "", f"Command: `{command}`", "", f"Workload: {self.workload}", "",
+                "## Environment", "", self.table([env]), ""]
+        (out / "summary.md").write_text("\n".join(head) + "\n" + "\n".join(self.sections))
+        return out
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

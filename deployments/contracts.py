@@ -1,0 +1,62 @@
+"""The data passed between the router (data plane) and the rollout controller (control plane).
+
+Routers ask the controller for the current :class:`Traffic` every ``TRAFFIC_POLL_S``
+and push :class:`VariantWindow` deltas of what they served every ``REPORT_INTERVAL_S``.
+Both are plain dataclasses of builtins so they cross Ray handles cheaply and can be
+persisted as JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+BASELINE = "baseline"
+CANDIDATE = "candidate"
+TRAFFIC_POLL_S = 0.2
+REPORT_INTERVAL_S = 0.25
+
+# HTTP headers of the router
+HEADER_VARIANT = "x-rayline-variant"          # response: variant served
+HEADER_VERSION = "x-rayline-model-version"    # response: registered model version served
+HEADER_TRACE = "x-rayline-trace-id"           # response: trace id (also in traceparent)
+HEADER_FORCE = "x-rayline-force-variant"      # request: force a variant (testing, QA)
+HEADER_STICKY = "x-rayline-user"              # request: sticky assignment key
+
+
+@dataclass
+class Traffic:
+    """Where traffic goes now. ``weights`` sum to 1 over the variants that receive traffic."""
+
+    weights: dict[str, float] = field(default_factory=lambda: {BASELINE: 1.0})
+    shadow: str | None = None          # variant that receives a discarded copy of traffic
+    epoch: int = 0                     # bumped on every change; routers log changes by epoch
+    rollout_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Traffic:
+        return cls(**data)
+
+
+@dataclass
+class VariantWindow:
+    """What one router observed for one variant since its last report."""
+
+    variant: str
+    version: str | None
+    requests: int = 0
+    errors_4xx: int = 0
+    errors_5xx: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    model_metrics: dict[str, list[float]] = field(default_factory=dict)   # name → samples
+    shadow: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VariantWindow:
+        return cls(**data)
