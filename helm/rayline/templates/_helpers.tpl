@@ -1,0 +1,354 @@
+{{/* Names */}}
+{{- define "rayline.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "rayline.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "rayline.rayClusterName" -}}{{ include "rayline.fullname" . }}-ray{{- end -}}
+{{- define "rayline.rayServiceName" -}}{{ include "rayline.fullname" . }}-serve{{- end -}}
+{{- define "rayline.mlflowName" -}}{{ include "rayline.fullname" . }}-mlflow{{- end -}}
+{{- define "rayline.postgresName" -}}{{ include "rayline.fullname" . }}-postgres{{- end -}}
+{{- define "rayline.raySAName" -}}{{ include "rayline.fullname" . }}-ray{{- end -}}
+{{- define "rayline.mlflowSAName" -}}{{ include "rayline.fullname" . }}-mlflow{{- end -}}
+{{- define "rayline.storagePVCName" -}}
+{{- default (printf "%s-shared" (include "rayline.fullname" .)) .Values.storage.pvc.existingClaim -}}
+{{- end -}}
+
+{{/* Labels */}}
+{{- define "rayline.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "rayline.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "rayline.labels" -}}
+{{ include "rayline.selectorLabels" . }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: rayline
+{{- end -}}
+
+{{/* Images */}}
+{{- define "rayline.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository .Values.image.tag -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "rayline.mlflowImage" -}}
+{{- if .Values.mlflow.image.repository -}}
+{{- printf "%s:%s" .Values.mlflow.image.repository (required "mlflow.image.tag is required when mlflow.image.repository is set" .Values.mlflow.image.tag) -}}
+{{- else -}}
+{{- include "rayline.image" . -}}
+{{- end -}}
+{{- end -}}
+
+{{/* URLs */}}
+{{- define "rayline.mlflowURL" -}}
+http://{{ include "rayline.mlflowName" . }}.{{ .Release.Namespace }}.svc:{{ .Values.mlflow.port }}
+{{- end -}}
+
+{{/* Storage roots: a mounted volume or an S3 prefix */}}
+{{- define "rayline.storageRoot" -}}
+{{- if eq .Values.storage.type "s3" -}}
+s3://{{ required "storage.s3.bucket is required when storage.type is s3" .Values.storage.s3.bucket }}/{{ .Values.storage.s3.prefix }}
+{{- else -}}
+{{ .Values.storage.pvc.mountPath }}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Environment of every Ray container (head, workers, submitters): RAYLINE_* settings,
+MLflow location and credentials, S3 credentials, caches under the writable /tmp.
+Call with a dict: {"root": $, "rayAddress": "..."}.
+*/}}
+{{- define "rayline.rayEnv" -}}
+{{- $root := .root -}}
+- name: RAYLINE_LOG_FORMAT
+  value: {{ $root.Values.settings.logFormat | quote }}
+- name: RAYLINE_LOG_LEVEL
+  value: {{ $root.Values.settings.logLevel | quote }}
+- name: RAYLINE_MLFLOW_EXPERIMENT
+  value: {{ $root.Values.settings.mlflowExperiment | quote }}
+- name: RAYLINE_STATE_DIR
+  value: /tmp/rayline
+- name: RAYLINE_DATASETS_ROOT
+  value: {{ printf "%s/datasets" (include "rayline.storageRoot" $root) | quote }}
+- name: RAYLINE_CHECKPOINTS_ROOT
+  value: {{ printf "%s/checkpoints" (include "rayline.storageRoot" $root) | quote }}
+{{- if .rayAddress }}
+- name: RAYLINE_RAY_ADDRESS
+  value: {{ .rayAddress | quote }}
+{{- end }}
+{{- if $root.Values.mlflow.enabled }}
+- name: RAYLINE_MLFLOW_TRACKING_URI
+  value: {{ include "rayline.mlflowURL" $root | quote }}
+- name: MLFLOW_TRACKING_URI
+  value: {{ include "rayline.mlflowURL" $root | quote }}
+{{- if $root.Values.mlflow.auth.enabled }}
+- name: MLFLOW_TRACKING_USERNAME
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "mlflow.auth.clientSecret is required when mlflow.auth.enabled" $root.Values.mlflow.auth.clientSecret }}
+      key: username
+- name: MLFLOW_TRACKING_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $root.Values.mlflow.auth.clientSecret }}
+      key: password
+{{- end }}
+{{- end }}
+{{- if eq $root.Values.storage.type "s3" }}
+{{- if $root.Values.storage.s3.endpointUrl }}
+- name: RAYLINE_S3_ENDPOINT_URL
+  value: {{ $root.Values.storage.s3.endpointUrl | quote }}
+- name: AWS_ENDPOINT_URL_S3
+  value: {{ $root.Values.storage.s3.endpointUrl | quote }}
+{{- end }}
+- name: AWS_DEFAULT_REGION
+  value: {{ $root.Values.storage.s3.region | quote }}
+{{- if $root.Values.storage.s3.credentialsSecret }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ $root.Values.storage.s3.credentialsSecret }}
+      key: access-key-id
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ $root.Values.storage.s3.credentialsSecret }}
+      key: secret-access-key
+{{- end }}
+{{- end }}
+{{- if and (eq $root.Values.rayAuth.mode "token") $root.Values.rayAuth.secretName }}
+- name: RAYLINE_RAY_AUTH_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ $root.Values.rayAuth.secretName }}
+      key: auth_token
+{{- end }}
+- name: HOME
+  value: /tmp/home
+- name: XDG_CACHE_HOME
+  value: /tmp/cache
+- name: TORCH_EXTENSIONS_DIR
+  value: /tmp/cache/torch_extensions
+- name: TRITON_CACHE_DIR
+  value: /tmp/cache/triton
+- name: RAY_TRAIN_ENABLE_PRINT_PATCH
+  value: "0"
+{{- with $root.Values.settings.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Volumes every Ray pod mounts: writable /tmp, /dev/shm for the object store, shared storage. */}}
+{{- define "rayline.rayVolumes" -}}
+- name: tmp
+  emptyDir: {}
+- name: dshm
+  emptyDir:
+    medium: Memory
+    sizeLimit: {{ .shmSize }}
+{{- if eq .root.Values.storage.type "pvc" }}
+- name: shared
+  persistentVolumeClaim:
+    claimName: {{ include "rayline.storagePVCName" .root }}
+{{- end }}
+{{- end -}}
+
+{{- define "rayline.rayVolumeMounts" -}}
+- name: tmp
+  mountPath: /tmp
+- name: dshm
+  mountPath: /dev/shm
+{{- if eq .Values.storage.type "pvc" }}
+- name: shared
+  mountPath: {{ .Values.storage.pvc.mountPath }}
+{{- end }}
+{{- end -}}
+
+{{/* Container resources, adding nvidia.com/gpu to requests and limits when gpus > 0. */}}
+{{- define "rayline.groupResources" -}}
+{{- $res := deepCopy .resources -}}
+{{- if gt (int .gpus) 0 -}}
+{{- $_ := set $res.requests "nvidia.com/gpu" (int .gpus) -}}
+{{- $_ := set $res.limits "nvidia.com/gpu" (int .gpus) -}}
+{{- end -}}
+{{- toYaml $res -}}
+{{- end -}}
+
+{{- define "rayline.rayPorts" -}}
+- name: metrics
+  containerPort: {{ .Values.monitoring.rayMetricsPort }}
+{{- end -}}
+
+{{/*
+A Ray cluster spec (RayCluster.spec, RayJob.spec.rayClusterSpec, RayService.spec.rayClusterConfig).
+Call with a dict: {"root": $, "cfg": <head/workerGroups/autoscaling values>, "component": "ray-cluster"|"ray-serve"|"ray-job", "rayAddress": ""}.
+*/}}
+{{- define "rayline.rayClusterSpec" -}}
+{{- $root := .root -}}
+{{- $cfg := .cfg -}}
+{{- $ctx := . -}}
+rayVersion: {{ $root.Values.rayVersion | quote }}
+authOptions:
+  mode: {{ $root.Values.rayAuth.mode }}
+  {{- if $root.Values.rayAuth.secretName }}
+  secretName: {{ $root.Values.rayAuth.secretName }}
+  {{- end }}
+enableInTreeAutoscaling: {{ $cfg.autoscaling.enabled }}
+{{- if $cfg.autoscaling.enabled }}
+autoscalerOptions:
+  version: v2
+  idleTimeoutSeconds: {{ $cfg.autoscaling.idleTimeoutSeconds }}
+  upscalingMode: {{ $cfg.autoscaling.upscalingMode }}
+  imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+  resources:
+    {{- toYaml $cfg.autoscaling.resources | nindent 4 }}
+  securityContext:
+    {{- toYaml $root.Values.containerSecurityContext | nindent 4 }}
+  env:
+    - name: HOME
+      value: /tmp/home
+  volumeMounts:
+    - name: tmp
+      mountPath: /tmp
+{{- end }}
+headGroupSpec:
+  rayStartParams:
+    dashboard-host: "0.0.0.0"
+    metrics-export-port: {{ $root.Values.monitoring.rayMetricsPort | quote }}
+    {{- with $cfg.head.rayStartParams }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  template:
+    metadata:
+      labels:
+        {{- include "rayline.labels" $root | nindent 8 }}
+        app.kubernetes.io/component: {{ .component }}
+    spec:
+      serviceAccountName: {{ include "rayline.raySAName" $root }}
+      {{- /* The autoscaler sidecar in the head pod talks to the API server. */}}
+      automountServiceAccountToken: {{ $cfg.autoscaling.enabled }}
+      securityContext:
+        {{- toYaml $root.Values.podSecurityContext | nindent 8 }}
+      {{- with $root.Values.imagePullSecrets }}
+      imagePullSecrets:
+        {{- range . }}
+        - name: {{ . }}
+        {{- end }}
+      {{- end }}
+      {{- with $cfg.head.nodeSelector }}
+      nodeSelector:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $cfg.head.tolerations }}
+      tolerations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $cfg.head.affinity }}
+      affinity:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      containers:
+        - name: ray-head
+          image: {{ include "rayline.image" $root }}
+          imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+          securityContext:
+            {{- toYaml $root.Values.containerSecurityContext | nindent 12 }}
+          resources:
+            {{- toYaml $cfg.head.resources | nindent 12 }}
+          ports:
+            - name: gcs-server
+              containerPort: 6379
+            - name: dashboard
+              containerPort: 8265
+            - name: client
+              containerPort: 10001
+            {{- if eq .component "ray-serve" }}
+            - name: serve
+              containerPort: 8000
+            {{- end }}
+            {{- include "rayline.rayPorts" $root | nindent 12 }}
+          env:
+            {{- include "rayline.rayEnv" (dict "root" $root "rayAddress" .rayAddress) | nindent 12 }}
+          volumeMounts:
+            {{- include "rayline.rayVolumeMounts" $root | nindent 12 }}
+      volumes:
+        {{- include "rayline.rayVolumes" (dict "root" $root "shmSize" $cfg.head.shmSize) | nindent 8 }}
+workerGroupSpecs:
+{{- range $cfg.workerGroups }}
+  - groupName: {{ .name }}
+    replicas: {{ .replicas }}
+    minReplicas: {{ .minReplicas }}
+    maxReplicas: {{ .maxReplicas }}
+    {{- if $cfg.autoscaling.enabled }}
+    idleTimeoutSeconds: {{ $cfg.autoscaling.idleTimeoutSeconds }}
+    {{- end }}
+    rayStartParams:
+      metrics-export-port: {{ $root.Values.monitoring.rayMetricsPort | quote }}
+      {{- with .rayStartParams }}
+      {{- toYaml . | nindent 6 }}
+      {{- end }}
+    template:
+      metadata:
+        labels:
+          {{- include "rayline.labels" $root | nindent 10 }}
+          app.kubernetes.io/component: {{ $ctx.component }}
+          rayline.io/worker-group: {{ .name }}
+      spec:
+        serviceAccountName: {{ include "rayline.raySAName" $root }}
+        automountServiceAccountToken: false
+        securityContext:
+          {{- toYaml $root.Values.podSecurityContext | nindent 10 }}
+        {{- with $root.Values.imagePullSecrets }}
+        imagePullSecrets:
+          {{- range . }}
+          - name: {{ . }}
+          {{- end }}
+        {{- end }}
+        {{- with .nodeSelector }}
+        nodeSelector:
+          {{- toYaml . | nindent 10 }}
+        {{- end }}
+        {{- with .tolerations }}
+        tolerations:
+          {{- toYaml . | nindent 10 }}
+        {{- end }}
+        {{- with .affinity }}
+        affinity:
+          {{- toYaml . | nindent 10 }}
+        {{- end }}
+        containers:
+          - name: ray-worker
+            image: {{ include "rayline.image" $root }}
+            imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+            securityContext:
+              {{- toYaml $root.Values.containerSecurityContext | nindent 14 }}
+            resources:
+              {{- include "rayline.groupResources" . | nindent 14 }}
+            ports:
+              {{- include "rayline.rayPorts" $root | nindent 14 }}
+            env:
+              {{- include "rayline.rayEnv" (dict "root" $root "rayAddress" $ctx.rayAddress) | nindent 14 }}
+            volumeMounts:
+              {{- include "rayline.rayVolumeMounts" $root | nindent 14 }}
+        volumes:
+          {{- include "rayline.rayVolumes" (dict "root" $root "shmSize" .shmSize) | nindent 10 }}
+{{- end }}
+{{- end -}}
