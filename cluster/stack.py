@@ -164,8 +164,13 @@ MLFLOW_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 def ray_env(settings: Settings) -> dict[str, str]:
-    """Environment for Ray processes and clients of this stack (token auth on)."""
+    """Environment for Ray processes and clients of this stack (token auth on).
+
+    The interpreter's own bin dir goes first on PATH, so a job entrypoint's ``python``
+    is the environment rayline runs in, whether or not the venv is activated.
+    """
     return {
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN_PATH": str(Path(str(settings.ray_auth_token_path)).absolute()),
         "RAY_USAGE_STATS_ENABLED": "0",

@@ -1,0 +1,150 @@
+"""The local stack for real: `rayline up → status → job submit → down` with real Ray and MLflow processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cluster.processes import free_port, session_members
+from cluster.settings import load_settings
+from cluster.stack import load_state
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def rayline(env: dict[str, str], *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cluster.cli", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Environment for a private local stack on free ports, brought up once for this module."""
+    state = tmp_path_factory.mktemp("stack")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAYLINE_", "RAY_", "MLFLOW_"))}
+    env.update({
+        "RAYLINE_STATE_DIR": str(state),
+        "RAYLINE_RAY_GCS_PORT": str(free_port()),
+        "RAYLINE_RAY_DASHBOARD_PORT": str(free_port()),
+        "RAYLINE_RAY_CLIENT_PORT": str(free_port()),
+        "RAYLINE_RAY_METRICS_PORT": str(free_port()),
+        "RAYLINE_MLFLOW_PORT": str(free_port()),
+        "RAYLINE_RAY_NUM_CPUS": "2",
+    })
+    proc = rayline(env, "up")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    yield env
+    rayline(env, "down")
+
+
+def test_up_records_pids_ports_and_urls(stack_env: dict[str, str]) -> None:
+    state = json.loads((Path(stack_env["RAYLINE_STATE_DIR"]) / "stack.json").read_text())
+    assert set(state["components"]) == {"ray", "mlflow"}
+    assert state["components"]["mlflow"]["ports"]["http"] == int(stack_env["RAYLINE_MLFLOW_PORT"])
+    assert state["components"]["ray"]["urls"]["dashboard"].endswith(stack_env["RAYLINE_RAY_DASHBOARD_PORT"])
+    token_file = Path(stack_env["RAYLINE_STATE_DIR"]) / "ray_auth_token"
+    assert oct(token_file.stat().st_mode & 0o777) == "0o600"
+
+
+def test_status_reports_every_component_healthy(stack_env: dict[str, str]) -> None:
+    proc = rayline(stack_env, "status")
+    assert proc.returncode == 0, proc.stdout
+    for check in ("ray-gcs", "ray-job-api", "mlflow-health"):
+        assert check in proc.stdout
+    assert "DOWN" not in proc.stdout
+
+
+def test_up_when_already_up_says_so(stack_env: dict[str, str]) -> None:
+    proc = rayline(stack_env, "up")
+    assert proc.returncode == 0
+    assert "already up" in proc.stdout
+
+
+def test_job_api_requires_the_token(stack_env: dict[str, str]) -> None:
+    import httpx
+
+    url = f"http://127.0.0.1:{stack_env['RAYLINE_RAY_DASHBOARD_PORT']}/api/jobs/"
+    assert httpx.get(url, timeout=5).status_code == 401
+
+
+def test_job_submit_follow_runs_the_job_and_returns_its_logs(stack_env: dict[str, str]) -> None:
+    proc = rayline(stack_env, "job", "submit", "--follow", "--", "python", "-m", "jobs.hello", "--tasks", "3")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result_line = next(line for line in proc.stdout.splitlines() if line.startswith("RAYLINE_RESULT "))
+    result = json.loads(result_line.removeprefix("RAYLINE_RESULT "))
+    assert result["squares"] == [0, 1, 4]
+    assert "SUCCEEDED" in proc.stdout
+
+
+def test_plain_ray_job_submit_works_with_rayline_env(stack_env: dict[str, str]) -> None:
+    exports = rayline(stack_env, "env").stdout
+    env = dict(stack_env)
+    for line in exports.splitlines():
+        key, _, value = line.removeprefix("export ").partition("=")
+        env[key] = value.strip("'")
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    proc = subprocess.run([ray_bin, "job", "submit", "--working-dir", ".", "--", "python", "-m", "jobs.hello"],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "RAYLINE_RESULT" in proc.stdout
+
+
+def test_mlflow_logs_a_run_through_the_started_server(stack_env: dict[str, str]) -> None:
+    code = (
+        "import mlflow, sys\n"
+        "mlflow.set_experiment('stack-test')\n"
+        "with mlflow.start_run() as run:\n"
+        "    mlflow.log_metric('x', 1.5)\n"
+        "print(mlflow.get_run(run.info.run_id).data.metrics['x'])\n"
+    )
+    env = dict(stack_env, MLFLOW_TRACKING_URI=f"http://127.0.0.1:{stack_env['RAYLINE_MLFLOW_PORT']}")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "1.5"
+
+
+def test_taken_port_gives_one_line_naming_the_port(stack_env: dict[str, str]) -> None:
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        env = dict(stack_env, RAYLINE_STATE_DIR=stack_env["RAYLINE_STATE_DIR"] + "-other",
+                   RAYLINE_MLFLOW_PORT=str(port))
+        for key in ("RAYLINE_RAY_GCS_PORT", "RAYLINE_RAY_DASHBOARD_PORT", "RAYLINE_RAY_CLIENT_PORT",
+                    "RAYLINE_RAY_METRICS_PORT"):
+            env[key] = str(free_port())
+        proc = rayline(env, "up")
+    assert proc.returncode == 3
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert str(port) in lines[0] and "--mlflow-port" in lines[0]
+
+
+def test_down_stops_everything_up_started_and_is_idempotent(stack_env: dict[str, str]) -> None:
+    settings = load_settings(state_dir=stack_env["RAYLINE_STATE_DIR"])
+    state = load_state(settings)
+    assert state is not None
+    sessions = [c.pid for c in state.components.values()]
+    assert all(session_members(s) for s in sessions)
+    proc = rayline(stack_env, "down")
+    assert proc.returncode == 0 and "stopped" in proc.stdout
+    assert not any(session_members(s) for s in sessions)
+    again = rayline(stack_env, "down")
+    assert again.returncode == 0 and "nothing to stop" in again.stdout
+    assert rayline(stack_env, "status").returncode == 1
+
+
+@pytest.mark.parametrize("args", [[], ["up"], ["status"], ["down"], ["env"], ["job"], ["job", "submit"],
+                                  ["job", "logs"], ["job", "status"], ["job", "list"]])
+def test_help_works_for_every_command(args: list[str]) -> None:
+    proc = subprocess.run([sys.executable, "-m", "cluster.cli", *args, "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "Usage" in proc.stdout
