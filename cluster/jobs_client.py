@@ -7,6 +7,7 @@ so what works from ``rayline job submit`` works from plain Ray tooling too.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,9 @@ class JobsClient:
     def __init__(self, settings: Settings) -> None:
         from ray.job_submission import JobSubmissionClient
 
+        # The SDK logs every ignored file of the working-dir upload at INFO.
+        for name in ("ray.dashboard.modules.dashboard_sdk", "ray._private.runtime_env.packaging"):
+            logging.getLogger(name).setLevel(logging.WARNING)
         token = settings.ray_token()
         headers = {"Authorization": f"Bearer {token}"} if token else None
         self.address = str(settings.ray_dashboard_url)
