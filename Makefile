@@ -29,8 +29,9 @@ $(STAMP): pyproject.toml
 
 tools: $(TOOLS)
 
-$(TOOLS): $(STAMP) tools/install-chart-tools.sh
+$(TOOLS): $(STAMP) tools/install-chart-tools.sh tools/install-prometheus.sh
 	bash tools/install-chart-tools.sh
+	bash tools/install-prometheus.sh
 	mkdir -p .tools && touch $@
 
 lint: $(STAMP)

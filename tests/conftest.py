@@ -78,6 +78,15 @@ def settings(mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFacto
     )
 
 
+RAY_METRICS_PORT = free_port()
+
+
+@pytest.fixture(scope="session")
+def ray_metrics_port(ray_cluster: None) -> int:
+    """Where the session's Ray exports its Prometheus metrics (Serve's and ours included)."""
+    return RAY_METRICS_PORT
+
+
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[None]:
     """One local Ray instance for the whole session (address='local': never a stale cluster)."""
@@ -85,6 +94,7 @@ def ray_cluster() -> Iterator[None]:
 
     ray.init(
         address="local",
+        _metrics_export_port=RAY_METRICS_PORT,
         num_cpus=RAY_TEST_CPUS,
         include_dashboard=False,
         object_store_memory=512 * 1024**2,

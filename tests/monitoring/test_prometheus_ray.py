@@ -1,0 +1,35 @@
+"""A real Prometheus server scrapes the session's Ray metrics endpoint and answers queries on them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.monitoring.prometheus import PrometheusServer
+
+
+@pytest.fixture(scope="module")
+def prometheus(ray_metrics_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
+    server = PrometheusServer(Path(tmp_path_factory.mktemp("prom")), {"ray": [f"127.0.0.1:{ray_metrics_port}"]})
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_prometheus_scrapes_ray_metrics(prometheus: PrometheusServer) -> None:
+    import ray
+
+    @ray.remote(num_cpus=0.1)
+    def work(x: int) -> int:
+        return x + 1
+
+    assert ray.get([work.remote(i) for i in range(5)]) == [1, 2, 3, 4, 5]
+    up = prometheus.wait_for('up{job="ray"} == 1')
+    assert up, prometheus.targets_health()
+    names = prometheus.metric_names()
+    ray_names = {n for n in names if n.startswith("ray_")}
+    assert len(ray_names) > 20, sorted(names)
+    tasks = prometheus.wait_for("sum(ray_tasks)")
+    assert float(tasks[0]["value"][1]) >= 0
