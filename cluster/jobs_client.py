@@ -17,6 +17,7 @@ from cluster.errors import JobError
 from cluster.settings import Settings
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+AGENT_WAIT_S = 60.0
 # Never upload local state, virtualenvs or build outputs with the working dir.
 WORKING_DIR_EXCLUDES = [".venv", ".tools", ".rayline", "reports", ".git", "**/__pycache__", ".whl", ".gl"]
 
@@ -50,13 +51,19 @@ class JobsClient:
             runtime_env["excludes"] = WORKING_DIR_EXCLUDES
         if env:
             runtime_env["env_vars"] = env
-        try:
-            return self._client.submit_job(
-                entrypoint=entrypoint, runtime_env=runtime_env or None,
-                submission_id=submission_id, metadata=metadata,
-            )
-        except Exception as exc:
-            raise JobError(f"job submission to {self.address} failed: {_one_line(exc)}") from None
+        deadline = time.monotonic() + AGENT_WAIT_S
+        while True:
+            try:
+                return self._client.submit_job(
+                    entrypoint=entrypoint, runtime_env=runtime_env or None,
+                    submission_id=submission_id, metadata=metadata,
+                )
+            except Exception as exc:
+                # Ray answers this while the head's job agent is still starting: retry, as it asks.
+                if "No available agent" in str(exc) and time.monotonic() < deadline:
+                    time.sleep(2.0)
+                    continue
+                raise JobError(f"job submission to {self.address} failed: {_one_line(exc)}") from None
 
     def status(self, job_id: str) -> str:
         try:

@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     ray_dashboard_port: Port = Field(8265, ge=1, le=65535)
     ray_client_port: Port = Field(10001, ge=1, le=65535)
     ray_metrics_port: Port = Field(8080, ge=1, le=65535)
+    ray_agent_port: Port = Field(52365, ge=1, le=65535)
     ray_num_cpus: int | None = Field(None, ge=1)
     mlflow_port: Port = Field(5000, ge=1, le=65535)
     mlflow_workers: int = Field(1, ge=1)

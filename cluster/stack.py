@@ -118,6 +118,7 @@ def _check_ports(settings: Settings) -> None:
         "ray_dashboard_port": settings.ray_dashboard_port,
         "ray_client_port": settings.ray_client_port,
         "ray_metrics_port": settings.ray_metrics_port,
+        "ray_agent_port": settings.ray_agent_port,
         "mlflow_port": settings.mlflow_port,
     }
     for name, port in wanted.items():
@@ -139,6 +140,7 @@ def ray_head_command(settings: Settings) -> list[str]:
         f"--dashboard-port={settings.ray_dashboard_port}",
         f"--ray-client-server-port={settings.ray_client_port}",
         f"--metrics-export-port={settings.ray_metrics_port}",
+        f"--dashboard-agent-listen-port={settings.ray_agent_port}",
         f"--object-store-memory={RAY_OBJECT_STORE_BYTES}",
     ]
     if settings.ray_num_cpus:
@@ -198,7 +200,8 @@ def up(settings: Settings) -> tuple[StackState, bool]:
         state.components["ray"] = _component(
             "ray", ray_proc,
             {"gcs": settings.ray_gcs_port, "dashboard": settings.ray_dashboard_port,
-             "client": settings.ray_client_port, "metrics": settings.ray_metrics_port},
+             "client": settings.ray_client_port, "metrics": settings.ray_metrics_port,
+             "agent": settings.ray_agent_port},
             {"address": str(settings.ray_address), "dashboard": str(settings.ray_dashboard_url)},
             logs / "ray-head.log",
         )
@@ -260,9 +263,19 @@ def status(settings: Settings) -> list[Health]:
     headers = {"Authorization": f"Bearer {token}"} if token else None
     ok, detail = _http_ok(f"{settings.ray_dashboard_url}/api/jobs/", headers)
     checks.append(Health("ray", "ray-job-api", ok, detail))
+    if _is_local(settings):
+        # Jobs are handed to the head node's agent; until it answers, submissions fail
+        # with "No available agent", so a stack is not up before the agent is.
+        ok, detail = _http_ok(f"http://{settings.host}:{settings.ray_agent_port}/api/healthz", headers)
+        checks.append(Health("ray", "ray-job-agent", ok, detail))
     ok, detail = _http_ok(f"{settings.mlflow_tracking_uri}/health")
     checks.append(Health("mlflow", "mlflow-health", ok, detail))
     return checks
+
+
+def _is_local(settings: Settings) -> bool:
+    """True when the dashboard is the local stack's (the agent port is only reachable there)."""
+    return str(settings.ray_dashboard_url) == f"http://{settings.host}:{settings.ray_dashboard_port}"
 
 
 def down(settings: Settings) -> list[int]:

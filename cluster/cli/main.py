@@ -44,13 +44,14 @@ def up(
     ray_dashboard_port: Annotated[int | None, typer.Option(help="Ray dashboard/job API port (8265).")] = None,
     ray_client_port: Annotated[int | None, typer.Option(help="Ray client server port (10001).")] = None,
     ray_metrics_port: Annotated[int | None, typer.Option(help="Ray Prometheus metrics port (8080).")] = None,
+    ray_agent_port: Annotated[int | None, typer.Option(help="Ray job agent port (52365).")] = None,
     mlflow_port: Annotated[int | None, typer.Option(help="MLflow server port (5000).")] = None,
     num_cpus: Annotated[int | None, typer.Option(help="CPUs Ray may use (default: all).")] = None,
 ) -> None:
     """Start the local stack (Ray head + MLflow on 127.0.0.1) and record it in the state dir."""
     settings = settings_of(ctx, ray_gcs_port=ray_gcs_port, ray_dashboard_port=ray_dashboard_port,
                            ray_client_port=ray_client_port, ray_metrics_port=ray_metrics_port,
-                           mlflow_port=mlflow_port, ray_num_cpus=num_cpus)
+                           ray_agent_port=ray_agent_port, mlflow_port=mlflow_port, ray_num_cpus=num_cpus)
     with console.status("starting Ray head and MLflow…"):
         state, started = stack.up(settings)
     if not started:

@@ -35,6 +35,7 @@ def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
         "RAYLINE_RAY_DASHBOARD_PORT": str(free_port()),
         "RAYLINE_RAY_CLIENT_PORT": str(free_port()),
         "RAYLINE_RAY_METRICS_PORT": str(free_port()),
+        "RAYLINE_RAY_AGENT_PORT": str(free_port()),
         "RAYLINE_MLFLOW_PORT": str(free_port()),
         "RAYLINE_RAY_NUM_CPUS": "2",
     })
@@ -56,7 +57,7 @@ def test_up_records_pids_ports_and_urls(stack_env: dict[str, str]) -> None:
 def test_status_reports_every_component_healthy(stack_env: dict[str, str]) -> None:
     proc = rayline(stack_env, "status")
     assert proc.returncode == 0, proc.stdout
-    for check in ("ray-gcs", "ray-job-api", "mlflow-health"):
+    for check in ("ray-gcs", "ray-job-api", "ray-job-agent", "mlflow-health"):
         assert check in proc.stdout
     assert "DOWN" not in proc.stdout
 
@@ -118,7 +119,7 @@ def test_taken_port_gives_one_line_naming_the_port(stack_env: dict[str, str]) ->
         env = dict(stack_env, RAYLINE_STATE_DIR=stack_env["RAYLINE_STATE_DIR"] + "-other",
                    RAYLINE_MLFLOW_PORT=str(port))
         for key in ("RAYLINE_RAY_GCS_PORT", "RAYLINE_RAY_DASHBOARD_PORT", "RAYLINE_RAY_CLIENT_PORT",
-                    "RAYLINE_RAY_METRICS_PORT"):
+                    "RAYLINE_RAY_METRICS_PORT", "RAYLINE_RAY_AGENT_PORT"):
             env[key] = str(free_port())
         proc = rayline(env, "up")
     assert proc.returncode == 3
