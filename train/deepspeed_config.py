@@ -33,8 +33,9 @@ REMOVED_OPTIMIZERS = {
 }
 REMOVED_REASON = "was removed from DeepSpeed in 0.19.7 (and needed a GPU/cupy before)"
 
-# Job-config optimizer name → DeepSpeed optimizer type (both run without compiled ops on CPU).
-OPTIMIZERS = {"adamw": "AdamW", "adam": "Adam"}
+# Job-config optimizer name → DeepSpeed optimizer type (all run without compiled ops on CPU;
+# SGD is torch's, which DeepSpeed looks up by name).
+OPTIMIZERS = {"adamw": "AdamW", "adam": "Adam", "sgd": "SGD"}
 
 # Defaults we pick but a raw JSON may override freely (they express no user choice).
 SOFT_DEFAULTS: dict[str, Any] = {
@@ -62,7 +63,6 @@ class DeepSpeedOptions(BaseModel):
     gradient_accumulation_steps: int = Field(1, ge=1)
     gradient_clipping: float | None = Field(None, ge=0, description="None: the job config's grad_clip")
     optimizer: str | None = Field(None, description="None: the job config's optimizer")
-    scheduler: Literal["none", "warmup", "warmup_decay", "warmup_cosine"] = "warmup_decay"
     raw: dict[str, Any] = Field(default_factory=dict, description="DeepSpeed JSON merged over the generated one")
 
     @field_validator("optimizer")
@@ -192,9 +192,13 @@ def build_ds_config(
     learning_rate: float,
     weight_decay: float = 0.0,
     optimizer: str = "adamw",
+    betas: tuple[float, float] = (0.9, 0.999),
+    momentum: float = 0.0,
     precision: Precision = "fp32",
     grad_clip: float | None = None,
+    schedule: Literal["constant", "cosine", "linear"] = "constant",
     warmup_steps: int = 0,
+    min_lr_ratio: float = 0.0,
     total_steps: int | None = None,
     world_size: int,
     device: Device,
@@ -215,13 +219,9 @@ def build_ds_config(
         "zero_optimization": _zero_section(options, device),
         "bf16": {"enabled": precision == "bf16"},
         "fp16": {"enabled": precision == "fp16"},
-        "optimizer": {
-            "type": OPTIMIZERS.get(opt_name.lower(), opt_name),
-            # torch_adam: torch's AdamW instead of FusedAdam, which is a compiled op (~70 s) on CPU.
-            "params": {"lr": learning_rate, "weight_decay": weight_decay, "torch_adam": device != "cuda"},
-        },
+        "optimizer": _optimizer(opt_name, learning_rate, weight_decay, betas, momentum, device),
     }
-    scheduler = _scheduler(options.scheduler, learning_rate, warmup_steps, total_steps)
+    scheduler = _scheduler(schedule, learning_rate, warmup_steps, min_lr_ratio, total_steps)
     if scheduler is not None:
         generated["scheduler"] = scheduler
     config = deep_merge(deep_merge(SOFT_DEFAULTS, options.raw, strict=False), generated, strict=True)
@@ -245,19 +245,33 @@ def _zero_section(options: DeepSpeedOptions, device: Device) -> dict[str, Any]:
     return zero
 
 
-def _scheduler(kind: str, lr: float, warmup: int, total: int | None) -> dict[str, Any] | None:
-    if kind == "none" or (warmup <= 0 and kind == "warmup"):
-        return None
-    params: dict[str, Any] = {"warmup_min_lr": 0.0, "warmup_max_lr": lr, "warmup_num_steps": max(warmup, 1),
-                              "warmup_type": "linear"}
-    if kind == "warmup":
-        return {"type": "WarmupLR", "params": params}
-    if total is None or total <= max(warmup, 1):
-        return {"type": "WarmupLR", "params": params}
-    if kind == "warmup_decay":
-        return {"type": "WarmupDecayLR", "params": {**params, "total_num_steps": total}}
-    return {"type": "WarmupCosineLR", "params": {"total_num_steps": total, "warmup_num_steps": max(warmup, 1),
-                                                 "warmup_min_ratio": 0.0, "cos_min_ratio": 0.0}}
+def _optimizer(name: str, lr: float, weight_decay: float, betas: tuple[float, float], momentum: float,
+               device: Device) -> dict[str, Any]:
+    kind = OPTIMIZERS.get(name.lower(), name)
+    if kind == "SGD":
+        return {"type": kind, "params": {"lr": lr, "weight_decay": weight_decay, "momentum": momentum}}
+    # torch_adam: torch's Adam(W) instead of FusedAdam, which is a compiled op (~70 s) on CPU.
+    return {"type": kind, "params": {"lr": lr, "weight_decay": weight_decay, "betas": list(betas),
+                                     "torch_adam": device != "cuda"}}
+
+
+def _scheduler(kind: str, lr: float, warmup: int, min_lr_ratio: float, total: int | None) -> dict[str, Any] | None:
+    """The job's schedule (constant / linear / cosine, with linear warmup) as a DeepSpeed scheduler."""
+    warm = max(warmup, 1)
+    if kind == "constant" or total is None or total <= warm:
+        if warmup <= 0:
+            return None
+        return {"type": "WarmupLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": lr,
+                                               "warmup_num_steps": warm, "warmup_type": "linear"}}
+    if kind == "linear":
+        if min_lr_ratio > 0.0:
+            raise DeepSpeedOptionError("schedule linear with min_lr_ratio > 0 has no DeepSpeed scheduler "
+                                       "(WarmupDecayLR decays to 0); use cosine or min_lr_ratio: 0")
+        return {"type": "WarmupDecayLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": lr,
+                                                    "warmup_num_steps": warm, "warmup_type": "linear",
+                                                    "total_num_steps": total}}
+    return {"type": "WarmupCosineLR", "params": {"total_num_steps": total, "warmup_num_steps": warm,
+                                                 "warmup_min_ratio": 0.0, "cos_min_ratio": min_lr_ratio}}
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any], *, strict: bool, path: str = "") -> dict[str, Any]:
