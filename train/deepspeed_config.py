@@ -337,10 +337,11 @@ def check_with_deepspeed(config: dict[str, Any], world_size: int) -> None:
     unknown = sorted(set(config) - known_top_level_keys())
     if unknown:
         raise DeepSpeedOptionError(f"unknown DeepSpeed config keys {unknown} (not in DeepSpeed's config schema)")
-    single = copy.deepcopy(config)  # the driver has no process group: check batch arithmetic for one rank
-    single["train_batch_size"] = config["train_batch_size"] // max(world_size, 1)
+    # DeepSpeed derives the world size from the process group (absent in the driver): let it derive
+    # train_batch_size too; ours is micro x accumulation x world_size by construction (strict merge).
+    probe = {k: v for k, v in copy.deepcopy(config).items() if k != "train_batch_size"}
     try:
-        DeepSpeedConfig(single)
+        DeepSpeedConfig(probe)
     except Exception as err:  # DeepSpeed raises AssertionError, ValueError, pydantic and its own errors
         message = " ".join(str(err).split())[:400]
         raise DeepSpeedOptionError(f"DeepSpeed rejects the config: {message}") from err

@@ -1,0 +1,173 @@
+"""DeepSpeed ZeRO as a training strategy: ``deepspeed.initialize`` inside the Ray Train function.
+
+The model stays a plain ``nn.Module``; this class wraps it from the outside like ``DDPStrategy``
+and speaks the same interface to the loop and to the one checkpoint component:
+
+- setup: the DeepSpeed JSON comes from ``ds_config_for`` (the job config + its ``deepspeed:``
+  section, validated in the driver by ``check_config`` before any worker starts); DeepSpeed
+  builds the optimizer from it (so CPU offload gets DeepSpeed's CPU Adam on GPUs), and reuses
+  the process group Ray Train created (gloo on CPU, NCCL on GPU);
+- backward / step: ``engine.backward`` and ``engine.step`` (clipping, loss scaling and ZeRO's
+  reduce-scatter / all-gather happen in there);
+- save: every rank writes its ZeRO shard with ``engine.save_checkpoint`` under ``deepspeed/``
+  of its own staging directory (Ray Train merges the ranks' files into one checkpoint), and rank 0
+  adds the plain full ``model.pt`` every strategy exports; load: ``engine.load_checkpoint``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from train.checkpoint import CheckpointError
+from train.config import TrainConfig
+from train.deepspeed_config import DeepSpeedOptionError, DeepSpeedOptions, build_ds_config, validate_ds_options
+from train.memory import innermost_optimizer
+from train.strategy import MODEL_FILE, Strategy
+
+log = logging.getLogger(__name__)
+
+DS_DIR = "deepspeed"  # inside a checkpoint: DeepSpeed's own layout (latest, <tag>/…_states.pt)
+DS_TAG = "shards"  # one DeepSpeed tag per checkpoint directory (every report is a new directory)
+
+
+def options_of(config: TrainConfig) -> DeepSpeedOptions:
+    """The validated ``deepspeed:`` section (an absent section means the defaults: ZeRO stage 2)."""
+    try:
+        return DeepSpeedOptions.model_validate(config.deepspeed or {})
+    except ValueError as err:  # pydantic's ValidationError
+        first = err.errors()[0] if hasattr(err, "errors") else {"loc": (), "msg": str(err)}
+        field = ".".join(str(p) for p in first["loc"])
+        raise DeepSpeedOptionError(f"invalid 'deepspeed.{field}': {first['msg']}") from None
+
+
+def device_and_backend(config: TrainConfig) -> tuple[str, str]:
+    return ("cuda" if config.scaling.use_gpu else "cpu"), config.backend
+
+
+def ds_config_for(config: TrainConfig, world_size: int, total_steps: int | None = None) -> dict[str, Any]:
+    """The DeepSpeed JSON for this job (validated; raises DeepSpeedOptionError with the reason)."""
+    device, backend = device_and_backend(config)
+    return build_ds_config(
+        options_of(config),
+        micro_batch_size=config.batch_size,
+        learning_rate=config.optimizer.lr,
+        weight_decay=config.optimizer.weight_decay,
+        optimizer=config.optimizer.name,
+        betas=config.optimizer.betas,
+        momentum=config.optimizer.momentum,
+        precision=config.precision,
+        grad_clip=config.grad_clip,
+        schedule="constant",  # the loop owns the LR schedule (the same one DDP uses), not DeepSpeed
+        world_size=world_size,
+        device=device,  # type: ignore[arg-type]
+        backend=backend,  # type: ignore[arg-type]
+    )
+
+
+def skip_shm_comm_op() -> None:
+    """Do not compile DeepSpeed's ``deepspeed_shm_comm`` op (~45 s, ~3 GiB of compiler) on CPU.
+
+    DeepSpeed builds it when its torch backend starts, but uses it only for
+    ``inference_all_reduce`` (tensor-parallel inference), never in ZeRO training; marking it
+    incompatible in DeepSpeed's op table (a cached dict it documents as editable) skips the build.
+    """
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+class DeepSpeedStrategy(Strategy):
+    """ZeRO stage 0–3 through a DeepSpeed engine (see the module docstring)."""
+
+    name = "deepspeed"
+
+    def __init__(self, config: TrainConfig, device: torch.device) -> None:
+        super().__init__(config, device)
+        self.engine: Any = None
+        self.ds_config: dict[str, Any] = {}
+
+    @classmethod
+    def check_config(cls, config: TrainConfig) -> None:
+        """Driver-side: everything wrong with the DeepSpeed options fails here, before workers start."""
+        device, backend = device_and_backend(config)
+        validate_ds_options(options_of(config), device, backend)  # type: ignore[arg-type]
+        ds_config_for(config, world_size=config.scaling.num_workers)
+
+    @property
+    def raw_model(self) -> nn.Module:
+        assert self.engine is not None, "setup() first"
+        return self.engine.module
+
+    @property
+    def stage(self) -> int:
+        return int(self.ds_config["zero_optimization"]["stage"])
+
+    def setup(self, model: nn.Module, optimizer_factory: Callable[[nn.Module], torch.optim.Optimizer]) -> None:
+        """Build the engine; DeepSpeed makes the optimizer from the config (``optimizer_factory`` is unused)."""
+        import deepspeed
+        import torch.distributed as dist
+
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        else:
+            skip_shm_comm_op()
+        world_size = dist.get_world_size() if dist.is_initialized() else 1
+        self.ds_config = ds_config_for(self.config, world_size)
+        deepspeed.init_distributed(dist_backend=self.config.backend)  # wraps Ray's process group
+        self.engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
+                                                    config=self.ds_config)
+        # The loop's LR schedule drives the torch optimizer under DeepSpeed's ZeRO wrapper.
+        self.optimizer = innermost_optimizer(self.engine.optimizer)
+        self.model = torch.compile(self.engine) if self.config.model.compile else self.engine
+        log.info("deepspeed engine ready", extra={"zero_stage": self.stage, "world_size": world_size,
+                                                   "precision": self.config.precision})
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        # DeepSpeed's bf16/fp16 modes cast the model itself; autocast only keeps float inputs matching.
+        return super().autocast()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+
+    def step(self, grad_clip: float | None) -> float:
+        """``engine.step`` clips with the config's ``gradient_clipping`` (set from ``grad_clip``)."""
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    def export_state_dict(self) -> dict[str, torch.Tensor]:
+        """The full model as plain fp32 CPU tensors; collective under ZeRO-3 (every rank must call)."""
+        import deepspeed
+
+        params = list(self.engine.module.parameters())
+        gather = deepspeed.zero.GatheredParameters(params, modifier_rank=None) if self.stage == 3 \
+            else contextlib.nullcontext()
+        with gather:
+            state = self.engine.module.state_dict()
+            return {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().clone()
+                    for k, v in state.items()}
+
+    def save(self, directory: Path, rank: int) -> list[str]:
+        """Every rank writes its DeepSpeed shard; rank 0 also writes the plain ``model.pt``."""
+        ds_dir = directory / DS_DIR
+        before = {p for p in directory.rglob("*") if p.is_file()}
+        self.engine.save_checkpoint(str(ds_dir), tag=DS_TAG, save_latest=True)
+        state = self.export_state_dict()  # all ranks (ZeRO-3 gathers)
+        if rank == 0:
+            torch.save(state, directory / MODEL_FILE)
+        written = sorted(p for p in directory.rglob("*") if p.is_file() and p not in before)
+        return [str(p.relative_to(directory)) for p in written]
+
+    def load(self, directory: Path, rank: int) -> None:
+        ds_dir = directory / DS_DIR
+        load_path, _ = self.engine.load_checkpoint(str(ds_dir), load_optimizer_states=True,
+                                                   load_lr_scheduler_states=True)
+        if load_path is None:
+            raise CheckpointError(f"no DeepSpeed checkpoint under {ds_dir}")
