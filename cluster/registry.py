@@ -110,6 +110,13 @@ class Registry:
     def set_version_tag(self, name: str, version: str | int, key: str, value: str) -> None:
         self._call(self._client.set_model_version_tag, name, str(version), key, value)
 
+    def register(self, model_uri: str, name: str, tags: dict[str, str] | None = None) -> ModelVersionInfo:
+        """Register ``model_uri`` (e.g. a logged model's ``models:/m-…``) as a new version of ``name``, tagged."""
+        import mlflow
+
+        mv = self._call(lambda: mlflow.register_model(model_uri, name, tags=tags or {}))
+        return self.version(name, mv.version)
+
     def _call(self, fn: Any, *args: Any) -> Any:
         from mlflow.exceptions import MlflowException
 

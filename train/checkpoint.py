@@ -1,0 +1,162 @@
+"""The one checkpoint component every strategy uses.
+
+A checkpoint is a directory merged by Ray Train from every rank's files:
+
+- the strategy's files (``model.pt``, optimizer, scaler, per-rank communication state…);
+- ``train_state.json`` (rank 0): step, epoch, batches consumed in the epoch, world size;
+- ``extras.pt`` (rank 0): loop-owned state such as the LR scheduler;
+- ``rng_rank{r}.pt``: torch/numpy/python (and CUDA) RNG states of rank ``r``;
+- ``COMPLETE_rank{r}.json``: written last by rank ``r``, the sha256 of each of its files.
+
+Each rank writes into a fresh temporary directory and hands it to ``ray.train.report``,
+which uploads it and registers the checkpoint only once every rank reported. On load,
+every rank's manifest must be present and every digest must match, so a checkpoint
+interrupted mid-save (or damaged later) is refused with :class:`CheckpointError` instead
+of loading wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from cluster.errors import RaylineError
+
+STATE_FILE = "train_state.json"
+EXTRAS_FILE = "extras.pt"
+
+
+class CheckpointError(RaylineError):
+    """A checkpoint is incomplete or corrupt."""
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class TrainState:
+    """Where training is: optimizer steps taken, epoch, batches of that epoch already consumed."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    world_size: int = 1
+
+
+def manifest_file(rank: int) -> str:
+    return f"COMPLETE_rank{rank}.json"
+
+
+def rng_file(rank: int) -> str:
+    return f"rng_rank{rank}.pt"
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_rank_files(directory: Path, rank: int, strategy: Any, state: TrainState,
+                     extras: dict[str, Stateful]) -> None:
+    """Write rank ``rank``'s part of a checkpoint into ``directory``, manifest last."""
+    names = list(strategy.save(directory, rank))
+    if rank == 0:
+        (directory / STATE_FILE).write_text(json.dumps(asdict(state)))
+        torch.save({k: v.state_dict() for k, v in extras.items()}, directory / EXTRAS_FILE)
+        names += [STATE_FILE, EXTRAS_FILE]
+    torch.save(rng_state(), directory / rng_file(rank))
+    names.append(rng_file(rank))
+    manifest = {name: _digest(directory / name) for name in names}
+    tmp = directory / f".{manifest_file(rank)}.tmp"
+    tmp.write_text(json.dumps(manifest, sort_keys=True))
+    os.replace(tmp, directory / manifest_file(rank))
+
+
+def verify(directory: Path) -> TrainState:
+    """Check every rank's manifest and digests; returns the saved TrainState."""
+    state_path = directory / STATE_FILE
+    if not state_path.is_file():
+        raise CheckpointError(f"checkpoint {directory} has no {STATE_FILE}: incomplete")
+    state = TrainState(**json.loads(state_path.read_text()))
+    for rank in range(state.world_size):
+        manifest_path = directory / manifest_file(rank)
+        if not manifest_path.is_file():
+            raise CheckpointError(f"checkpoint {directory} lacks rank {rank}'s manifest: incomplete save")
+        for name, digest in json.loads(manifest_path.read_text()).items():
+            path = directory / name
+            if not path.is_file() or _digest(path) != digest:
+                raise CheckpointError(f"checkpoint {directory}: {name} is missing or does not match its digest")
+    return state
+
+
+def read_state(directory: Path, rank: int, strategy: Any, extras: dict[str, Stateful]) -> TrainState:
+    """Load a verified checkpoint into ``strategy`` and ``extras`` and restore this rank's RNG."""
+    state = verify(directory)
+    strategy.load(directory, rank)
+    saved_extras = torch.load(directory / EXTRAS_FILE, weights_only=False)
+    for key, obj in extras.items():
+        obj.load_state_dict(saved_extras[key])
+    rng_path = directory / rng_file(rank)
+    if rng_path.is_file():  # absent only when the world grew since the save
+        set_rng_state(torch.load(rng_path, weights_only=False))
+    return state
+
+
+class Checkpointer:
+    """Saves through ``ray.train.report`` and restores from ``ray.train.get_checkpoint()``."""
+
+    def __init__(self, rank: int, world_size: int) -> None:
+        self.rank = rank
+        self.world_size = world_size
+
+    def save(self, strategy: Any, state: TrainState, extras: dict[str, Stateful], metrics: dict[str, Any]) -> None:
+        import ray.train
+
+        state.world_size = self.world_size
+        staging = Path(tempfile.mkdtemp(prefix="rayline-ckpt-"))
+        try:
+            write_rank_files(staging, self.rank, strategy, state, extras)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(staging)),
+                             checkpoint_dir_name=f"checkpoint_step{state.step:08d}")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def restore(self, strategy: Any, extras: dict[str, Stateful]) -> TrainState | None:
+        """The state of the latest reported checkpoint (after a failure or a resubmit), or None."""
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as directory:
+            return read_state(Path(directory), self.rank, strategy, extras)

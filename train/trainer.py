@@ -1,0 +1,142 @@
+"""The driver side of a training job: validate, resolve data, build the TorchTrainer, fit, register.
+
+Everything that can be wrong with the request (config fields, strategy, dataset version,
+batch size vs. data) fails here, before a worker starts. The run's storage is
+``settings.checkpoints_root / run_name``: submitting the same run name again makes Ray
+Train find the checkpoint manager snapshot there and resume from the latest checkpoint;
+``FailureConfig(max_failures)`` restarts the worker group from it after a worker dies.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cluster.errors import JobError
+from cluster.registry import Registry
+from cluster.settings import Settings
+from models.registry import build_model
+from train import tracking
+from train.config import TrainConfig, TrainConfigError
+from train.data import DataPlan, resolve_data, steps_per_epoch
+from train.faults import FaultPlan
+from train.loop import train_loop
+from train.strategy import MODEL_FILE, strategy_class
+
+log = logging.getLogger(__name__)
+
+
+class TrainingFailedError(JobError):
+    """Training did not finish (failures beyond max_failures, or an error in the train function)."""
+
+
+def run_dir(config: TrainConfig, settings: Settings) -> Path:
+    return Path(str(settings.checkpoints_root)) / config.run_name
+
+
+def prepare(config: TrainConfig, settings: Settings) -> tuple[DataPlan, int]:
+    """Driver-side checks that need the outside world; returns the data plan and steps per epoch."""
+    strategy_class(config)
+    plan = resolve_data(config, settings)
+    steps = steps_per_epoch(plan.rows["train"], config.batch_size, config.scaling.num_workers)
+    if steps == 0:
+        raise TrainConfigError(
+            f"invalid 'batch_size': {config.batch_size} × {config.scaling.num_workers} workers is more than the "
+            f"{plan.rows['train']} training rows")
+    return plan, steps
+
+
+def build_trainer(config: TrainConfig, settings: Settings, plan: DataPlan, steps: int,
+                  tracking_info: dict[str, str] | None, fault: FaultPlan) -> Any:
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    scaling = config.scaling
+    resources = {"CPU": scaling.cpus_per_worker}
+    if scaling.use_gpu:
+        resources["GPU"] = scaling.gpus_per_worker or 1
+    ingest = ray.train.DataConfig.default_ingest_options()
+    ingest.preserve_order = True  # exact, resumable data order (see train.data)
+    loop_config = {
+        "config": config.model_dump(mode="json"), "spec": plan.spec.__dict__, "task": plan.task,
+        "preprocessing": plan.preprocessing, "steps_per_epoch": steps,
+        "tracking": tracking_info, "fault": fault.to_dict(),
+    }
+    return TorchTrainer(
+        train_loop,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend=config.backend),
+        scaling_config=ray.train.ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
+                                               resources_per_worker=resources),
+        datasets=plan.datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=[], execution_options=ingest),
+        run_config=ray.train.RunConfig(
+            name=config.run_name,
+            storage_path=str(settings.checkpoints_root),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=config.checkpoint.keep,
+                checkpoint_score_attribute=config.checkpoint.score_metric,
+                checkpoint_score_order=config.checkpoint.score_mode,
+            ),
+            failure_config=ray.train.FailureConfig(max_failures=config.failure.max_failures),
+        ),
+    )
+
+
+def load_trained_module(config: TrainConfig, plan: DataPlan, checkpoint: Any) -> torch.nn.Module:
+    """The plain model from a checkpoint's exported state_dict (what every strategy writes)."""
+    module = build_model(config.model.name, config.model.params, plan.spec)
+    with checkpoint.as_directory() as directory:
+        module.load_state_dict(torch.load(Path(directory) / MODEL_FILE, map_location="cpu"))
+    return module.eval()
+
+
+def input_example(plan: DataPlan, rows: int = 2) -> list[dict[str, Any]] | None:
+    """Raw request records rebuilt from encoded validation rows (the model's input example)."""
+    if plan.preprocessing is None:
+        return None
+    from models.preprocessing import Preprocessing
+
+    pre = Preprocessing.from_dict(plan.preprocessing)
+    records = []
+    for row in plan.datasets["validation"].take(rows):
+        record: dict[str, Any] = {}
+        for feat in pre.features:
+            if feat.kind == "numeric":
+                record[feat.name] = float(row[feat.name])
+            elif feat.encoding == "onehot":
+                values = [row[c] for c in feat.model_columns]
+                record[feat.name] = feat.vocabulary[max(range(len(values)), key=values.__getitem__)]
+            else:
+                record[feat.name] = feat.vocabulary[int(row[feat.model_columns[0]])]
+        records.append(record)
+    return records
+
+
+def train(config: TrainConfig, settings: Settings, register: bool = True) -> tracking.Outcome:
+    """Run a training job end to end; resumes when ``config.run_name`` has checkpoints already."""
+    plan, steps = prepare(config, settings)
+    registry = Registry(settings)
+    registry.require_healthy()
+    directory = run_dir(config, settings)
+    run_id = tracking.start_run(registry, config, plan, directory)
+    fault = FaultPlan.from_env(directory)
+    trainer = build_trainer(config, settings, plan, steps,
+                            {"uri": str(settings.mlflow_tracking_uri), "run_id": run_id}, fault)
+    log.info("training", extra={"run_name": config.run_name, "run_id": run_id, "steps_per_epoch": steps})
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # Ray's TrainingFailedError and friends carry the worker traceback
+        raise TrainingFailedError(f"training run {config.run_name!r} failed: "
+                                  f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+                                  ) from exc
+    if result.checkpoint is None:
+        raise TrainingFailedError(f"training run {config.run_name!r} finished without a checkpoint")
+    module = load_trained_module(config, plan, result.checkpoint)
+    metrics = dict(result.metrics or {})
+    if not register:
+        return tracking.Outcome(run_id=run_id, metrics=metrics)
+    return tracking.finish(registry, config, plan, run_id, module, metrics, input_example(plan))
