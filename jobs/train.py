@@ -1,0 +1,59 @@
+"""Training job entrypoint: ``ray job submit --working-dir . -- python -m jobs.train --config CONFIG.yaml``.
+
+Validates the config and the dataset version before any worker starts, trains on Ray Train
+(resuming when the run name already has checkpoints), logs to MLflow and registers the model
+if it passes the config's gate. Prints one ``RAYLINE_RESULT {json}`` summary line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from cluster.errors import RaylineError
+from cluster.logs import configure_logging
+from cluster.settings import load_settings
+from cluster.tracing import ensure_trace_id
+
+log = logging.getLogger("jobs.train")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", required=True, help="training config YAML")
+    parser.add_argument("--run-name", help="override the config's run_name (same name = resume)")
+    parser.add_argument("--settings", help="rayline settings YAML (default: RAYLINE_* env / rayline.yaml)")
+    args = parser.parse_args(argv)
+    settings = load_settings(args.settings)
+    configure_logging("jobs.train", level=settings.log_level, fmt=settings.log_format)
+    trace_id = ensure_trace_id()
+
+    from train.config import load_config
+    from train.trainer import train
+
+    config = load_config(args.config)
+    if args.run_name:
+        config = config.model_copy(update={"run_name": args.run_name})
+
+    import ray
+
+    ray.init(ignore_reinit_error=True, logging_level="WARNING")
+    outcome = train(config, settings)
+    summary = {
+        "job": "train", "trace_id": trace_id, "run_name": config.run_name, "run_id": outcome.run_id,
+        "metrics": {k: v for k, v in outcome.metrics.items() if k.startswith("val_") or k in ("step", "epoch")},
+        "model_uri": outcome.model_uri, "gate": outcome.gate_reason,
+        "registered": outcome.registered.uri if outcome.registered else None,
+    }
+    print("RAYLINE_RESULT " + json.dumps(summary), flush=True)
+    return summary
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except RaylineError as exc:
+        print(f"jobs.train: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
