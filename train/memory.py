@@ -92,3 +92,15 @@ def memory_report(model: torch.nn.Module, optimizer: Any) -> MemoryReport:
         optimizer_moment_bytes=moments,
         master_weight_bytes=master,
     )
+
+
+def rank_metrics(model: torch.nn.Module, optimizer: Any) -> dict[str, float]:
+    """Every rank's report as ``mem_rank{r}_*`` metrics (collective: every rank must call it)."""
+    import torch.distributed as dist
+
+    mine = memory_report(model, optimizer).metrics()
+    if not dist.is_initialized():
+        return {k.replace("mem_", "mem_rank0_", 1): v for k, v in mine.items()}
+    every: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(every, mine)
+    return {k.replace("mem_", f"mem_rank{r}_", 1): v for r, metrics in enumerate(every) for k, v in metrics.items()}
