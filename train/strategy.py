@@ -169,9 +169,16 @@ STRATEGIES: dict[str, type[Strategy]] = {"ddp": DDPStrategy}
 
 def strategy_class(config: TrainConfig) -> type[Strategy]:
     """The class for ``config.strategy``; fails in the driver when it is not available (yet)."""
+    if config.strategy == "deepspeed" and "deepspeed" not in STRATEGIES:  # imports DeepSpeed only when asked
+        from train.deepspeed_strategy import DeepSpeedStrategy
+
+        STRATEGIES["deepspeed"] = DeepSpeedStrategy
     cls = STRATEGIES.get(config.strategy)
     if cls is None:
         raise TrainConfigError(f"invalid 'strategy': {config.strategy!r} is not available here; "
                                f"available: {sorted(STRATEGIES)}")
+    check_config = getattr(cls, "check_config", None)  # strategy-specific driver-side validation
+    if check_config is not None:
+        check_config(config)
     return cls
 
