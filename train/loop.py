@@ -22,6 +22,7 @@ from train.checkpoint import Checkpointer, TrainState
 from train.config import TrainConfig
 from train.data import RankBatches, collate_for, quiet_ray_data
 from train.faults import FaultPlan
+from train.memory import rank_metrics
 from train.optim import build_optimizer, build_scheduler
 from train.strategy import Strategy, strategy_class
 from train.tasks import task_for
@@ -77,7 +78,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 
     def checkpoint() -> None:
         metrics = {**evaluate(strategy, task, val_data, cfg.eval_batches), **stats.summary(),
-                   "step": state.step, "epoch": state.epoch}
+                   **rank_metrics(strategy.raw_model, strategy.optimizer), "step": state.step, "epoch": state.epoch}
         if logger:
             logger.log(state.step, {k: v for k, v in metrics.items() if k.startswith("val_")}, force=True)
         checkpointer.save(strategy, state, extras, metrics)
