@@ -225,7 +225,10 @@ def build_ds_config(
     if scheduler is not None:
         generated["scheduler"] = scheduler
     config = deep_merge(deep_merge(SOFT_DEFAULTS, options.raw, strict=False), generated, strict=True)
-    check_requirements(Effective.of(config), device, backend)
+    effective = Effective.of(config)
+    check_requirements(effective, device, backend)
+    if effective.hpz > 1 and world_size % effective.hpz:
+        raise DeepSpeedOptionError(f"zero_hpz_partition_size {effective.hpz} must divide the {world_size} workers")
     check_with_deepspeed(config, world_size)
     return config
 

@@ -20,6 +20,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -114,24 +115,25 @@ class DeepSpeedStrategy(Strategy):
         import deepspeed
         import torch.distributed as dist
 
+        args = None
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
+            # DeepSpeed would pick the GPU by LOCAL_RANK; use the one Ray Train assigned to this worker.
+            args = SimpleNamespace(device_rank=torch.cuda.current_device())
         else:
             skip_shm_comm_op()
         world_size = dist.get_world_size() if dist.is_initialized() else 1
         self.ds_config = ds_config_for(self.config, world_size)
         deepspeed.init_distributed(dist_backend=self.config.backend)  # wraps Ray's process group
-        self.engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
+        self.engine, _, _, _ = deepspeed.initialize(args=args, model=model, model_parameters=model.parameters(),
                                                     config=self.ds_config)
         # The loop's LR schedule drives the torch optimizer under DeepSpeed's ZeRO wrapper.
         self.optimizer = innermost_optimizer(self.engine.optimizer)
-        self.model = torch.compile(self.engine) if self.config.model.compile else self.engine
+        if self.config.model.compile:
+            self.engine.compile()  # DeepSpeed's own torch.compile integration (keeps ZeRO hooks)
+        self.model = self.engine
         log.info("deepspeed engine ready", extra={"zero_stage": self.stage, "world_size": world_size,
                                                    "precision": self.config.precision})
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        # DeepSpeed's bf16/fp16 modes cast the model itself; autocast only keeps float inputs matching.
-        return super().autocast()
 
     def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss)

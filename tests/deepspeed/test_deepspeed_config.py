@@ -5,11 +5,14 @@ Pure validation (no Ray, no process group); DeepSpeed's own config parser runs o
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from cluster.errors import ConfigError
 from train.deepspeed_config import DeepSpeedOptionError, DeepSpeedOptions, build_ds_config, validate_ds_options
 
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "train"
 JOB = dict(micro_batch_size=8, learning_rate=1e-3, world_size=2)
 CPU = dict(device="cpu", backend="gloo")
 GPU = dict(device="cuda", backend="nccl")
@@ -124,3 +127,26 @@ def test_unknown_option_in_the_deepspeed_section_is_a_config_error():
     with pytest.raises(ValueError, match="zero_stage"):
         DeepSpeedOptions(zero_stage=2)
     assert issubclass(DeepSpeedOptionError, ConfigError)
+
+
+def test_hpz_partition_must_divide_the_workers():
+    with pytest.raises(DeepSpeedOptionError, match="must divide the 2 workers"):
+        build(GPU, stage=3, zero_hpz_partition_size=4)
+
+
+@pytest.mark.parametrize("example", sorted(EXAMPLES.glob("*deepspeed*.yaml")), ids=lambda p: p.name)
+def test_example_configs_pass_the_driver_checks(example):
+    from train.config import load_config
+    from train.strategy import strategy_class
+
+    strategy_class(load_config(example))  # the GPU example validates as a GPU (CUDA + NCCL) run
+
+
+def test_gpu_example_is_rejected_on_a_cpu_cluster_before_workers_start():
+    from train.config import load_config
+    from train.strategy import strategy_class
+
+    config = load_config(EXAMPLES / "gpt_deepspeed_zero3_gpu.yaml")
+    config.scaling.use_gpu = False
+    with pytest.raises(DeepSpeedOptionError, match="needs a CUDA device"):
+        strategy_class(config)
