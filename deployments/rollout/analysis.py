@@ -1,0 +1,196 @@
+"""Window aggregation and threshold checks: what the routers served → pass / fail / insufficient data.
+
+Routers push :class:`~deployments.contracts.VariantWindow` deltas every 0.25 s; the
+controller stamps them on arrival into a :class:`WindowLog` and, each analysis interval,
+aggregates the last interval per variant and checks the spec's thresholds. Pure: no clock,
+no I/O — callers pass ``now``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from deployments.contracts import BASELINE, CANDIDATE, VariantWindow
+from deployments.rollout.spec import LATENCY_METRIC, SUCCESS_METRIC, RolloutSpec
+
+Status = Literal["pass", "fail", "insufficient"]
+
+
+@dataclass
+class VariantStats:
+    variant: str
+    requests: int = 0
+    errors: int = 0                     # 5xx: the server's fault (4xx are the client's)
+    error_rate: float = 0.0
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    model_metrics: dict[str, float] = field(default_factory=dict)   # name → mean
+    versions: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Check:
+    name: str
+    status: Status
+    value: float | None = None
+    threshold: float | None = None
+    reason: str = ""
+
+
+@dataclass
+class Verdict:
+    status: Status
+    checks: list[Check]
+    stats: dict[str, VariantStats]
+
+    @property
+    def reasons(self) -> list[str]:
+        return [c.reason for c in self.checks if c.status == "fail"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def quantile(values: list[float], q: float) -> float | None:
+    """Linear-interpolated quantile (same as numpy's default), ``q`` in [0, 1]."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def aggregate(windows: Iterable[VariantWindow], include_shadow: bool = False) -> dict[str, VariantStats]:
+    """Sum request/error counts and pool latencies and model metrics per variant."""
+    out: dict[str, VariantStats] = {}
+    latencies: dict[str, list[float]] = {}
+    metrics: dict[str, dict[str, list[float]]] = {}
+    for w in windows:
+        if w.shadow and not include_shadow:
+            continue
+        s = out.setdefault(w.variant, VariantStats(w.variant))
+        s.requests += w.requests
+        s.errors += w.errors_5xx
+        if w.version is not None and str(w.version) not in s.versions:
+            s.versions.append(str(w.version))
+        latencies.setdefault(w.variant, []).extend(w.latencies_ms)
+        for name, samples in w.model_metrics.items():
+            metrics.setdefault(w.variant, {}).setdefault(name, []).extend(samples)
+    for variant, s in out.items():
+        s.error_rate = s.errors / s.requests if s.requests else 0.0
+        s.p50_ms = quantile(latencies.get(variant, []), 0.50)
+        s.p99_ms = quantile(latencies.get(variant, []), 0.99)
+        s.model_metrics = {n: sum(v) / len(v) for n, v in metrics.get(variant, {}).items() if v}
+    return out
+
+
+def evaluate(spec: RolloutSpec, stats: dict[str, VariantStats]) -> Verdict:
+    """Check the candidate's interval against the spec's thresholds.
+
+    Fewer candidate requests than ``min_requests_per_check`` → ``insufficient`` (never a
+    pass: a step advances only on evidence). Any failed check → ``fail``.
+    """
+    th = spec.thresholds
+    cand = stats.get(CANDIDATE, VariantStats(CANDIDATE))
+    base = stats.get(BASELINE)
+    if cand.requests < th.min_requests_per_check:
+        reason = f"candidate served {cand.requests} requests (< {th.min_requests_per_check} to judge)"
+        return Verdict("insufficient", [Check("requests", "insufficient", cand.requests,
+                                              th.min_requests_per_check, reason)], stats)
+    checks: list[Check] = []
+    if th.max_error_rate is not None:
+        checks.append(_upper("error_rate", cand.error_rate, th.max_error_rate,
+                             f"candidate error rate {cand.error_rate:.1%} ({cand.errors}/{cand.requests})"
+                             f" > {th.max_error_rate:.1%}"))
+    if th.max_p99_ms is not None and cand.p99_ms is not None:
+        checks.append(_upper("p99_ms", cand.p99_ms, th.max_p99_ms,
+                             f"candidate p99 {cand.p99_ms:.1f} ms > {th.max_p99_ms:g} ms"))
+    if th.max_p99_ratio_vs_baseline is not None and cand.p99_ms is not None:
+        if base is None or base.p99_ms is None or base.requests < th.min_requests_per_check:
+            checks.append(Check("p99_ratio", "insufficient", reason="too few baseline requests to compare p99"))
+        else:
+            ratio = cand.p99_ms / max(base.p99_ms, 1e-9)
+            checks.append(_upper("p99_ratio", ratio, th.max_p99_ratio_vs_baseline,
+                                 f"candidate p99 {cand.p99_ms:.1f} ms is {ratio:.2f}x baseline "
+                                 f"{base.p99_ms:.1f} ms (> {th.max_p99_ratio_vs_baseline:g}x)"))
+    for name, bound in th.model_metrics.items():
+        value = cand.model_metrics.get(name)
+        if value is None:
+            checks.append(Check(f"metric:{name}", "insufficient", reason=f"no samples of model metric {name!r}"))
+            continue
+        if bound.min is not None and value < bound.min:
+            checks.append(Check(f"metric:{name}", "fail", value, bound.min,
+                                f"candidate {name} {value:.4g} < {bound.min:g}"))
+        elif bound.max is not None and value > bound.max:
+            checks.append(Check(f"metric:{name}", "fail", value, bound.max,
+                                f"candidate {name} {value:.4g} > {bound.max:g}"))
+        else:
+            checks.append(Check(f"metric:{name}", "pass", value))
+    status: Status = "fail" if any(c.status == "fail" for c in checks) else "pass"
+    return Verdict(status, checks, stats)
+
+
+def _upper(name: str, value: float, limit: float, reason: str) -> Check:
+    return Check(name, "fail" if value > limit else "pass", value, limit, reason if value > limit else "")
+
+
+def samples(windows: Iterable[VariantWindow], variant: str, metric: str) -> list[float]:
+    """Per-request samples of one metric for one variant (A/B tests). Shadow copies never count."""
+    out: list[float] = []
+    for w in windows:
+        if w.variant != variant or w.shadow:
+            continue
+        if metric == SUCCESS_METRIC:
+            out += [1.0] * (w.requests - w.errors_5xx) + [0.0] * w.errors_5xx
+        elif metric == LATENCY_METRIC:
+            out += list(w.latencies_ms)
+        else:
+            out += list(w.model_metrics.get(metric, []))
+    return out
+
+
+@dataclass
+class _Stamped:
+    at: float
+    router_id: str
+    window: VariantWindow
+
+
+class WindowLog:
+    """Windows as they arrived, stamped with the controller's clock; bounded by age."""
+
+    def __init__(self, retention_s: float = 3600.0) -> None:
+        self.retention_s = retention_s
+        self._items: deque[_Stamped] = deque()
+        self._last_report: dict[str, tuple[float, list[VariantWindow]]] = {}
+
+    def add(self, now: float, router_id: str, windows: Iterable[VariantWindow]) -> None:
+        batch = list(windows)
+        for w in batch:
+            self._items.append(_Stamped(now, router_id, w))
+        self._last_report[router_id] = (now, batch)
+        while self._items and self._items[0].at < now - self.retention_s:
+            self._items.popleft()
+
+    def since(self, start: float, end: float | None = None) -> list[VariantWindow]:
+        return [s.window for s in self._items if s.at >= start and (end is None or s.at < end)]
+
+    def requests_since(self, start: float, variant: str) -> int:
+        return sum(w.requests for w in self.since(start) if w.variant == variant and not w.shadow)
+
+    def routers_quiet_on(self, variant: str, after: float, active_within_s: float, now: float) -> bool:
+        """True when every router heard from recently has reported after ``after`` with no ``variant`` requests.
+
+        That is the evidence that a traffic change (e.g. rollback) reached every router.
+        """
+        recent = {r: (at, ws) for r, (at, ws) in self._last_report.items() if at >= now - active_within_s}
+        for at, ws in recent.values():
+            if at < after or any(w.variant == variant and not w.shadow and w.requests for w in ws):
+                return False
+        return True

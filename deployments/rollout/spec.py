@@ -1,0 +1,167 @@
+"""The rollout spec: what a user writes in ``SPEC.yaml`` for ``rayline canary start``.
+
+Validated once, at the edge, so the state machine can trust every field. Model references
+are aliases (``champion``, ``@champion``) or versions (``3``, ``v3``), optionally written as
+full ``models:/NAME@ALIAS`` / ``models:/NAME/VERSION`` URIs.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from deployments.rollout.errors import SpecError
+
+SUCCESS_METRIC = "success"       # per request: 1 when served without a 5xx
+LATENCY_METRIC = "latency_ms"    # per request latency
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MetricBound(_Strict):
+    """Bounds on the candidate's mean of a model metric the model server reports (e.g. confidence)."""
+
+    min: float | None = None
+    max: float | None = None
+
+
+class Thresholds(_Strict):
+    max_error_rate: float | None = Field(0.05, ge=0.0, le=1.0)
+    max_p99_ms: float | None = Field(None, gt=0)
+    max_p99_ratio_vs_baseline: float | None = Field(None, gt=0)
+    model_metrics: dict[str, MetricBound] = Field(default_factory=dict)
+    min_requests_per_check: int = Field(10, ge=1, description="candidate requests in one interval to judge it")
+
+
+class ABSettings(_Strict):
+    """A fixed-split experiment that ends with a significance test instead of steps."""
+
+    split: float = Field(50.0, gt=0, lt=100, description="percent of traffic to the candidate")
+    metric: str = SUCCESS_METRIC
+    test: Literal["two_proportion", "mann_whitney", "welch", "sequential"] = "two_proportion"
+    alpha: float = Field(0.05, gt=0, lt=0.5)
+    min_samples: int = Field(200, ge=2, description="per variant, before a fixed-horizon test is run")
+    duration_s: float | None = Field(None, gt=0, description="end after this long even if min_samples not met")
+    higher_is_better: bool = True
+    min_effect: float | None = Field(None, gt=0, description="sequential test: effect size the mixture targets")
+    promote_on_win: bool = False
+
+    @model_validator(mode="after")
+    def _test_fits_metric(self) -> ABSettings:
+        if self.test == "two_proportion" and self.metric != SUCCESS_METRIC:
+            raise ValueError(f"two_proportion needs a success-type metric ({SUCCESS_METRIC!r}), not {self.metric!r}")
+        if self.test in ("mann_whitney", "welch") and self.metric == SUCCESS_METRIC:
+            raise ValueError(f"{self.test} is for continuous metrics ({LATENCY_METRIC!r} or a model metric)")
+        return self
+
+
+class RolloutSpec(_Strict):
+    name: str | None = None
+    model: str = Field(min_length=1)
+    baseline: str = "champion"
+    candidate: str = Field(min_length=1)
+    mode: Literal["canary", "ab"] = "canary"
+    steps: list[float] = Field(default_factory=lambda: [5.0, 25.0, 50.0, 100.0])
+    interval_s: float = Field(5.0, ge=1.0)
+    min_requests: int = Field(50, ge=1, description="candidate requests per step before it may advance")
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+    failed_checks_before_rollback: int = Field(2, ge=1)
+    keep_old_warm_s: float = Field(600.0, ge=0)
+    stale_after_s: float = Field(120.0, gt=0, description="a restarted controller holds at baseline past this age")
+    ab: ABSettings | None = None
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_increase_to_100(cls, steps: list[float]) -> list[float]:
+        if not steps:
+            raise ValueError("steps must not be empty")
+        if any(not 0 < s <= 100 for s in steps):
+            raise ValueError("every step is a percentage in (0, 100]")
+        if any(b <= a for a, b in itertools.pairwise(steps)):
+            raise ValueError("steps must strictly increase")
+        if steps[-1] != 100:
+            raise ValueError("the last step must be 100 (full traffic before promotion)")
+        return steps
+
+    @model_validator(mode="after")
+    def _mode_settings(self) -> RolloutSpec:
+        if self.mode == "ab" and self.ab is None:
+            self.ab = ABSettings()
+        if self.mode == "canary" and self.ab is not None:
+            raise ValueError("'ab' settings need mode: ab")
+        if ref_key(self.baseline) == ref_key(self.candidate):
+            raise ValueError("baseline and candidate must differ")
+        for ref in (self.baseline, self.candidate):
+            name = _uri_model(ref)
+            if name is not None and name != self.model:
+                raise ValueError(f"reference {ref!r} names model {name!r}, not {self.model!r}")
+        return self
+
+    def candidate_percent(self, step_index: int) -> float:
+        """Percent of traffic on the candidate at a step (A/B: the fixed split)."""
+        if self.mode == "ab":
+            assert self.ab is not None
+            return self.ab.split
+        return self.steps[step_index]
+
+    @property
+    def last_step(self) -> int:
+        return 0 if self.mode == "ab" else len(self.steps) - 1
+
+
+def ref_uri(model: str, ref: str) -> str:
+    """``champion`` → ``models:/M@champion``; ``3``/``v3`` → ``models:/M/3``; URIs pass through."""
+    if ref.startswith("models:/"):
+        return ref
+    kind, value = ref_key(ref)
+    return f"models:/{model}/{value}" if kind == "version" else f"models:/{model}@{value}"
+
+
+def ref_key(ref: str) -> tuple[str, str]:
+    """(``"version"``|``"alias"``, value) of a reference, for comparisons."""
+    body = ref.removeprefix("models:/")
+    if "@" in body:
+        return "alias", body.split("@", 1)[1]
+    if "/" in body:
+        return "version", body.rsplit("/", 1)[1]
+    if body.lstrip("vV").isdigit():
+        return "version", body.lstrip("vV")
+    return "alias", body
+
+
+def _uri_model(ref: str) -> str | None:
+    if not ref.startswith("models:/"):
+        return None
+    body = ref.removeprefix("models:/")
+    return body.split("@", 1)[0] if "@" in body else body.rsplit("/", 1)[0]
+
+
+def parse_spec(data: dict[str, Any]) -> RolloutSpec:
+    """Validate a spec mapping; every problem becomes one :class:`SpecError` line."""
+    try:
+        return RolloutSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'spec'}: {err['msg'].removeprefix('Value error, ')}"
+            for err in exc.errors()
+        )
+        raise SpecError(f"invalid rollout spec: {problems}") from None
+
+
+def load_spec(path: str | Path) -> RolloutSpec:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise SpecError(f"cannot read rollout spec {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"rollout spec {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"rollout spec {path} must be a mapping")
+    return parse_spec(data)

@@ -1,0 +1,54 @@
+"""Persistence: state survives a new process, events append, writes are atomic."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from deployments.rollout.errors import RolloutError
+from deployments.rollout.state import Command, Observation, RecordEvent, transition
+from deployments.rollout.store import RolloutStore
+from tests.rollout.helpers import progressing
+
+
+def test_saved_state_and_events_load_back_in_a_fresh_store(tmp_path):
+    state = progressing()
+    new, actions = transition(state, Observation(now=101.0), Command("abort", "alice", "why not"))
+    RolloutStore(tmp_path, "iris").save(new, [a.event for a in actions if isinstance(a, RecordEvent)])
+    again = RolloutStore(tmp_path, "iris")
+    assert again.current_id() == new.rollout_id
+    assert again.load() == new
+    assert again.events(new.rollout_id)[0]["actor"] == "alice"
+
+
+def test_state_file_is_replaced_atomically_and_leaves_no_temporary_files(tmp_path):
+    store = RolloutStore(tmp_path, "iris")
+    state = progressing()
+    for _ in range(3):
+        store.save(state)
+    folder = store.root / state.rollout_id
+    assert sorted(p.name for p in folder.iterdir()) == ["state.json"]
+    assert json.loads((folder / "state.json").read_text())["phase"] == "progressing"
+
+
+def test_a_torn_last_event_line_is_skipped(tmp_path):
+    store = RolloutStore(tmp_path, "iris")
+    state = progressing()
+    store.save(state, [{"command": "start"}])
+    with open(store.root / state.rollout_id / "events.jsonl", "a") as fh:
+        fh.write('{"command": "pro')
+    assert store.events(state.rollout_id) == [{"command": "start"}]
+
+
+def test_no_rollout_yet_loads_none_and_unknown_ids_are_404(tmp_path):
+    store = RolloutStore(tmp_path, "iris")
+    assert store.load() is None
+    with pytest.raises(RolloutError) as err:
+        store.load("nope")
+    assert err.value.status_code == 404
+
+
+def test_path_traversal_in_ids_is_refused(tmp_path):
+    with pytest.raises(RolloutError):
+        RolloutStore(tmp_path, "iris").load("../../etc")
