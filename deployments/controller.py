@@ -1,0 +1,312 @@
+"""The rollout controller: a single-replica Serve deployment around the pure state machine.
+
+Routers poll :meth:`RolloutController.traffic` every 0.2 s and push what they served with
+:meth:`RolloutController.report`; an asyncio loop analyses the last interval and feeds the
+verdict to :func:`deployments.rollout.state.transition`. Every new state is persisted (with
+its events) *before* its actions take effect: traffic changes are visible to routers only
+after the save, and the MLflow alias is moved only after ``promoting`` is on disk. On start
+the persisted rollout is resumed, or held at baseline if it is too old to trust.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+
+from cluster.errors import RegistryError
+from deployments.contracts import BASELINE, CANDIDATE, TRAFFIC_POLL_S, Traffic, VariantWindow
+from deployments.rollout.analysis import Verdict, WindowLog, aggregate, evaluate, samples
+from deployments.rollout.errors import RolloutError
+from deployments.rollout.spec import RolloutSpec, parse_spec, ref_uri
+from deployments.rollout.state import (
+    Action,
+    Command,
+    MoveAlias,
+    Observation,
+    Phase,
+    RecordEvent,
+    ReleaseWarm,
+    RolloutState,
+    SetTraffic,
+    start,
+    transition,
+)
+from deployments.rollout.stats import TestResult, run_test
+from deployments.rollout.store import RolloutStore
+
+logger = logging.getLogger(__name__)
+audit = logging.getLogger("rayline.audit")
+
+TICK_S = 0.1                 # loop period; analysis runs every spec.interval_s
+SETTLE_TIMEOUT_S = 10.0      # rolled back even if a silent router never confirms
+ROUTER_ACTIVE_S = 5.0        # routers heard from within this are expected to confirm a traffic change
+REGISTRY_PROBE_S = 1.0
+REGISTRY_TIMEOUT_S = 30.0
+
+
+class Controller:
+    """Everything but the Serve decorator, so it also runs in a plain asyncio test or a benchmark."""
+
+    def __init__(self, state_dir: str | Path, model_name: str, tracking_uri: str | None = None) -> None:
+        self.model = model_name
+        self.tracking_uri = tracking_uri
+        self.store = RolloutStore(state_dir, model_name)
+        self.windows = WindowLog()
+        self.state: RolloutState | None = None
+        self.traffic_now = Traffic()
+        self.last_verdict: Verdict | None = None
+        self.last_ab: TestResult | None = None
+        self._registry: Any = None
+        self._lock = asyncio.Lock()
+        self._loop_task: asyncio.Task | None = None
+        self._last_analysis = 0.0
+        self._last_probe = 0.0
+        self._pending_alias: list[MoveAlias] = []
+        self._resume()
+
+    # ---- start-up ---------------------------------------------------------------------------------------------
+
+    def _resume(self) -> None:
+        """Load the persisted rollout; active ones go through the ``restart`` transition (resume or hold)."""
+        state = self.store.load()
+        if state is None:
+            return
+        self.state = state
+        self.traffic_now = Traffic(weights={BASELINE: 1.0}, epoch=state.traffic.epoch + 1, rollout_id=state.rollout_id)
+        if state.active or state.phase == Phase.SUCCEEDED:
+            new, actions = transition(state, Observation(now=time.time()), Command("restart"))
+            self._persist(new, actions)
+            for action in actions:
+                if isinstance(action, SetTraffic):
+                    self.traffic_now = action.traffic
+            # MoveAlias actions from the restart are retried by the loop (promoting / rolling back)
+            self._pending_alias = [a for a in actions if isinstance(a, MoveAlias)]
+
+    def _ensure_loop(self) -> None:
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.get_running_loop().create_task(self._run())
+
+    # ---- router-facing ----------------------------------------------------------------------------------------
+
+    async def traffic(self) -> dict[str, Any]:
+        self._ensure_loop()
+        return self.traffic_now.to_dict()
+
+    async def report(self, router_id: str, windows: list[dict[str, Any]]) -> None:
+        self._ensure_loop()
+        self.windows.add(time.time(), router_id, [VariantWindow.from_dict(w) for w in windows])
+
+    # ---- admin-facing -----------------------------------------------------------------------------------------
+
+    async def status(self) -> dict[str, Any]:
+        self._ensure_loop()
+        return {
+            "model": self.model,
+            "rollout": self.state.to_dict() if self.state else None,
+            "traffic": self.traffic_now.to_dict(),
+            "last_analysis": self.last_verdict.to_dict() if self.last_verdict else None,
+            "ab": self.last_ab.to_dict() if self.last_ab else None,
+        }
+
+    async def history(self) -> dict[str, Any]:
+        rollouts = []
+        for rid in self.store.rollout_ids():
+            st = self.store.load(rid)
+            assert st is not None
+            rollouts.append({"rollout_id": rid, "phase": st.phase.value, "baseline_version": st.baseline_version,
+                             "candidate_version": st.candidate_version, "created_at": st.created_at,
+                             "decided_at": st.decided_at, "reason": st.reason, "decision": st.decision,
+                             "events": self.store.events(rid)})
+        return {"model": self.model, "rollouts": rollouts}
+
+    async def command(self, name: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``start`` (body.spec), ``pause``, ``resume``, ``promote`` (body.full), ``abort``, ``rollback``,
+        ``report`` (body.rollout_id → state, events and timeline). Raises RolloutError (→ 4xx)."""
+        self._ensure_loop()
+        body = body or {}
+        actor = str(body.get("actor") or "anonymous")
+        reason = str(body.get("reason") or "")
+        if name == "report":
+            rid = body.get("rollout_id") or self.store.current_id()
+            if rid is None:
+                raise RolloutError(f"no rollouts of {self.model} yet", 404)
+            return self.store.bundle(rid)
+        async with self._lock:
+            if name == "start":
+                await self._start(body.get("spec"), actor, reason)
+            else:
+                if self.state is None:
+                    raise RolloutError(f"no rollout of {self.model} to {name}", 404)
+                if name == "restart":
+                    raise RolloutError("restart is the controller's own command", 400)
+                cmd = Command(name, actor, reason, full=bool(body.get("full")))
+                new, actions = transition(self.state, Observation(now=time.time()), cmd)
+                await self._commit(new, actions)
+        return await self.status()
+
+    async def _start(self, spec_data: Any, actor: str, reason: str) -> None:
+        if not isinstance(spec_data, dict):
+            raise RolloutError("start needs the rollout spec as a JSON object in 'spec'", 400)
+        spec = parse_spec(spec_data)
+        if spec.model != self.model:
+            raise RolloutError(f"this controller rolls out {self.model!r}, not {spec.model!r}", 400)
+        if self.state is not None and self.state.active:   # checked again in start(); fail before MLflow calls
+            start(spec, "0", "1", time.time(), 0, actor, previous=self.state)
+        baseline, candidate = await self._resolve(spec)
+        state, actions = start(spec, baseline, candidate, now=time.time(), epoch=self.traffic_now.epoch,
+                               actor=actor, reason=reason, previous=self.state)
+        await self._commit(state, actions)
+        self._last_analysis = 0.0
+
+    async def _resolve(self, spec: RolloutSpec) -> tuple[str, str]:
+        try:
+            reg = await self._registry_client()
+            base = await asyncio.to_thread(reg.resolve, ref_uri(spec.model, spec.baseline))
+            cand = await asyncio.to_thread(reg.resolve, ref_uri(spec.model, spec.candidate))
+        except RegistryError as exc:
+            raise RolloutError(f"cannot resolve model versions: {exc}", 503) from None
+        return base.version, cand.version
+
+    # ---- the loop ---------------------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                async with self._lock:
+                    await self._tick()
+            except Exception:   # the loop must outlive any one bad tick
+                logger.exception("rollout controller tick failed")
+            await asyncio.sleep(TICK_S)
+
+    async def _tick(self) -> None:
+        state = self.state
+        if state is None:
+            return
+        if self._pending_alias:
+            pending, self._pending_alias = self._pending_alias, []
+            await self._execute(pending)
+            state = self.state
+            assert state is not None
+        now = time.time()
+        spec = state.parsed_spec
+        obs: dict[str, Any] = {}
+        if state.phase in (Phase.PROGRESSING, Phase.PAUSED) and now - self._last_analysis >= spec.interval_s:
+            self._last_analysis = now
+            obs.update(self._analyse(state, spec, now))
+        if state.phase == Phase.ROLLING_BACK:
+            decided = state.decided_at or now
+            obs["traffic_settled"] = (now - decided >= SETTLE_TIMEOUT_S or self.windows.routers_quiet_on(
+                CANDIDATE, after=decided + TRAFFIC_POLL_S, active_within_s=ROUTER_ACTIVE_S, now=now))
+        needs_registry = (state.phase == Phase.PAUSED and state.paused_from == Phase.PROMOTING) or (
+            state.phase == Phase.ROLLING_BACK and state.alias_moved)
+        if needs_registry and now - self._last_probe >= REGISTRY_PROBE_S:
+            self._last_probe = now
+            obs["registry_healthy"] = await self._registry_healthy()
+        new, actions = transition(state, Observation(now=now, **obs))
+        if actions or "verdict" in obs:   # a verdict also persists a heartbeat: the state shows it is watched
+            await self._commit(new, actions)
+
+    def _analyse(self, state: RolloutState, spec: RolloutSpec, now: float) -> dict[str, Any]:
+        start_at = max(now - spec.interval_s, state.step_started_at)
+        verdict = evaluate(spec, aggregate(self.windows.since(start_at)))
+        self.last_verdict = verdict
+        obs: dict[str, Any] = {"verdict": verdict,
+                               "step_requests": self.windows.requests_since(state.step_started_at, CANDIDATE)}
+        if spec.mode == "ab" and spec.ab is not None and state.phase == Phase.PROGRESSING:
+            since = self.windows.since(state.step_started_at)
+            base, cand = samples(since, BASELINE, spec.ab.metric), samples(since, CANDIDATE, spec.ab.metric)
+            if len(base) >= 2 and len(cand) >= 2:
+                self.last_ab = run_test(spec.ab.test, base, cand, spec.ab.alpha, spec.ab.higher_is_better,
+                                        spec.ab.min_effect, state.ab_p_value)
+                obs["ab_result"] = self.last_ab
+        self.store.append_timeline(state.rollout_id, {
+            "at": now, "phase": state.phase.value, "step": state.step_index, "epoch": state.traffic.epoch,
+            "weights": dict(state.traffic.weights), "status": verdict.status,
+            "variants": {v: {"requests": s.requests, "error_rate": s.error_rate, "p50_ms": s.p50_ms,
+                             "p99_ms": s.p99_ms, "model_metrics": s.model_metrics}
+                         for v, s in verdict.stats.items()},
+        })
+        return obs
+
+    # ---- persistence and effects ------------------------------------------------------------------------------
+
+    def _persist(self, new: RolloutState, actions: list[Action]) -> None:
+        events = [a.event for a in actions if isinstance(a, RecordEvent)]
+        self.store.save(new, events)
+        self.state = new
+        for event in events:
+            audit.info("rollout %s: %s → %s (%s)", event["rollout_id"], event["from"], event["to"], event["reason"],
+                       extra={"audit": True, "actor": event["actor"], "command": event["command"],
+                              "reason": event["reason"], "rollout_id": event["rollout_id"], "model": self.model,
+                              "from_phase": event["from"], "to_phase": event["to"], "epoch": event["epoch"],
+                              "weights": event["weights"]})
+
+    async def _commit(self, new: RolloutState, actions: list[Action]) -> None:
+        """Persist first, then act. Alias results are fed straight back into the state machine."""
+        self._persist(new, actions)
+        await self._execute(actions)
+
+    async def _execute(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, SetTraffic):
+                self.traffic_now = action.traffic
+            elif isinstance(action, ReleaseWarm):
+                logger.info("v%s of %s no longer needs to be kept warm", action.version, self.model,
+                            extra={"variant": action.variant, "model": self.model})
+        for action in actions:
+            if isinstance(action, MoveAlias):
+                result = await self._move_alias(action)
+                assert self.state is not None
+                follow, more = transition(self.state, Observation(now=time.time(), alias_result=result))
+                await self._commit(follow, more)
+
+    # ---- registry ---------------------------------------------------------------------------------------------
+
+    async def _registry_client(self) -> Any:
+        if self._registry is None:
+            from cluster.registry import Registry
+            from cluster.settings import load_settings
+
+            overrides = {"mlflow_tracking_uri": self.tracking_uri} if self.tracking_uri else {}
+            settings = load_settings(**overrides)
+            self._registry = await asyncio.to_thread(Registry, settings)
+        return self._registry
+
+    async def _registry_healthy(self) -> bool:
+        reg = await self._registry_client()
+        return await asyncio.to_thread(reg.healthy)
+
+    async def _move_alias(self, action: MoveAlias) -> str:
+        """"ok", or why the alias could not be moved (the state machine then pauses instead of promoting)."""
+        try:
+            reg = await self._registry_client()
+            if not await asyncio.to_thread(reg.healthy):
+                return f"MLflow at {reg.tracking_uri} is not reachable"
+            await asyncio.wait_for(asyncio.to_thread(reg.set_alias, action.model, action.alias, action.version),
+                                   REGISTRY_TIMEOUT_S)
+            return "ok"
+        except RegistryError as exc:
+            return str(exc)
+        except TimeoutError:
+            return f"MLflow did not answer within {REGISTRY_TIMEOUT_S:g}s"
+
+
+@serve.deployment(
+    num_replicas=1,
+    max_ongoing_requests=1000,
+    ray_actor_options={"num_cpus": 0.05},
+    logging_config={"log_level": "INFO", "enable_access_log": False},
+)
+class RolloutController(Controller):
+    """The Serve deployment: exactly one replica owns a model's rollout state."""
+
+    def __init__(self, state_dir: str, model_name: str, tracking_uri: str | None = None) -> None:
+        super().__init__(state_dir, model_name, tracking_uri)
+        with contextlib.suppress(RuntimeError):   # no running loop yet: the first router poll starts it
+            self._ensure_loop()

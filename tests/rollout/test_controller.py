@@ -1,0 +1,183 @@
+"""The controller's I/O around the state machine, on a real MLflow server and a real asyncio loop.
+
+Routers are stood in for by a loop that reports windows the way ``deployments.router`` does
+(the Serve end-to-end tests live in ``tests/serve/test_rollout*.py``); MLflow is real, so
+alias moves and an unreachable registry are real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+
+import pytest
+
+from deployments.contracts import BASELINE, CANDIDATE, REPORT_INTERVAL_S, VariantWindow
+from deployments.controller import Controller
+from deployments.rollout.errors import RolloutError
+
+
+@pytest.fixture
+def model(settings):
+    """A registered model with versions 1 (champion) and 2, made through the real registry."""
+    from cluster.registry import Registry
+
+    reg = Registry(settings)
+    name = f"ctl-{uuid.uuid4().hex[:6]}"
+    reg.client.create_registered_model(name)
+    run = reg.client.create_run(reg.ensure_experiment())
+    for _ in range(2):
+        reg.client.create_model_version(name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
+    reg.set_alias(name, "champion", "1")
+    return name, reg
+
+
+def spec_for(name: str, **kw):
+    return {"model": name, "baseline": "champion", "candidate": "2", "steps": [25, 50, 100], "interval_s": 1,
+            "min_requests": 10, "failed_checks_before_rollback": 2, "keep_old_warm_s": 60,
+            "thresholds": {"max_error_rate": 0.05, "min_requests_per_check": 5}, **kw}
+
+
+async def serve_load(ctl: Controller, candidate_failure: float, stop: asyncio.Event, served: list) -> None:
+    """Route 40 requests per report by the controller's weights and report them, like a router does."""
+    rng = random.Random(0)
+    while not stop.is_set():
+        traffic = await ctl.traffic()
+        counts = {BASELINE: [0, 0], CANDIDATE: [0, 0]}
+        for _ in range(40):
+            variant = rng.choices(list(traffic["weights"]), weights=list(traffic["weights"].values()))[0]
+            failed = variant == CANDIDATE and rng.random() < candidate_failure
+            counts[variant][0] += 1
+            counts[variant][1] += failed
+            served.append((traffic["epoch"], variant))
+        windows = [VariantWindow(v, "1" if v == BASELINE else "2", n, 0, e, [5.0] * n).to_dict()
+                   for v, (n, e) in counts.items() if n]
+        await ctl.report("router-a", windows)
+        await asyncio.sleep(REPORT_INTERVAL_S)
+
+
+async def until(predicate, timeout_s: float = 30.0) -> None:
+    for _ in range(int(timeout_s / 0.1)):
+        if predicate():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("condition not reached")
+
+
+async def run_rollout(ctl: Controller, spec: dict, failure: float, done_phases: set[str]) -> list:
+    stop, served = asyncio.Event(), []
+    load = asyncio.create_task(serve_load(ctl, failure, stop, served))
+    await ctl.command("start", {"spec": spec, "actor": "tester"})
+    await until(lambda: ctl.state.phase.value in done_phases, 40)
+    await asyncio.sleep(0.6)
+    stop.set()
+    await load
+    return served
+
+
+def test_a_healthy_candidate_is_promoted_step_by_step_and_the_champion_alias_moves(tmp_path, model):
+    name, reg = model
+
+    async def scenario():
+        ctl = Controller(tmp_path, name, reg.tracking_uri)
+        await run_rollout(ctl, spec_for(name), 0.0, {"succeeded", "rolled_back"})
+        return ctl
+
+    ctl = asyncio.run(scenario())
+    assert ctl.state.phase.value == "succeeded"
+    assert reg.by_alias(name, "champion").version == "2"
+    steps = [e["weights"].get(CANDIDATE) for e in ctl.store.events(ctl.state.rollout_id) if e["to"] == "progressing"]
+    assert steps == [0.25, 0.5, 1.0]
+    assert ctl.store.timeline(ctl.state.rollout_id)
+
+
+def test_a_failing_candidate_is_rolled_back_and_gets_no_traffic_after_the_decision_epoch(tmp_path, model):
+    name, reg = model
+
+    async def scenario():
+        ctl = Controller(tmp_path, name, reg.tracking_uri)
+        served = await run_rollout(ctl, spec_for(name), 0.2, {"rolled_back", "succeeded"})
+        return ctl, served
+
+    ctl, served = asyncio.run(scenario())
+    assert ctl.state.phase.value == "rolled_back"
+    decision = ctl.state.decision
+    assert "error rate" in decision["reason"]
+    assert not [e for e, v in served if e >= decision["epoch"] and v == CANDIDATE]
+    assert reg.by_alias(name, "champion").version == "1"
+
+
+def test_a_restarted_controller_resumes_the_persisted_step_with_a_newer_epoch(tmp_path, model):
+    name, reg = model
+
+    async def first():
+        ctl = Controller(tmp_path, name, reg.tracking_uri)
+        await ctl.command("start", {"spec": spec_for(name, min_requests=10_000), "actor": "tester"})
+        await until(lambda: ctl.state.phase.value == "progressing")
+        return ctl.traffic_now
+
+    async def second():
+        return Controller(tmp_path, name, reg.tracking_uri)
+
+    before = asyncio.run(first())
+    ctl = asyncio.run(second())
+    assert ctl.state.phase.value == "progressing"
+    assert ctl.traffic_now.weights == before.weights and ctl.traffic_now.epoch > before.epoch
+    assert ctl.store.events(ctl.state.rollout_id)[-1]["command"] == "restart"
+
+
+def test_a_controller_back_after_the_stale_limit_holds_all_traffic_at_baseline(tmp_path, model):
+    name, reg = model
+
+    async def first():
+        ctl = Controller(tmp_path, name, reg.tracking_uri)
+        await ctl.command("start", {"spec": spec_for(name, stale_after_s=0.5, min_requests=10_000)})
+        await until(lambda: ctl.state.phase.value == "progressing")
+
+    asyncio.run(first())
+    import time
+
+    time.sleep(1.0)
+    ctl = Controller(tmp_path, name, reg.tracking_uri)
+    assert ctl.state.phase.value == "held" and ctl.traffic_now.weights == {BASELINE: 1.0}
+
+
+def test_commands_are_refused_with_conflict_in_the_wrong_state_and_start_needs_resolvable_versions(tmp_path, model):
+    name, reg = model
+
+    async def scenario():
+        ctl = Controller(tmp_path, name, reg.tracking_uri)
+        with pytest.raises(RolloutError) as no_rollout:
+            await ctl.command("pause", {})
+        with pytest.raises(RolloutError) as missing:
+            await ctl.command("start", {"spec": spec_for(name, candidate="9")})
+        await ctl.command("start", {"spec": spec_for(name, min_requests=10_000)})
+        with pytest.raises(RolloutError) as twice:
+            await ctl.command("start", {"spec": spec_for(name)})
+        return no_rollout.value, missing.value, twice.value
+
+    no_rollout, missing, twice = asyncio.run(scenario())
+    assert no_rollout.status_code == 404 and missing.status_code == 503 and twice.status_code == 409
+
+
+def test_mlflow_unreachable_at_promotion_pauses_and_promotes_once_it_is_back(tmp_path, model, mlflow_server):
+    name, reg = model
+
+    async def scenario():
+        ctl = Controller(tmp_path, name, reg.tracking_uri)
+        await ctl.command("start", {"spec": spec_for(name, min_requests=10_000)})
+        await until(lambda: ctl.state.phase.value == "progressing")
+        mlflow_server.stop()
+        try:
+            await ctl.command("promote", {"full": True, "actor": "tester"})
+            await until(lambda: ctl.state.phase.value == "paused", 60)
+            paused = (ctl.state.reason, dict(ctl.traffic_now.weights))
+        finally:
+            await asyncio.to_thread(mlflow_server.start)
+        await until(lambda: ctl.state.phase.value == "succeeded", 60)
+        return paused
+
+    reason, weights = asyncio.run(scenario())
+    assert "registry unreachable" in reason and weights == {CANDIDATE: 1.0}
+    assert reg.by_alias(name, "champion").version == "2"
