@@ -1,0 +1,175 @@
+"""The dataset catalog: immutable versions under ``<root>/<name>/<version>/`` and a LATEST pointer.
+
+A run writes into a hidden staging directory, names the version by the hash of what it wrote,
+then publishes with one ``rename`` (atomic on a POSIX filesystem) and moves ``LATEST`` with an
+atomic replace. Readers only ever see directories that have a ``manifest.json`` (written last,
+before the rename); a killed run leaves only a ``.staging-*`` directory, which readers ignore
+and the next run removes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+
+from ingest.errors import DatasetNotFound
+
+if TYPE_CHECKING:
+    import ray.data
+
+    from models.preprocessing import Preprocessing
+
+MANIFEST = "manifest.json"
+LATEST = "LATEST"
+STAGING_PREFIX = ".staging-"
+SPLITS = ("train", "validation")
+
+
+@dataclass(frozen=True)
+class DatasetVersion:
+    name: str
+    version: str
+    path: str
+    manifest: dict[str, Any]
+
+    def files(self, split: str | None = None) -> list[str]:
+        splits = [split] if split is not None else [s for s in SPLITS if (Path(self.path) / f"split={s}").is_dir()]
+        for s in splits:
+            if s not in SPLITS:
+                raise DatasetNotFound(f"dataset {self.name} {self.version}: no split {s!r} (have {list(SPLITS)})")
+        return [str(p) for s in splits for p in sorted((Path(self.path) / f"split={s}").glob("*.parquet"))]
+
+    def lazy(self, split: str | None = None) -> pl.LazyFrame:
+        """The version as a LazyFrame; without ``split`` both splits, with a ``split`` column."""
+        if split is not None:
+            return pl.scan_parquet(self.files(split))
+        return pl.scan_parquet(self.files(), hive_partitioning=True)
+
+    def ray_dataset(self, split: str | None = None) -> ray.data.Dataset:
+        import ray.data
+
+        if split is not None:
+            return ray.data.read_parquet(self.files(split))
+        return ray.data.read_parquet(self.files(), partitioning=ray.data.datasource.Partitioning("hive"))
+
+    def preprocessing(self) -> Preprocessing:
+        from models.preprocessing import Preprocessing
+
+        return Preprocessing.from_manifest(self.manifest)
+
+    def quarantine(self) -> pl.LazyFrame | None:
+        files = sorted((Path(self.path) / "quarantine").glob("*.parquet"))
+        return pl.scan_parquet(files) if files else None
+
+
+class Catalog:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def dataset_dir(self, name: str) -> Path:
+        return self.root / name
+
+    def versions(self, name: str) -> list[str]:
+        """Published versions, oldest first."""
+        directory = self.dataset_dir(name)
+        if not directory.is_dir():
+            raise DatasetNotFound(f"no dataset {name!r} under {self.root}")
+        found = []
+        for child in directory.iterdir():
+            manifest = child / MANIFEST
+            if child.name.startswith(".") or not manifest.is_file():
+                continue
+            found.append((json.loads(manifest.read_text()).get("created_at", ""), child.name))
+        return [v for _, v in sorted(found)]
+
+    def latest_version(self, name: str) -> str | None:
+        pointer = self.dataset_dir(name) / LATEST
+        if not pointer.is_file():
+            return None
+        return json.loads(pointer.read_text())["version"]
+
+    def latest(self, name: str) -> DatasetVersion:
+        if not self.dataset_dir(name).is_dir():
+            raise DatasetNotFound(f"no dataset {name!r} under {self.root}")
+        version = self.latest_version(name)
+        if version is None:
+            raise DatasetNotFound(f"dataset {name!r} under {self.root} has no published version")
+        return self.get(name, version)
+
+    def get(self, name: str, version: str) -> DatasetVersion:
+        if version == "latest":
+            return self.latest(name)
+        path = self.dataset_dir(name) / version
+        manifest = path / MANIFEST
+        if not manifest.is_file():
+            if not self.dataset_dir(name).is_dir():
+                raise DatasetNotFound(f"no dataset {name!r} under {self.root}")
+            raise DatasetNotFound(f"dataset {name!r} has no version {version!r} (have {self.versions(name)})")
+        return DatasetVersion(name, version, str(path), json.loads(manifest.read_text()))
+
+    # -- writing (used by the pipeline) ------------------------------------------------------
+
+    def stage(self, name: str) -> Path:
+        """A fresh private directory for one run; stale ones of dead runs are removed first."""
+        directory = self.dataset_dir(name)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.clean_stale(name)
+        path = directory / f"{STAGING_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        path.mkdir()
+        return path
+
+    def clean_stale(self, name: str) -> list[str]:
+        removed = []
+        for child in self.dataset_dir(name).glob(f"{STAGING_PREFIX}*"):
+            pid = child.name.removeprefix(STAGING_PREFIX).split("-", 1)[0]
+            if not pid.isdigit() or not _alive(int(pid)):
+                shutil.rmtree(child, ignore_errors=True)
+                removed.append(child.name)
+        return removed
+
+    def publish(self, name: str, staging: Path, version: str, manifest: dict[str, Any]) -> DatasetVersion:
+        """Manifest last into staging, then one rename; an identical version already there is reused."""
+        target = self.dataset_dir(name) / version
+        if (target / MANIFEST).is_file():
+            shutil.rmtree(staging, ignore_errors=True)
+            existing = self.get(name, version)
+        else:
+            _write_json(staging / MANIFEST, manifest)
+            os.replace(staging, target) if not target.exists() else _replace_dir(staging, target)
+            existing = DatasetVersion(name, version, str(target), manifest)
+        _write_json(self.dataset_dir(name) / LATEST, {"version": version})
+        return existing
+
+
+def _replace_dir(staging: Path, target: Path) -> None:
+    """A directory without a manifest at the target is debris of an older crash: replace it."""
+    shutil.rmtree(target)
+    os.replace(staging, target)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True, default=str)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

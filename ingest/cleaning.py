@@ -1,0 +1,210 @@
+"""Cleaning steps, each returning its counts: dedupe, fill, outliers, encoding, split.
+
+The numbers cleaning needs (fill values, outlier bounds, vocabularies, classes) come from one
+statistics pass over the deduplicated valid rows and are frozen in a :class:`Plan`, which goes
+into the manifest; the per-bucket transforms then only apply constants, so they stay vectorised
+and every bucket is cleaned with the same numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+
+from ingest.contract import ColumnSpec, Contract
+from ingest.quarantine import from_typed
+from ingest.rules import ROW, say
+
+SPLIT = "split"
+TRAIN, VALIDATION = "train", "validation"
+SPLIT_BUCKETS = 10_000
+
+
+@dataclass
+class Plan:
+    """Frozen numbers for the transforms (all JSON-serialisable, stored in the manifest)."""
+
+    rows: int
+    null_counts: dict[str, int]
+    fills: dict[str, Any] = field(default_factory=dict)
+    bounds: dict[str, list[float]] = field(default_factory=dict)
+    vocabularies: dict[str, list[str]] = field(default_factory=dict)
+    classes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "null_counts": self.null_counts, "fills": self.fills, "bounds": self.bounds,
+                "vocabularies": self.vocabularies, "classes": self.classes}
+
+
+def deduplicate(df: pl.DataFrame, contract: Contract) -> tuple[pl.DataFrame, pl.DataFrame | None, dict[str, int]]:
+    """Drop exact duplicates, then duplicate keys (keep first/last, or quarantine the repeats)."""
+    df = df.sort(ROW)
+    counts = {"exact_duplicates": 0, "key_duplicates": 0, "key_quarantined": 0}
+    if contract.deduplicate.exact:
+        before = df.height
+        df = df.unique(subset=contract.names, keep="first", maintain_order=True)
+        counts["exact_duplicates"] = before - df.height
+    quarantined = None
+    if contract.key is not None:
+        key = contract.key
+        before = df.height
+        if contract.deduplicate.key == "quarantine":
+            repeat = ~pl.col(key).is_first_distinct()
+            quarantined = from_typed(df.filter(repeat), contract, "deduplicate", "unique", key,
+                                     say(f"{key}=", pl.col(key), " repeats an earlier row's key"))
+            df = df.filter(~repeat)
+            counts["key_quarantined"] = quarantined.height
+        else:
+            df = df.unique(subset=[key], keep=contract.deduplicate.key, maintain_order=True)
+            counts["key_duplicates"] = before - df.height
+    return df, quarantined, counts
+
+
+def _categorical(col: ColumnSpec) -> pl.Expr:
+    return pl.col(col.name).cast(pl.String)
+
+
+def make_plan(lf: pl.LazyFrame, contract: Contract) -> Plan:
+    """One statistics pass (several queries sharing the scan) over deduplicated valid rows."""
+    aggs: list[pl.Expr] = [pl.len().alias("__rows")]
+    aggs += [pl.col(c.name).null_count().alias(f"{c.name}::nulls") for c in contract.columns]
+    queries: dict[str, pl.LazyFrame] = {}
+    for col in contract.columns:
+        x = pl.col(col.name)
+        if col.fill is not None and col.fill.method in ("mean", "median"):
+            aggs.append(getattr(x, col.fill.method)().alias(f"{col.name}::fill"))
+        if col.fill is not None and col.fill.method == "mode":
+            queries[f"{col.name}::mode"] = (lf.select(_categorical(col) if not col.is_numeric else x)
+                                            .drop_nulls().group_by(col.name).len()
+                                            .sort(["len", col.name], descending=[True, False]).head(1))
+        if col.outliers is not None:
+            if col.outliers.method == "iqr":
+                aggs += [x.quantile(0.25).alias(f"{col.name}::q1"), x.quantile(0.75).alias(f"{col.name}::q3")]
+            else:
+                aggs += [x.mean().alias(f"{col.name}::mean"), x.std().alias(f"{col.name}::std")]
+        needs_vocab = (col.role == "feature" and col.encoding is not None) or (
+            col.role == "target" and contract.task == "classification")
+        if needs_vocab and col.allowed is None:
+            queries[f"{col.name}::vocab"] = lf.select(_categorical(col).drop_nulls().unique().sort())
+    names = list(queries)
+    results = pl.collect_all([lf.select(aggs), *queries.values()])
+    row = results[0].row(0, named=True)
+    extra = dict(zip(names, results[1:], strict=True))
+    plan = Plan(rows=int(row["__rows"]), null_counts={c.name: int(row[f"{c.name}::nulls"]) for c in contract.columns})
+    for col in contract.columns:
+        _plan_column(plan, col, row, extra, contract)
+    return plan
+
+
+def _plan_column(plan: Plan, col: ColumnSpec, row: dict[str, Any], extra: dict[str, pl.DataFrame],
+                 contract: Contract) -> None:
+    name = col.name
+    if col.fill is not None and col.fill.method != "forward":
+        if col.fill.method == "constant":
+            value = col.fill.value
+        elif col.fill.method == "mode":
+            mode = extra[f"{name}::mode"]
+            value = mode[name][0] if mode.height else None
+        else:
+            value = row[f"{name}::fill"]
+        if value is not None and col.type == "int":
+            value = round(float(value))
+        plan.fills[name] = value
+    if col.outliers is not None:
+        k = col.outliers.threshold
+        if col.outliers.method == "iqr":
+            q1, q3 = row[f"{name}::q1"], row[f"{name}::q3"]
+            if q1 is not None:
+                plan.bounds[name] = [q1 - k * (q3 - q1), q3 + k * (q3 - q1)]
+        else:
+            mean, std = row[f"{name}::mean"], row[f"{name}::std"]
+            if mean is not None:
+                plan.bounds[name] = [mean - k * (std or 0.0), mean + k * (std or 0.0)]
+    vocab_query = extra.get(f"{name}::vocab")
+    vocab = list(col.allowed) if col.allowed is not None else (
+        [str(v) for v in vocab_query[name]] if vocab_query is not None else None)
+    if vocab is not None and name in plan.fills and str(plan.fills[name]) not in vocab:
+        vocab.append(str(plan.fills[name]))
+    if vocab is not None and col.role == "feature":
+        plan.vocabularies[name] = vocab
+    if vocab is not None and col.role == "target":
+        plan.classes = vocab
+
+
+def transform(df: pl.DataFrame, contract: Contract, plan: Plan
+              ) -> tuple[pl.DataFrame, pl.DataFrame | None, dict[str, dict[str, int]]]:
+    """Fill → outliers → encode → split, for one bucket. Returns (rows, quarantined, counts)."""
+    counts: dict[str, dict[str, int]] = {"filled": {}, "clipped": {}, "outliers_quarantined": {}}
+    if plan.fills:
+        counts["filled"] = {n: int(df[n].null_count()) for n in plan.fills}
+        df = df.with_columns(pl.col(n).fill_null(pl.lit(v).cast(df.schema[n])) for n, v in plan.fills.items())
+    quarantined: list[pl.DataFrame] = []
+    for col in contract.columns:
+        if col.name not in plan.bounds or col.outliers is None:
+            continue
+        lo, hi = plan.bounds[col.name]
+        x = pl.col(col.name)
+        outside = (x < lo) | (x > hi)
+        if col.outliers.action == "clip":
+            counts["clipped"][col.name] = int(df.select(outside.sum()).item())
+            df = df.with_columns(x.cast(pl.Float64).clip(lo, hi))
+        else:
+            bad = df.filter(outside)
+            counts["outliers_quarantined"][col.name] = bad.height
+            if bad.height:
+                reason = say(f"{col.name}=", x, f" outside outlier bounds [{lo:.6g}, {hi:.6g}] "
+                                                f"({col.outliers.method} {col.outliers.threshold})")
+                quarantined.append(from_typed(bad, contract, "outliers", col.outliers.method, col.name, reason))
+                df = df.filter(~outside)
+    out = df.sort(ROW).select(*encode_exprs(contract, plan), split_expr(contract))
+    return out, pl.concat(quarantined) if quarantined else None, counts
+
+
+def encode_exprs(contract: Contract, plan: Plan) -> list[pl.Expr]:
+    """Model-input columns (float features, one-hot floats, label indexes), target and key."""
+    exprs: list[pl.Expr] = []
+    if contract.key is not None:
+        exprs.append(pl.col(contract.key))
+    for col in contract.features:
+        if col.is_numeric:
+            exprs.append(pl.col(col.name).cast(pl.Float64))
+            continue
+        vocab = plan.vocabularies[col.name]
+        text = _categorical(col)
+        if col.encoding == "onehot":
+            exprs += [(text == v).cast(pl.Float64).alias(f"{col.name}={v}") for v in vocab]
+        else:
+            exprs.append(text.replace_strict(vocab, list(range(len(vocab))), return_dtype=pl.Int64).alias(col.name))
+    target = contract.column(contract.target)
+    if contract.task == "classification":
+        exprs.append(_categorical(target).replace_strict(plan.classes, list(range(len(plan.classes))),
+                                                         return_dtype=pl.Int64).alias(target.name))
+    else:
+        exprs.append(pl.col(target.name).cast(pl.Float64))
+    return exprs
+
+
+def split_expr(contract: Contract) -> pl.Expr:
+    """train/validation by a seeded hash of the key: a key keeps its split across versions."""
+    basis = pl.col(contract.key).cast(pl.String) if contract.key else pl.col(ROW).cast(pl.String)
+    cut = round(contract.split.validation_fraction * SPLIT_BUCKETS)
+    bucket = basis.hash(seed=contract.split.seed) % SPLIT_BUCKETS
+    return pl.when(bucket < cut).then(pl.lit(VALIDATION)).otherwise(pl.lit(TRAIN)).alias(SPLIT)
+
+
+def feature_manifest(contract: Contract, plan: Plan) -> list[dict[str, Any]]:
+    """The ``features`` list models.preprocessing reads."""
+    out: list[dict[str, Any]] = []
+    for col in contract.features:
+        if col.is_numeric:
+            out.append({"name": col.name, "kind": "numeric", "encoding": "none", "vocabulary": [],
+                        "columns": [col.name]})
+            continue
+        vocab = plan.vocabularies[col.name]
+        columns = [f"{col.name}={v}" for v in vocab] if col.encoding == "onehot" else [col.name]
+        out.append({"name": col.name, "kind": "categorical", "encoding": col.encoding, "vocabulary": vocab,
+                    "columns": columns})
+    return out
+

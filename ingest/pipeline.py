@@ -1,0 +1,261 @@
+"""The ingest pipeline: source → contract → dedupe → clean → encode/split → versioned Parquet.
+
+Passes, each streaming or bounded by one bucket (about ``BUCKET_BYTES`` of input):
+
+1. scan → cast + rules (lazy, streamed) → valid rows hash-partitioned into buckets by key,
+   rejected rows into the quarantine; the run fails here, before publishing anything, on a
+   missing column or a column whose values mostly do not cast.
+2. per bucket: exact and key duplicates (all rows of a key share a bucket).
+3. one statistics pass: fill values, outlier bounds, vocabularies, classes (a frozen Plan).
+4. per bucket: fill → outliers → encode → split → ``split=<s>/part-<bucket>.parquet`` (zstd).
+5. profile (column stats, normalisation, distributions), drift against the parent, content hash,
+   manifest, atomic publish; optionally an MLflow "ingest" run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from cluster.settings import Settings, load_settings
+from ingest import cleaning, drift, quarantine
+from ingest.catalog import Catalog, DatasetVersion
+from ingest.contract import Contract, load_contract
+from ingest.errors import AccountingError, ContractError, SourceError
+from ingest.profile import profile
+from ingest.progress import Progress
+from ingest.rules import COLUMN, FFILL_PREFIX, ROW, RULE, check_columns, validate
+from ingest.sources import SOURCE_COLUMN, SourceFile, resolve, scan, source_schema
+
+BUCKET_BYTES = {"csv": 192 * 1024**2, "ndjson": 192 * 1024**2, "parquet": 48 * 1024**2}
+BUCKET = "_bucket"
+WORK = "_work"
+
+
+def run_ingest(source: str | list[str], contract: str | Path | Contract, dataset: str, root: str, *,
+               settings: Settings | None = None, log_to_mlflow: bool = False,
+               progress: Progress | None = None) -> DatasetVersion:
+    """Ingest ``source`` under ``contract`` as a new version of ``dataset`` in the catalog at ``root``."""
+    settings = settings or load_settings()
+    spec = load_contract(contract)
+    progress = progress or Progress(dataset)
+    catalog = Catalog(root)
+    files = resolve(source, settings.s3_endpoint_url)
+    lf = scan(files, settings.s3_endpoint_url)
+    schema = source_schema(lf, files)
+    check_columns(spec, schema, files[0].path if len(files) == 1 else f"{len(files)} source files")
+    parent = _parent(catalog, dataset)
+    staging = catalog.stage(dataset)
+    try:
+        version = _run(lf, schema, files, spec, dataset, catalog, staging, parent, progress)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if log_to_mlflow:
+        from ingest.lineage import log_ingest_run
+
+        log_ingest_run(version, settings)
+    return version
+
+
+def _parent(catalog: Catalog, dataset: str) -> DatasetVersion | None:
+    version = catalog.latest_version(dataset) if catalog.dataset_dir(dataset).is_dir() else None
+    return catalog.get(dataset, version) if version else None
+
+
+def _run(lf: pl.LazyFrame, schema: pl.Schema, files: list[SourceFile], spec: Contract, dataset: str,
+         catalog: Catalog, staging: Path, parent: DatasetVersion | None, progress: Progress) -> DatasetVersion:
+    work, qdir = staging / WORK, staging / quarantine.DIR
+    buckets = max(1, math.ceil(sum(f.bytes for f in files) / BUCKET_BYTES[files[0].format]))
+    steps: list[dict[str, Any]] = []
+
+    progress.begin("validate")
+    rows_in, rows_valid, rows_rejected = _validate(lf, schema, files, spec, work, qdir, buckets)
+    steps.append({"step": "validate", "rows_in": rows_in, "rows_out": rows_valid, "quarantined": rows_rejected})
+    progress.step("validate", rows_in=rows_in, valid=rows_valid, quarantined=rows_rejected)
+
+    progress.begin("deduplicate")
+    dedup_counts = {"exact_duplicates": 0, "key_duplicates": 0, "key_quarantined": 0}
+    deduped: list[Path] = []
+    for b, path in _bucket_files(work / "valid", buckets):
+        df, repeats, counts = cleaning.deduplicate(pl.read_parquet(path), spec)
+        dedup_counts = {k: dedup_counts[k] + counts[k] for k in dedup_counts}
+        deduped.append(work / f"dedup-{b:05d}.parquet")
+        df.write_parquet(deduped[-1])
+        if repeats is not None:
+            quarantine.write(repeats, qdir, f"unique-{b:05d}")
+        progress.rows(df.height + sum(counts.values()), rows_valid)
+    rows_dedup = rows_valid - sum(dedup_counts.values())
+    steps.append({"step": "deduplicate", "rows_in": rows_valid, "rows_out": rows_dedup,
+                  "quarantined": dedup_counts["key_quarantined"], **dedup_counts})
+    progress.step("deduplicate", rows_out=rows_dedup, **dedup_counts)
+
+    progress.begin("statistics")
+    plan = cleaning.make_plan(pl.scan_parquet(deduped), spec)
+    ffilled = _forward_filled(deduped, spec)
+    progress.step("statistics", rows=plan.rows)
+
+    progress.begin("clean")
+    clean_counts: dict[str, dict[str, int]] = {"filled": dict(ffilled), "clipped": {}, "outliers_quarantined": {}}
+    split_rows = {cleaning.TRAIN: 0, cleaning.VALIDATION: 0}
+    for b, path in enumerate(deduped):
+        out, rejected, counts = cleaning.transform(pl.read_parquet(path), spec, plan)
+        for group, values in counts.items():
+            for col, n in values.items():
+                clean_counts[group][col] = clean_counts[group].get(col, 0) + n
+        if rejected is not None:
+            quarantine.write(rejected, qdir, f"outliers-{b:05d}")
+        for split in split_rows:
+            part = out.filter(pl.col(cleaning.SPLIT) == split).drop(cleaning.SPLIT)
+            split_rows[split] += part.height
+            (staging / f"split={split}").mkdir(exist_ok=True)
+            part.write_parquet(staging / f"split={split}" / f"part-{b:05d}.parquet", compression="zstd")
+        progress.rows(out.height, rows_dedup)
+    shutil.rmtree(work)
+    rows_out = sum(split_rows.values())
+    outliers_q = sum(clean_counts["outliers_quarantined"].values())
+    steps.append({"step": "clean", "rows_in": rows_dedup, "rows_out": rows_out, "quarantined": outliers_q,
+                  **clean_counts})
+    progress.step("clean", rows_out=rows_out, quarantined=outliers_q)
+
+    progress.begin("profile")
+    features = cleaning.feature_manifest(spec, plan)
+    reference = parent.manifest.get("profile") if parent else None
+    prof = profile(pl.scan_parquet(str(staging / "split=*" / "*.parquet"), hive_partitioning=True),
+                   spec, features, plan, reference)
+    report = drift.compare(reference, prof, spec.drift, parent.version if parent else None)
+    drift.enforce(report, dataset)
+    progress.step("profile", drift_breached=len(report["breached"]))
+
+    quarantined = quarantine.summary(qdir)
+    counts = {"rows_in": rows_in, "rows_out": rows_out, "rows_quarantined": int(quarantined["rows"]),
+              "rows_deduplicated": dedup_counts["exact_duplicates"] + dedup_counts["key_duplicates"],
+              **{f"split_{k}": v for k, v in split_rows.items()}}
+    _check_identity(counts, dataset)
+    data_files = sorted(p for p in staging.rglob("*.parquet") if p.parent.name.startswith("split="))
+    version = "v-" + _content_hash(data_files, staging, spec.digest())[:12]
+    out_schema = pl.scan_parquet(data_files[0]).collect_schema()
+    manifest = {
+        "dataset": dataset,
+        "version": version,
+        "parent": parent.version if parent else None,
+        "created_at": datetime.now(UTC).isoformat(timespec="microseconds"),
+        "description": spec.description,
+        "contract": {"hash": spec.digest(), "body": spec.model_dump(mode="json")},
+        "sources": [f.to_dict() for f in files],
+        "source_schema": {n: str(t) for n, t in schema.items() if n != SOURCE_COLUMN},
+        "schema": {n: str(t) for n, t in out_schema.items()},
+        "key": spec.key,
+        "target": spec.target,
+        "task": spec.task,
+        "classes": plan.classes,
+        "features": features,
+        "normalization": prof["normalization"],
+        "counts": {**counts, "identity": "rows_in = rows_out + rows_quarantined + rows_deduplicated",
+                   "identity_holds": True},
+        "steps": steps,
+        "cleaning": plan.to_dict(),
+        "column_stats": prof["column_stats"],
+        "profile": {"distributions": prof["distributions"]},
+        "split": {"method": "polars hash of key (String) with seed, mod 10000", "key": spec.key or ROW,
+                  "seed": spec.split.seed, "validation_fraction": spec.split.validation_fraction,
+                  "rows": split_rows, "polars": pl.__version__},
+        "drift": report,
+        "quarantine": quarantined,
+        "files": [{"path": str(p.relative_to(staging)), "bytes": p.stat().st_size,
+                   "rows": pl.scan_parquet(p).select(pl.len()).collect().item()} for p in data_files],
+        "buckets": buckets,
+        "polars_version": pl.__version__,
+    }
+    published = catalog.publish(dataset, staging, version, manifest)
+    progress.step("publish", version=published.version, rows_out=rows_out)
+    return published
+
+
+def _validate(lf: pl.LazyFrame, schema: pl.Schema, files: list[SourceFile], spec: Contract, work: Path,
+              qdir: Path, buckets: int) -> tuple[int, int, int]:
+    """Pass 1 (streamed): valid rows into key-hash buckets, rejected rows into the quarantine."""
+    checked = validate(lf.with_row_index(ROW), spec, schema)
+    basis = pl.col(spec.key).cast(pl.String) if spec.key else pl.struct(spec.names)
+    ffill = [FFILL_PREFIX + c.name for c in spec.columns if c.fill is not None and c.fill.method == "forward"]
+    valid = checked.filter(pl.col(RULE).is_null()).select(
+        pl.col(ROW).cast(pl.Int64), SOURCE_COLUMN, *spec.names, *ffill,
+        (basis.hash(seed=0) % buckets).alias(BUCKET))
+    qdir.mkdir(parents=True, exist_ok=True)
+    sinks = [valid.sink_parquet(pl.PartitionBy(work / "valid", key=BUCKET, include_key=False),
+                                mkdir=True, lazy=True, compression="lz4"),
+             quarantine.from_validation(checked, spec).sink_parquet(qdir / "contract.parquet", lazy=True)]
+    try:
+        pl.collect_all(sinks)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        names = files[0].path if len(files) == 1 else f"{files[0].path} (+{len(files) - 1} more)"
+        raise SourceError(f"cannot read {names}: {str(exc).strip().splitlines()[0]}") from None
+    valid_files = [p for _, p in _bucket_files(work / "valid", buckets)]
+    stats = [pl.scan_parquet(valid_files).select(pl.len().alias("n"), pl.col(ROW).max().alias("last"))
+             if valid_files else None,
+             pl.scan_parquet(qdir / "contract.parquet").select(pl.len().alias("n"), pl.col(ROW).max().alias("last"))]
+    results = pl.collect_all([s for s in stats if s is not None])
+    rows_valid = int(results[0]["n"][0]) if valid_files else 0
+    rows_rejected = int(results[-1]["n"][0])
+    last = max((r["last"][0] for r in results if r["last"][0] is not None), default=None)
+    rows_in = 0 if last is None else int(last) + 1  # the scanner's own row count, not a sum of ours
+    if rows_in == 0:
+        raise SourceError(f"{files[0].path}: no data rows (header only?)")
+    _check_casts(qdir / "contract.parquet", spec, rows_in)
+    return rows_in, rows_valid, rows_rejected
+
+
+def _check_casts(path: Path, spec: Contract, rows_in: int) -> None:
+    """A column whose values mostly fail to cast has the wrong type: fail, naming it and examples."""
+    fails = (pl.scan_parquet(path).filter(pl.col(RULE) == "type").group_by(COLUMN)
+             .agg(pl.len().alias("n"), *[pl.col(c).drop_nulls().unique().sort().head(5).alias(f"e:{c}")
+                                          for c in spec.names])
+             .sort("n", descending=True).collect())
+    for row in fails.iter_rows(named=True):
+        column, n = row[COLUMN], row["n"]
+        if n / rows_in > spec.cast_error_tolerance:
+            examples = row[f"e:{column}"]
+            raise ContractError(
+                f"column {column!r}: {n} of {rows_in} values ({n / rows_in:.1%}) cannot be cast to "
+                f"{spec.column(column).type}, e.g. {examples}; above cast_error_tolerance "
+                f"{spec.cast_error_tolerance:.1%} — fix the source or the contract's type")
+
+
+def _bucket_files(directory: Path, buckets: int) -> list[tuple[int, Path]]:
+    out = []
+    for b in range(buckets):
+        part = directory / f"{BUCKET}={b}"
+        out += [(b, p) for p in sorted(part.glob("*.parquet"))]
+    return out
+
+
+def _forward_filled(deduped: list[Path], spec: Contract) -> dict[str, int]:
+    cols = [c.name for c in spec.columns if c.fill is not None and c.fill.method == "forward"]
+    if not cols:
+        return {}
+    row = pl.scan_parquet(deduped).select(pl.col(FFILL_PREFIX + c).sum().alias(c) for c in cols).collect()
+    return {c: int(row[c][0] or 0) for c in cols}
+
+
+def _check_identity(counts: dict[str, int], dataset: str) -> None:
+    total = counts["rows_out"] + counts["rows_quarantined"] + counts["rows_deduplicated"]
+    if counts["rows_in"] != total:
+        raise AccountingError(f"dataset {dataset}: rows_in {counts['rows_in']} != rows_out {counts['rows_out']} + "
+                              f"quarantined {counts['rows_quarantined']} + deduplicated "
+                              f"{counts['rows_deduplicated']} ({total}); not published")
+
+
+def _content_hash(files: list[Path], base: Path, contract_digest: str) -> str:
+    digest = hashlib.sha256(contract_digest.encode())
+    for path in files:
+        digest.update(str(path.relative_to(base)).encode())
+        with open(path, "rb") as fh:
+            while chunk := fh.read(8 * 1024 * 1024):
+                digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,131 @@
+"""Contract rules as Polars expressions: cast each column, then name the first rule a row breaks.
+
+Everything here is an expression over a lazy frame, so validation streams with the scan. A row
+that breaks a rule keeps its raw (text) values for the quarantine, plus the rule, the column and
+a human reason such as ``age=150 outside [18, 100]``.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from ingest.contract import ColumnSpec, Contract
+from ingest.errors import ContractError
+
+ROW = "_row"
+RULE = "_rule"
+REASON = "_reason"
+COLUMN = "_column"
+RAW_PREFIX = "__raw__"
+FFILL_PREFIX = "_ffill__"
+TRUE_TEXT = ("true", "t", "yes", "y", "1")
+FALSE_TEXT = ("false", "f", "no", "n", "0")
+DTYPES: dict[str, pl.DataType] = {"int": pl.Int64(), "float": pl.Float64(), "str": pl.String(),
+                                  "bool": pl.Boolean(), "date": pl.Date()}
+
+
+def check_columns(contract: Contract, schema: pl.Schema, where: str) -> None:
+    """Fail before anything is written when a required column is missing."""
+    missing = [c.name for c in contract.columns if c.required and c.name not in schema]
+    if missing:
+        present = [n for n in schema.names() if not n.startswith("_")]
+        raise ContractError(f"{where}: missing required column(s) {missing}; the source has {present}")
+
+
+def _typed(col: ColumnSpec, dtype: pl.DataType) -> pl.Expr:
+    raw = pl.col(col.name)
+    if dtype == pl.String:
+        text = raw.str.strip_chars()
+        text = pl.when(text == "").then(None).otherwise(text)
+        if col.type == "bool":
+            low = text.str.to_lowercase()
+            return pl.when(low.is_in(TRUE_TEXT)).then(True).when(low.is_in(FALSE_TEXT)).then(False) \
+                .otherwise(None).alias(col.name)
+        if col.type == "date":
+            return text.str.to_date(strict=False).alias(col.name)
+        return text.cast(DTYPES[col.type], strict=False).alias(col.name)
+    if col.type == "str":
+        return raw.cast(pl.String).alias(col.name)
+    return raw.cast(DTYPES[col.type], strict=False).alias(col.name)
+
+
+def _violations(col: ColumnSpec, typed: pl.Expr, raw_text: pl.Expr) -> list[tuple[pl.Expr, str, pl.Expr]]:
+    """(condition, rule, reason) triples for one column, in the order they are checked."""
+    name = col.name
+    out: list[tuple[pl.Expr, str, pl.Expr]] = [
+        (raw_text.is_not_null() & typed.is_null(), "type",
+         say(f"{name}=", raw_text, f" is not a valid {col.type}")),
+    ]
+    if col.type == "float":
+        out.append((typed.is_nan() | typed.is_infinite(), "type", say(f"{name}=", raw_text, " is not finite")))
+    if not col.nullable and col.fill is None:
+        out.append((typed.is_null(), "null", pl.lit(f"{name} is null but the contract says nullable: false")))
+    if col.min is not None or col.max is not None:
+        lo = float("-inf") if col.min is None else col.min
+        hi = float("inf") if col.max is None else col.max
+        out.append(((typed < lo) | (typed > hi), "range",
+                    say(f"{name}=", typed, f" outside [{_num(col.min)}, {_num(col.max)}]")))
+    if col.allowed is not None:
+        shown = list(col.allowed[:10]) + (["…"] if len(col.allowed) > 10 else [])
+        out.append((~typed.cast(pl.String).is_in(list(col.allowed)), "allowed",
+                    say(f"{name}=", typed, f" not in {shown}")))
+    if col.regex is not None:
+        out.append((~typed.cast(pl.String).str.contains(col.regex), "regex",
+                    say(f"{name}=", typed, f" does not match {col.regex}")))
+    return out
+
+
+def say(prefix: str, value: pl.Expr, suffix: str = "") -> pl.Expr:
+    """A reason text around a row's value (literal text is never parsed as a format string)."""
+    return pl.concat_str([pl.lit(prefix), value.cast(pl.String).fill_null("null"), pl.lit(suffix)])
+
+
+def _num(value: float | None) -> str:
+    if value is None:
+        return "…"
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def validate(lf: pl.LazyFrame, contract: Contract, schema: pl.Schema) -> pl.LazyFrame:
+    """Raw frame → typed columns, raw text copies, forward-fill flags and (_rule, _column, _reason).
+
+    Forward fill follows the source order and happens here, before any row is dropped; its
+    flags let the counts say how many values it filled.
+    """
+    exprs: list[pl.Expr] = []
+    raw_cols: list[pl.Expr] = []
+    checks: list[tuple[pl.Expr, str, str, pl.Expr]] = []
+    for col in contract.columns:
+        if col.name not in schema:
+            lf = lf.with_columns(pl.lit(None, dtype=pl.String).alias(col.name))
+            dtype: pl.DataType = pl.String()
+        else:
+            dtype = schema[col.name]
+        typed = _typed(col, dtype)
+        raw_text = pl.col(col.name).cast(pl.String)
+        raw_cols.append(raw_text.alias(RAW_PREFIX + col.name))
+        if col.fill is not None and col.fill.method == "forward":
+            exprs.append(typed.is_null().alias(FFILL_PREFIX + col.name))
+            typed = typed.forward_fill()
+        exprs.append(typed.alias(col.name))
+        for cond, rule, reason in _violations(col, pl.col(col.name), pl.col(RAW_PREFIX + col.name)):
+            checks.append((cond, rule, col.name, reason))
+    lf = lf.with_columns(raw_cols).with_columns(exprs)
+    flagged_ffill = [c.name for c in contract.columns if c.fill is not None and c.fill.method == "forward"]
+    if flagged_ffill:  # a flag only counts when forward fill actually found a value
+        lf = lf.with_columns([(pl.col(FFILL_PREFIX + n) & pl.col(n).is_not_null()).alias(FFILL_PREFIX + n)
+                              for n in flagged_ffill])
+    return lf.with_columns(_first(checks, 1).alias(RULE), _first(checks, 2).alias(COLUMN),
+                           _first(checks, 3).alias(REASON))
+
+
+def _first(checks: list[tuple[pl.Expr, str, str, pl.Expr]], part: int) -> pl.Expr:
+    """The ``part`` (rule, column or reason) of the first check that fails, null when none does."""
+    if not checks:
+        return pl.lit(None, dtype=pl.String)
+    chain = None
+    for check in checks:
+        cond = check[0].fill_null(False)
+        value = check[part] if isinstance(check[part], pl.Expr) else pl.lit(check[part])
+        chain = pl.when(cond).then(value) if chain is None else chain.when(cond).then(value)
+    return chain.otherwise(pl.lit(None, dtype=pl.String))
