@@ -23,6 +23,7 @@ class Progress:
 
     def begin(self, step: str) -> None:
         self.current = step
+        self.scanned = 0
         self._emit(f"{step}…", {})
 
     def rows(self, n: int, total: int | None = None) -> None:

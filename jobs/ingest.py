@@ -1,0 +1,59 @@
+"""Ingest job: raw CSV/Parquet/NDJSON → contract-checked, versioned Parquet dataset.
+
+    python -m jobs.ingest --source 'data/*.csv' --contract examples/contracts/customers.yaml --dataset customers
+    ray job submit --working-dir . -- python -m jobs.ingest --source s3://bucket/raw/ --contract ... --dataset ...
+
+Prints one ``RAYLINE_RESULT {json}`` line (version, counts) at the end; errors are one line and an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from cluster.errors import RaylineError
+from cluster.logs import configure_logging
+from cluster.settings import load_settings
+from cluster.tracing import ensure_trace_id
+
+log = logging.getLogger("jobs.ingest")
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", action="append", required=True,
+                        help="file, glob or fsspec URL (s3://…); repeat for several")
+    parser.add_argument("--contract", required=True, help="data contract YAML")
+    parser.add_argument("--dataset", required=True, help="dataset name in the catalog")
+    parser.add_argument("--root", default=None, help="catalog root (default: settings.datasets_root)")
+    parser.add_argument("--config", default=None, help="rayline settings YAML")
+    parser.add_argument("--mlflow", action="store_true", help="log an 'ingest' run with the version as input")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse(argv)
+    try:
+        settings = load_settings(args.config)
+        configure_logging("jobs.ingest", level=settings.log_level, fmt=settings.log_format)
+        trace_id = ensure_trace_id()
+        from ingest.pipeline import run_ingest
+
+        root = args.root or str(settings.datasets_root)
+        version = run_ingest(args.source, args.contract, args.dataset, root, settings=settings,
+                             log_to_mlflow=args.mlflow)
+    except RaylineError as exc:
+        print(f"ingest: error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(exc.exit_code)
+    summary = {"job": "ingest", "trace_id": trace_id, "dataset": version.name, "version": version.version,
+               "parent": version.manifest.get("parent"), "path": version.path, "counts": version.manifest["counts"],
+               "drift_breached": version.manifest["drift"]["breached"]}
+    log.info("ingest finished", extra={"dataset": version.name, "version": version.version})
+    print("RAYLINE_RESULT " + json.dumps(summary), flush=True)
+    return summary
+
+
+if __name__ == "__main__":
+    main()
