@@ -49,7 +49,9 @@ class RolloutStore:
             _atomic_write(self.root / "current", state.rollout_id)
 
     def append_timeline(self, rollout_id: str, point: dict[str, Any]) -> None:
-        _append_lines(self._dir(rollout_id) / "timeline.jsonl", [point], sync=False)
+        folder = self._dir(rollout_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        _append_lines(folder / "timeline.jsonl", [point], sync=False)
 
     def current_id(self) -> str | None:
         try:
