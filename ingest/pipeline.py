@@ -31,7 +31,7 @@ from ingest.errors import AccountingError, ContractError, SourceError
 from ingest.profile import profile
 from ingest.progress import Progress
 from ingest.rules import COLUMN, FFILL_PREFIX, ROW, RULE, check_columns, validate
-from ingest.sources import SOURCE_COLUMN, SourceFile, resolve, scan, source_schema
+from ingest.sources import SOURCE_COLUMN, SourceFile, resolve, scan, source_error, source_schema
 
 BUCKET_BYTES = {"csv": 192 * 1024**2, "ndjson": 192 * 1024**2, "parquet": 48 * 1024**2}
 BUCKET = "_bucket"
@@ -194,8 +194,7 @@ def _validate(lf: pl.LazyFrame, schema: pl.Schema, files: list[SourceFile], spec
     try:
         pl.collect_all(sinks)
     except (pl.exceptions.PolarsError, OSError) as exc:
-        names = files[0].path if len(files) == 1 else f"{files[0].path} (+{len(files) - 1} more)"
-        raise SourceError(f"cannot read {names}: {str(exc).strip().splitlines()[0]}") from None
+        raise source_error([f.path for f in files], exc) from None
     valid_files = [p for _, p in _bucket_files(work / "valid", buckets)]
     stats = [pl.scan_parquet(valid_files).select(pl.len().alias("n"), pl.col(ROW).max().alias("last"))
              if valid_files else None,

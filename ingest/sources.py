@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import glob as globlib
 import hashlib
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -165,14 +166,32 @@ def scan(files: list[SourceFile], endpoint_url: str | None = None) -> pl.LazyFra
         return pl.scan_ndjson(paths, include_file_paths=SOURCE_COLUMN, storage_options=opts,
                               infer_schema_length=10_000)
     except (pl.exceptions.PolarsError, OSError) as exc:
-        raise SourceError(f"cannot read {_names(paths)}: {str(exc).splitlines()[0]}") from None
+        raise source_error(paths, exc) from None
 
 
 def source_schema(lf: pl.LazyFrame, files: list[SourceFile]) -> pl.Schema:
     try:
         return lf.collect_schema()
     except (pl.exceptions.PolarsError, OSError) as exc:
-        raise SourceError(f"cannot read {_names([f.path for f in files])}: {str(exc).splitlines()[0]}") from None
+        raise source_error([f.path for f in files], exc) from None
+
+
+def explain(exc: BaseException) -> str:
+    """A Polars/IO error as one short line (Polars quotes whole CSV fields, hints included)."""
+    text = str(exc)
+    column = re.search(r"at column '([^']+)'", text)
+    where = f" in column {column.group(1)!r}" if column else ""
+    if "not properly escaped" in text or ("could not parse" in text and '`"' in text):
+        start = text.split("`", 2)[1] if "`" in text else ""
+        return f"unbalanced quote{where} near {start.splitlines()[0][:60]!r} (bad CSV quoting)"
+    if "more fields than defined" in text:
+        return "a row has more fields than the header (ragged CSV or an unquoted separator)"
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return first[:200] + ("…" if len(first) > 200 else "") + where
+
+
+def source_error(paths: list[str], exc: BaseException) -> SourceError:
+    return SourceError(f"cannot read {_names(paths)}: {explain(exc)}")
 
 
 def _names(paths: list[str]) -> str:
