@@ -133,6 +133,7 @@ def _run(lf: pl.LazyFrame, schema: pl.Schema, files: list[SourceFile], spec: Con
     drift.enforce(report, dataset)
     progress.step("profile", drift_breached=len(report["breached"]))
 
+    quarantine.prune(qdir)
     quarantined = quarantine.summary(qdir)
     counts = {"rows_in": rows_in, "rows_out": rows_out, "rows_quarantined": int(quarantined["rows"]),
               "rows_deduplicated": dedup_counts["exact_duplicates"] + dedup_counts["key_duplicates"],

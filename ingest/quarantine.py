@@ -45,6 +45,15 @@ def write(df: pl.DataFrame, directory: Path, name: str) -> None:
         df.write_parquet(directory / f"{name}.parquet", compression="zstd")
 
 
+def prune(directory: Path) -> None:
+    """Drop empty parts (and the folder when nothing was quarantined)."""
+    for part in directory.glob("*.parquet"):
+        if pl.scan_parquet(part).select(pl.len()).collect().item() == 0:
+            part.unlink()
+    if directory.is_dir() and not any(directory.iterdir()):
+        directory.rmdir()
+
+
 def summary(directory: Path) -> dict[str, object]:
     """Rows and counts by (step, rule, column) for the manifest."""
     files = sorted(directory.glob("*.parquet")) if directory.is_dir() else []
