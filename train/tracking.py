@@ -154,14 +154,16 @@ class Outcome:
     registered: ModelVersionInfo | None = None
     gate_reason: str = ""
     tags: dict[str, str] = field(default_factory=dict)
+    checkpoint: str | None = None  # the final checkpoint's path
+    kept_checkpoints: list[str] = field(default_factory=list)  # what CheckpointConfig left on disk
 
 
-def finish(registry: Registry, config: TrainConfig, plan: Any, run_id: str, module: torch.nn.Module,
-           metrics: dict[str, Any], input_example: list[dict[str, Any]] | None) -> Outcome:
+def finish(registry: Registry, config: TrainConfig, plan: Any, outcome: Outcome, module: torch.nn.Module,
+           input_example: list[dict[str, Any]] | None) -> Outcome:
     """Log the trained model to the run and register it if the gate passes."""
     import mlflow
 
-    outcome = Outcome(run_id=run_id, metrics=metrics)
+    run_id, metrics = outcome.run_id, outcome.metrics
     with mlflow.start_run(run_id=run_id):
         final = {f"final_{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
         mlflow.log_metrics(final)

@@ -136,7 +136,8 @@ def train(config: TrainConfig, settings: Settings, register: bool = True) -> tra
     if result.checkpoint is None:
         raise TrainingFailedError(f"training run {config.run_name!r} finished without a checkpoint")
     module = load_trained_module(config, plan, result.checkpoint)
-    metrics = dict(result.metrics or {})
+    outcome = tracking.Outcome(run_id=run_id, metrics=dict(result.metrics or {}), checkpoint=result.checkpoint.path,
+                               kept_checkpoints=[c.path for c, _ in result.best_checkpoints or []])
     if not register:
-        return tracking.Outcome(run_id=run_id, metrics=metrics)
-    return tracking.finish(registry, config, plan, run_id, module, metrics, input_example(plan))
+        return outcome
+    return tracking.finish(registry, config, plan, outcome, module, input_example(plan))
