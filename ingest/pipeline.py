@@ -208,6 +208,10 @@ def _validate(lf: pl.LazyFrame, schema: pl.Schema, files: list[SourceFile], spec
     if rows_in == 0:
         raise SourceError(f"{files[0].path}: no data rows (header only?)")
     _check_casts(qdir / "contract.parquet", spec, rows_in)
+    if rows_valid == 0:
+        top = quarantine.summary(qdir)["by_rule"][:3]
+        rules = ", ".join(f"{r[RULE]} on {r[COLUMN]}: {r['rows']}" for r in top)
+        raise ContractError(f"{files[0].path}: no valid rows — all {rows_in} rows broke the contract ({rules})")
     return rows_in, rows_valid, rows_rejected
 
 
