@@ -135,12 +135,13 @@ def main() -> None:
 
 
 def write_report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    report = Report("deepspeed", f"GPT {MODEL} vocab {VOCAB} seq {SEQ}, batch {args.batch}/worker, {WORLD} workers, "
-                                 f"{args.precision}, AdamW; {args.repeats} interleaved repeats x {args.steps} steps")
+    workload = (f"GPT {MODEL} vocab {VOCAB} seq {SEQ}, batch {args.batch}/worker, {WORLD} workers, "
+                f"{args.precision}, AdamW; {args.repeats} interleaved repeats x {args.steps} steps")
+    report = Report(f"deepspeed-{args.precision}", workload)
     for row in rows:
         report.add(precision=args.precision, **row)
     by = {v: [r for r in rows if r["variant"] == v] for v in VARIANTS}
-    ddp_time = statistics.median(r["step_time_s"] for r in by["ddp"])
+    ddp_time = statistics.median(r["step_time_s"] for r in by["ddp"] if r["rank"] == 0)
     zero0_opt = max(r["optimizer_state_bytes"] for r in by["zero0"])
     table = []
     for variant in VARIANTS:
@@ -167,7 +168,10 @@ def write_report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
                              "Optimizer memory = Adam moments + fp32 master partitions the optimizer holds "
                              "(train.memory). Under bf16, stage 0 keeps a full fp32 master copy; under fp32, "
                              "DDP/stage 0 optimizes the parameters themselves while ZeRO 1/2 still keep an fp32 "
-                             "copy of their partition, so the fp32 ratio is ~75 %.")
+                             "copy of their partition, so the fp32 ratio is ~75 %.\n\n"
+                             "Step time: rank 0's median per repeat, median over repeats. DDP under bf16 is "
+                             "autocast over fp32 parameters, while DeepSpeed's bf16 mode casts the weights, so "
+                             "bf16 step ratios compare different arithmetic; fp32 ratios compare like with like.")
     path = report.write(" ".join(["python", "benchmarks/deepspeed_bench.py", *sys.argv[1:]]))
     print(path / "summary.md")
 
