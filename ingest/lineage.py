@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,9 @@ def mlflow_dataset(version: DatasetVersion):  # -> mlflow.data.meta_dataset.Meta
              "Int32": DataType.integer, "Boolean": DataType.boolean}
     schema = Schema([ColSpec(types.get(t, DataType.string), name)
                      for name, t in version.manifest.get("schema", {}).items()])
-    source = resolve_dataset_source(Path(version.path).resolve().as_uri())
+    with warnings.catch_warnings():  # MLflow registers the local-artifact source twice and warns about it
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(Path(version.path).resolve().as_uri())
     return MetaDataset(source=source, name=version.name, digest=version.version.removeprefix("v-"), schema=schema)
 
 
@@ -48,11 +51,9 @@ def log_ingest_run(version: DatasetVersion, settings: Settings) -> str:
 
     registry = Registry(settings)
     registry.require_healthy()
-    registry.ensure_experiment()
-    mlflow.set_tracking_uri(str(settings.mlflow_tracking_uri))
-    mlflow.set_experiment(settings.mlflow_experiment)
+    experiment_id = registry.ensure_experiment()
     counts = version.manifest.get("counts", {})
-    with mlflow.start_run(run_name=f"ingest-{version.name}-{version.version}",
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"ingest-{version.name}-{version.version}",
                           tags={"rayline.job": "ingest", **tags(version)}) as run:
         log_dataset_input(version, context="ingest")
         mlflow.log_metrics({k: float(v) for k, v in counts.items() if isinstance(v, int | float)})
