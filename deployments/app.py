@@ -1,0 +1,100 @@
+"""The serving application: one model deployment per variant, the controller, the router in front.
+
+``build_app`` is the import path for ``serve run`` / ``serve deploy`` YAML and the Helm
+chart's RayService ``serveConfigV2`` (``import_path: deployments.app:build_app`` with the
+args of :class:`~deployments.serve_config.ServeAppConfig`). Model references are resolved
+against the registry here, once, so every replica of a variant serves the same pinned
+version even if an alias moves while they start.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Any
+
+from pydantic import SecretStr
+from ray.serve import Application
+
+from cluster.errors import ConfigError
+from cluster.registry import Registry
+from cluster.settings import load_settings
+from deployments.model_server import ModelServer
+from deployments.router import Router
+from deployments.serve_config import ServeAppConfig, parse_config
+from deployments.static_traffic import StaticTraffic, normalise
+
+CONTROLLER_MODULE = "deployments.controller"
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Serve's application builder: validated args → the bound application."""
+    return build(parse_config(args))
+
+
+def controller_available() -> bool:
+    return importlib.util.find_spec(CONTROLLER_MODULE) is not None
+
+
+def model_server(cfg: ServeAppConfig, variant: str, uri: str, version: str, tracking_uri: str) -> Application:
+    """The bound model deployment of one variant (also deployable alone: the benchmark's direct path)."""
+    return ModelServer.options(
+        name=f"model-{variant}",
+        num_replicas=cfg.replicas,
+        ray_actor_options={"num_cpus": cfg.num_cpus},
+        max_ongoing_requests=cfg.max_ongoing_requests,
+        max_queued_requests=cfg.max_queued_requests,
+        backpressure_config={"retry_after_s": cfg.retry_after_s},
+    ).bind(uri, variant, version, tracking_uri, batch_max_size=cfg.batch_max_size,
+           batch_wait_timeout_s=cfg.batch_wait_timeout_s, max_body_bytes=cfg.max_body_bytes,
+           max_instances=cfg.max_instances)
+
+
+def build(cfg: ServeAppConfig, admin_token: str | None = None, predict_token: str | None = None) -> Application:
+    """The application for ``cfg``; tokens default to the environment variables the config names."""
+    settings = load_settings(mlflow_tracking_uri=cfg.tracking_uri)
+    tracking_uri = str(settings.mlflow_tracking_uri)
+    registry = Registry(settings)
+    servers: dict[str, Application] = {}
+    versions: dict[str, str] = {}
+    for variant in cfg.variants:
+        info = registry.resolve(cfg.ref(variant))
+        if info.name != cfg.model_name:
+            raise ConfigError(f"{variant} {cfg.ref(variant)} is not a version of {cfg.model_name!r}")
+        versions[variant] = info.version
+        servers[variant] = model_server(cfg, variant, info.uri, info.version, tracking_uri)
+    managed = cfg.controller
+    if managed:
+        if not controller_available():
+            raise ConfigError(f"controller: true but {CONTROLLER_MODULE} is not installed; set controller: false")
+        from deployments.controller import RolloutController
+
+        controller = RolloutController.bind(state_dir=cfg.state_dir, model_name=cfg.model_name,
+                                            tracking_uri=tracking_uri)
+    else:
+        controller = StaticTraffic.bind(cfg.variants, cfg.traffic, cfg.shadow)
+    admin = admin_token or os.environ.get(cfg.admin_token_env) or _secret(settings.admin_token)
+    predict = predict_token or os.environ.get(cfg.predict_token_env) or _secret(settings.serve_predict_token)
+    options = {
+        "managed": managed,
+        "initial_traffic": None if managed else {"weights": normalise(cfg.traffic or {"baseline": 1.0}, cfg.variants),
+                                                 "shadow": cfg.shadow},
+        "sticky_field": cfg.sticky_field,
+        "request_timeout_s": cfg.request_timeout_s,
+        "max_body_bytes": cfg.max_body_bytes,
+        "max_instances": cfg.max_instances,
+        "max_shadow_in_flight": cfg.max_shadow_in_flight,
+        "retry_after_s": cfg.retry_after_s,
+        "log_level": settings.log_level,
+    }
+    return Router.options(
+        num_replicas=cfg.router_replicas,
+        ray_actor_options={"num_cpus": cfg.router_num_cpus},
+        max_queued_requests=cfg.max_queued_requests,
+        backpressure_config={"retry_after_s": cfg.retry_after_s},
+    ).bind(cfg.model_name, servers, versions, controller, options,
+           SecretStr(admin) if admin else None, SecretStr(predict) if predict else None)
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None

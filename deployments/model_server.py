@@ -1,0 +1,110 @@
+"""One registered model version as a Ray Serve deployment: validated, batched predictions.
+
+Each request is validated on its own against the model's preprocessing (the fields of
+its signature) before it joins a batch, so one bad request never fails its neighbours
+and a bad input is a 422 naming the field, never an exception in the replica. Model
+failures come back as a result with status 500 (the rollout controller counts them);
+the replica itself stays up.
+
+Called by the router through a handle (``predict``), or over HTTP directly when deployed
+as its own app (``__call__``; the benchmark's "direct" path).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+from ray import serve
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from deployments.payload import PayloadError, error_body, parse_instances
+from models.preprocessing import InputError
+
+logger = logging.getLogger(__name__)
+
+CONFIDENCE_METRIC = "confidence"   # mean top-class probability, reported per request (classification)
+
+
+@serve.deployment(name="model", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32,
+                  health_check_period_s=5)
+class ModelServer:
+    def __init__(self, model_uri: str, variant: str, version: str, tracking_uri: str | None = None,
+                 batch_max_size: int = 32, batch_wait_timeout_s: float = 0.002,
+                 max_body_bytes: int = 1_000_000, max_instances: int = 1024) -> None:
+        import mlflow
+
+        from models.packaging import load_model
+
+        if tracking_uri:
+            mlflow.set_tracking_uri(tracking_uri)
+            mlflow.set_registry_uri(tracking_uri)
+        self.loaded = load_model(model_uri)
+        self.preprocessing = self.loaded.preprocessing
+        self.model_uri = model_uri
+        self.model_name = model_uri.removeprefix("models:/").split("/")[0].split("@")[0]
+        self.variant = variant
+        self.version = version
+        self.max_body_bytes = max_body_bytes
+        self.max_instances = max_instances
+        self._forward.set_max_batch_size(batch_max_size)
+        self._forward.set_batch_wait_timeout_s(batch_wait_timeout_s)
+
+    def check_health(self) -> None:
+        """Serve's replica health check: a replica without a model is restarted."""
+        if self.loaded is None:
+            raise RuntimeError("model not loaded")
+
+    def ready(self) -> dict[str, Any]:
+        return {"variant": self.variant, "version": self.version, "uri": self.model_uri,
+                "fields": [{"name": f.name, "kind": f.kind, "vocabulary": list(f.vocabulary)}
+                           for f in self.preprocessing.features]}
+
+    async def predict(self, instances: list[dict[str, Any]]) -> dict[str, Any]:
+        """Instances → ``{status, predictions, version, metrics}``; never raises for bad input or model errors."""
+        try:
+            matrix = self.preprocessing.records_to_matrix(instances)
+        except InputError as exc:
+            return {"status": 422, "version": self.version, **error_body(422, exc.field, exc.problem)}
+        outputs = await self._forward(matrix)
+        if isinstance(outputs, Exception):
+            return {"status": 500, "version": self.version,
+                    **error_body(500, None, f"model failed: {type(outputs).__name__}: {outputs}")}
+        return {"status": 200, "version": self.version,
+                "predictions": self.preprocessing.decode_outputs(outputs),
+                "metrics": self._metrics(outputs)}
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    async def _forward(self, matrices: list[np.ndarray]) -> list[np.ndarray | Exception]:
+        """One forward pass for every request in the batch; a model error is each request's result."""
+        import torch
+
+        sizes = [len(m) for m in matrices]
+        try:
+            with torch.no_grad():
+                out = self.loaded.module(torch.from_numpy(np.concatenate(matrices))).numpy()
+        except Exception as exc:  # a model error is a 500 result, not a dead replica
+            logger.warning("model %s v%s failed on a batch of %d: %s", self.model_name, self.version, len(sizes), exc)
+            return [exc] * len(sizes)
+        return list(np.split(out, np.cumsum(sizes)[:-1]))
+
+    def _metrics(self, outputs: np.ndarray) -> dict[str, float]:
+        if self.preprocessing.task != "classification" or outputs.ndim != 2 or not len(outputs):
+            return {}
+        shifted = np.exp(outputs - outputs.max(axis=1, keepdims=True))
+        probs = shifted / shifted.sum(axis=1, keepdims=True)
+        return {CONFIDENCE_METRIC: float(probs.max(axis=1).mean())}
+
+    async def __call__(self, request: Request) -> JSONResponse:
+        """Direct HTTP: ``POST …:predict`` with ``{"instances": [...]}``; ``GET`` describes the model."""
+        if request.method == "GET":
+            return JSONResponse(self.ready())
+        try:
+            instances = parse_instances(await request.body(), self.max_body_bytes, self.max_instances)
+        except PayloadError as exc:
+            return JSONResponse(exc.body(), status_code=exc.status)
+        result = await self.predict(instances)
+        status = result.pop("status")
+        return JSONResponse({**result, "model": self.model_name, "variant": self.variant}, status_code=status)

@@ -1,0 +1,329 @@
+"""The serving ingress: routes each predict to a model version and answers the admin API.
+
+Data plane: weighted split, sticky assignment, forced variant, shadow copies; every
+response names the variant, version and trace id. Traffic comes from the controller
+(polled every ``TRAFFIC_POLL_S``; the last known split is kept when it does not answer);
+what was served goes back to it every ``REPORT_INTERVAL_S``. The admin API is a thin,
+token-checked, audited pass-through to the controller.
+"""
+
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import time
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import SecretStr
+from ray import serve
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.handle import DeploymentHandle
+
+from cluster import metrics
+from cluster.logs import configure_logging
+from cluster.tracing import make_traceparent, new_trace_id, parse_traceparent
+from deployments.contracts import (
+    BASELINE,
+    HEADER_FORCE,
+    HEADER_STICKY,
+    HEADER_TRACE,
+    HEADER_VARIANT,
+    HEADER_VERSION,
+    REPORT_INTERVAL_S,
+    TRAFFIC_POLL_S,
+    Traffic,
+)
+from deployments.payload import PayloadError, check_size, json_error, parse_instances
+from deployments.rollout.errors import RolloutError
+from deployments.routing import choose, sticky_key
+from deployments.window import WindowRecorder
+
+logger = logging.getLogger(__name__)
+audit_log = logging.getLogger("rayline.audit")
+
+COMMANDS = ("start", "promote", "pause", "resume", "abort", "rollback")
+CONTROLLER_TIMEOUT_S = 10.0
+
+api = FastAPI(title="rayline serve", description="Predict with canary/A-B routing; rollout admin API.")
+
+
+def _http_status(exc: BaseException) -> tuple[int, str]:
+    """A controller exception → (4xx/5xx, one line): RolloutError carries its status, ValueError is 400."""
+    status = getattr(exc, "status_code", None)
+    cause = getattr(exc, "cause", None) or exc
+    message = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
+    if isinstance(status, int) and 400 <= status < 600:
+        return status, message
+    if isinstance(exc, ValueError) or isinstance(cause, ValueError):
+        return 400, message
+    return 502, f"controller error: {message}"
+
+
+def _error(status: int, message: str) -> dict[str, Any]:
+    return {"error": {"status": status, "field": None, "message": message}}
+
+
+def _bearer_ok(request: Request, token: SecretStr) -> bool:
+    given = request.headers.get("authorization", "")
+    scheme, _, value = given.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(),
+                                                              token.get_secret_value().encode())
+
+
+async def _awaited(response: Any) -> Any:
+    return await response
+
+
+async def _ready(value: Any) -> Any:
+    return value
+
+
+async def _refuse(message: str) -> Any:
+    raise RolloutError(message, status_code=409)
+
+
+def _replica_id() -> str:
+    try:
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:  # outside a replica (unit tests)
+        return uuid.uuid4().hex[:8]
+
+
+@serve.deployment(name="router", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=256)
+@serve.ingress(api)
+class Router:
+    def __init__(self, model_name: str, servers: dict[str, DeploymentHandle], versions: dict[str, str],
+                 controller: DeploymentHandle, options: dict[str, Any],
+                 admin_token: SecretStr | None = None, predict_token: SecretStr | None = None) -> None:
+        configure_logging("serve-router", level=options.get("log_level", "INFO"), fmt="json")
+        self.model_name = model_name
+        self.servers = servers
+        self.versions = versions
+        self.controller = controller
+        self.options = options
+        self.admin_token = admin_token
+        self.predict_token = predict_token
+        self.traffic = Traffic.from_dict(options["initial_traffic"]) if options.get("initial_traffic") else Traffic()
+        self.recorder = WindowRecorder()
+        self.router_id = _replica_id()
+        self._tasks: set[asyncio.Task] = set()
+        self._shadow_in_flight = 0
+        self._loops_started = False
+        self._admin_calls = metrics.counter("serve_admin_calls_total", "Admin API calls by command and status",
+                                            ("command", "code"))
+
+    # ---------------------------------------------------------------- background loops
+    def _ensure_loops(self) -> None:
+        if self._loops_started:
+            return
+        self._loops_started = True
+        for coro in (self._poll_traffic(), self._report_windows()):
+            task = asyncio.get_running_loop().create_task(coro)
+            self._tasks.add(task)
+
+    async def _poll_traffic(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):   # controller away: keep the last known split
+                data = await asyncio.wait_for(_awaited(self.controller.traffic.remote()), CONTROLLER_TIMEOUT_S)
+                new = Traffic.from_dict(data)
+                if new.epoch != self.traffic.epoch or new.weights != self.traffic.weights:
+                    logger.info("traffic changed", extra={"epoch": new.epoch, "weights": new.weights,
+                                                          "shadow": new.shadow, "rollout_id": new.rollout_id})
+                self.traffic = new
+            await asyncio.sleep(TRAFFIC_POLL_S)
+
+    async def _report_windows(self) -> None:
+        while True:
+            await asyncio.sleep(REPORT_INTERVAL_S)
+            windows = self.recorder.drain()
+            if not windows:
+                continue
+            try:
+                await asyncio.wait_for(_awaited(self.controller.report.remote(
+                    self.router_id, [w.to_dict() for w in windows])), CONTROLLER_TIMEOUT_S)
+            except Exception as exc:  # a missed report must not stop serving
+                logger.warning("could not report %d windows to the controller: %s", len(windows), exc)
+
+    async def check_health(self) -> None:
+        self._ensure_loops()
+
+    # ---------------------------------------------------------------- predict
+    @api.post("/v1/models/{name}:predict")
+    async def predict(self, name: str, request: Request) -> Response:
+        self._ensure_loops()
+        started = time.perf_counter()
+        trace_id = parse_traceparent(request.headers.get("traceparent")) or new_trace_id()
+        headers = {HEADER_TRACE: trace_id, "traceparent": make_traceparent(trace_id)}
+        if name != self.model_name:
+            return json_error(404, "model", f"this endpoint serves {self.model_name!r}, not {name!r}", headers)
+        if self.predict_token is not None and not _bearer_ok(request, self.predict_token):
+            return json_error(401, "authorization", "missing or wrong bearer token",
+                              {**headers, "WWW-Authenticate": "Bearer"})
+        try:
+            check_size(request.headers.get("content-length"), self.options["max_body_bytes"])
+            instances = parse_instances(await request.body(), self.options["max_body_bytes"],
+                                        self.options["max_instances"])
+            variant = self._variant(request, instances)
+        except PayloadError as exc:
+            return json_error(exc.status, exc.field, exc.message, headers)
+        headers[HEADER_VARIANT] = variant
+        headers[HEADER_VERSION] = self.versions.get(variant, "")
+        shadow = self.traffic.shadow
+        if shadow and shadow != variant and shadow in self.servers:
+            self._send_shadow(shadow, instances)
+        status, body = await self._call(variant, instances)
+        self.recorder.record(variant, body.get("version") or self.versions.get(variant), status,
+                             time.perf_counter() - started, body.pop("metrics", None))
+        if status == 503:
+            headers["Retry-After"] = str(max(1, round(self.options.get("retry_after_s", 1))))
+        if status != 200:
+            return JSONResponse(body, status_code=status, headers=headers)
+        return JSONResponse({"predictions": body["predictions"], "model": self.model_name,
+                             "version": body.get("version"), "variant": variant}, headers=headers)
+
+    def _variant(self, request: Request, instances: list[dict[str, Any]]) -> str:
+        forced = request.headers.get(HEADER_FORCE)
+        if forced:
+            if forced not in self.servers:
+                raise PayloadError(422, HEADER_FORCE, f"unknown variant {forced!r}; serving {sorted(self.servers)}")
+            return forced
+        weights = {v: w for v, w in self.traffic.weights.items() if v in self.servers} or {BASELINE: 1.0}
+        key = sticky_key(request.headers.get(HEADER_STICKY), instances, self.options.get("sticky_field"))
+        return choose(weights, key, salt=self.model_name)
+
+    async def _call(self, variant: str, instances: list[dict[str, Any]]) -> tuple[int, dict[str, Any]]:
+        """One model call → (status, body); every failure becomes a status, never an exception."""
+        response = self.servers[variant].predict.remote(instances)
+        try:
+            result = await asyncio.wait_for(_awaited(response), self.options["request_timeout_s"])
+        except TimeoutError:
+            response.cancel()
+            return 504, _error(504, f"{variant} did not answer within {self.options['request_timeout_s']} s")
+        except BackPressureError as exc:
+            return 503, _error(503, f"{variant} is overloaded: {exc}")
+        except DeploymentUnavailableError as exc:
+            return 503, _error(503, f"{variant} is unavailable: {exc}")
+        except Exception as exc:  # a dead replica is a 503 for this request, not a router crash
+            logger.warning("call to %s failed: %s", variant, exc)
+            return 503, _error(503, f"{variant} replica failed: {type(exc).__name__}")
+        status = int(result.pop("status"))
+        return status, result
+
+    def _send_shadow(self, variant: str, instances: list[dict[str, Any]]) -> None:
+        """Copy the request to ``variant`` in the background; its response is recorded, then dropped."""
+        if self._shadow_in_flight >= self.options.get("max_shadow_in_flight", 64):
+            return
+        self._shadow_in_flight += 1
+
+        async def shadow() -> None:
+            started = time.perf_counter()
+            try:
+                status, body = await self._call(variant, instances)
+                self.recorder.record(variant, body.get("version") or self.versions.get(variant), status,
+                                     time.perf_counter() - started, body.get("metrics"), shadow=True)
+            finally:
+                self._shadow_in_flight -= 1
+
+        task = asyncio.get_running_loop().create_task(shadow())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---------------------------------------------------------------- model info, health
+    @api.get("/v1/models/{name}")
+    async def describe(self, name: str) -> Response:
+        if name != self.model_name:
+            return json_error(404, "model", f"this endpoint serves {self.model_name!r}, not {name!r}")
+        info = await _awaited(self.servers[BASELINE].ready.remote())
+        return JSONResponse({"model": self.model_name, "versions": self.versions,
+                             "traffic": self.traffic.to_dict(), "fields": info["fields"]})
+
+    @api.get("/healthz")
+    async def healthz(self) -> Response:
+        self._ensure_loops()
+        return JSONResponse({"status": "ok", "router": self.router_id})
+
+    @api.get("/readyz")
+    async def readyz(self) -> Response:
+        """Ready when every model version answers; 503 naming the ones that do not."""
+        self._ensure_loops()
+        missing = []
+        for variant, handle in self.servers.items():
+            try:
+                await asyncio.wait_for(_awaited(handle.ready.remote()), 2.0)
+            except Exception:  # any failure means not ready
+                missing.append(variant)
+        body = {"ready": not missing, "variants": sorted(self.servers), "not_ready": missing}
+        return JSONResponse(body, status_code=503 if missing else 200)
+
+    @api.get("/metrics")
+    async def prometheus(self) -> Response:
+        data, content_type = metrics.exposition()
+        return Response(data, media_type=content_type)
+
+    # ---------------------------------------------------------------- admin API
+    @api.get("/admin/rollout")
+    async def rollout_status(self, request: Request) -> Response:
+        return await self._admin(request, "status", lambda body: self.controller.status.remote())
+
+    @api.get("/admin/rollout/history")
+    async def rollout_history(self, request: Request) -> Response:
+        return await self._admin(request, "history", lambda body: self.controller.history.remote())
+
+    @api.post("/admin/rollout/{command}")
+    async def rollout_command(self, command: str, request: Request) -> Response:
+        if command not in COMMANDS:
+            return await self._admin(request, command, None)
+        return await self._admin(request, command, lambda body: self.controller.command.remote(command, body))
+
+    @api.get("/admin/traffic")
+    async def get_traffic(self, request: Request) -> Response:
+        return await self._admin(request, "traffic", lambda body: _ready(self.traffic.to_dict()))
+
+    @api.put("/admin/traffic")
+    async def set_traffic(self, request: Request) -> Response:
+        """Set a static split (only without a rollout controller; with one, traffic is the controller's)."""
+        if self.options.get("managed"):
+            return await self._admin(request, "set_traffic", lambda body: _refuse(
+                "traffic is managed by the rollout controller; use `rayline canary`"))
+        return await self._admin(request, "set_traffic", lambda body: self.controller.set_traffic.remote(
+            body.get("weights") or {}, body.get("shadow")))
+
+    async def _admin(self, request: Request, command: str, call: Any) -> Response:
+        """Token check, audit line, controller call, errors → JSON 4xx."""
+        trace_id = parse_traceparent(request.headers.get("traceparent")) or new_trace_id()
+        headers = {HEADER_TRACE: trace_id}
+        body: dict[str, Any] = {}
+        if request.method in ("POST", "PUT"):
+            try:
+                raw = await request.body()
+                body = (await request.json()) if raw.strip() else {}
+            except ValueError:
+                body = None  # type: ignore[assignment]
+        authorised = self.admin_token is not None and _bearer_ok(request, self.admin_token)
+        actor = str((body or {}).get("actor") or "unknown") if authorised else "anonymous"
+        reason = str((body or {}).get("reason") or "")
+        if not authorised:
+            response = json_error(401, "authorization",
+                                  "missing or wrong bearer token" if self.admin_token is not None
+                                  else "admin API disabled: no admin token configured",
+                                  {**headers, "WWW-Authenticate": "Bearer"})
+        elif body is None or not isinstance(body, dict):
+            response = json_error(400, "body", "must be a JSON object", headers)
+        elif call is None:
+            response = json_error(404, "command", f"unknown command {command!r}; one of {list(COMMANDS)}", headers)
+        else:
+            try:
+                result = await asyncio.wait_for(_awaited(call(body)), CONTROLLER_TIMEOUT_S)
+                response = JSONResponse(result, headers=headers)
+            except Exception as exc:  # every controller error becomes a JSON status
+                status, message = _http_status(exc)
+                response = json_error(status, None, message, headers)
+        self._admin_calls.labels(command=command, code=str(response.status_code)).inc()
+        audit_log.info("admin %s", command, extra={
+            "audit": True, "actor": actor, "command": command, "reason": reason, "trace_id": trace_id,
+            "status": response.status_code, "client": request.client.host if request.client else None})
+        return response

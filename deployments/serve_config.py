@@ -1,0 +1,85 @@
+"""The arguments of the serving application (``deployments.app:build_app``), validated once.
+
+The same dict comes from ``serve run``/``serve deploy`` YAML, the Helm chart's RayService
+``serveConfigV2`` and ``rayline serve deploy``, so every field has a default that suits a
+laptop and secrets are named by environment variable, never written into the config.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cluster.errors import ConfigError
+from deployments.contracts import BASELINE, CANDIDATE
+
+MODEL_PREFIX = "models:/"
+
+
+class ServeAppConfig(BaseModel):
+    """What to serve (model, baseline and candidate refs) and how (replicas, limits, timeouts)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_name: str = Field(min_length=1, description="registered model name; also the predict path segment")
+    baseline: str = Field(description="models:/NAME/VERSION or models:/NAME@ALIAS (e.g. models:/iris@champion)")
+    candidate: str | None = Field(None, description="second version to canary / A-B test against the baseline")
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI (default: settings / env)")
+    admin_token_env: str = Field("RAYLINE_ADMIN_TOKEN", description="env var holding the admin bearer token")
+    predict_token_env: str = Field("RAYLINE_SERVE_PREDICT_TOKEN",
+                                   description="env var holding a bearer token for predict (unset: predict open)")
+    state_dir: str = Field(".rayline/rollouts", description="where the rollout controller persists its state")
+    controller: bool = Field(True, description="deploy the rollout controller (else a static traffic split)")
+    traffic: dict[str, float] | None = Field(None, description="static split when there is no controller")
+    shadow: str | None = Field(None, description="static shadow variant when there is no controller")
+    sticky_field: str | None = Field("user_id", description="instance field hashed for sticky assignment")
+
+    replicas: int = Field(1, ge=1, description="replicas per model version")
+    num_cpus: float = Field(0.25, gt=0, description="CPUs per model replica (fractional on small machines)")
+    router_replicas: int = Field(1, ge=1)
+    router_num_cpus: float = Field(0.25, gt=0)
+    max_ongoing_requests: int = Field(32, ge=1, description="per replica, before requests queue")
+    max_queued_requests: int = Field(256, ge=1, description="per caller, before 503 + Retry-After")
+    retry_after_s: float = Field(1.0, ge=0)
+    request_timeout_s: float = Field(10.0, gt=0, description="router → model call deadline (504 past it)")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="larger bodies get 413")
+    max_instances: int = Field(1024, ge=1, description="instances per request")
+    batch_max_size: int = Field(32, ge=1)
+    batch_wait_timeout_s: float = Field(0.002, ge=0)
+    max_shadow_in_flight: int = Field(64, ge=0, description="shadow copies beyond this are dropped, never queued")
+
+    @field_validator("baseline", "candidate")
+    @classmethod
+    def _model_uri(cls, ref: str | None) -> str | None:
+        if ref is not None and not ref.startswith(MODEL_PREFIX):
+            raise ValueError(f"must be a models:/NAME/VERSION or models:/NAME@ALIAS URI, got {ref!r}")
+        return ref
+
+    @model_validator(mode="after")
+    def _static_traffic(self) -> ServeAppConfig:
+        variants = self.variants
+        if self.traffic is not None:
+            unknown = set(self.traffic) - set(variants)
+            if unknown or any(w < 0 for w in self.traffic.values()) or sum(self.traffic.values()) <= 0:
+                raise ValueError(f"traffic must give non-negative weights to {variants}, got {self.traffic}")
+        if self.shadow is not None and self.shadow not in variants:
+            raise ValueError(f"shadow must be one of {variants}, got {self.shadow!r}")
+        return self
+
+    @property
+    def variants(self) -> list[str]:
+        return [BASELINE, CANDIDATE] if self.candidate else [BASELINE]
+
+    def ref(self, variant: str) -> str:
+        return self.baseline if variant == BASELINE else str(self.candidate)
+
+
+def parse_config(args: dict[str, Any]) -> ServeAppConfig:
+    """Validate ``args``; a bad field is one ConfigError line naming it."""
+    try:
+        return ServeAppConfig.model_validate(args)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "args"
+        raise ConfigError(f"invalid serve config '{where}': {first['msg']}") from None

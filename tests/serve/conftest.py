@@ -1,0 +1,45 @@
+"""Serve fixtures: one Serve instance per session, one registered model, one app per module.
+
+``serve_app`` is "a running app with baseline v1 (@champion) and candidate v2 (@challenger)"
+with the rollout controller wired when ``deployments.controller`` exists; the rollout suite
+uses it as is, or ``deploy_app`` for a variant (e.g. a faulty candidate). Everything is
+real: Ray, Serve over HTTP, MLflow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from cluster.processes import free_port
+from tests.serve.helpers import ServeApp, deploy_app, register_test_model, serve_http_url
+
+
+@pytest.fixture(scope="session")
+def serve_url(ray_cluster: None) -> Iterator[str]:
+    """Serve started on a free port of the session's Ray; its base URL."""
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port},
+                logging_config={"log_level": "WARNING", "enable_access_log": False})
+    yield serve_http_url(port)
+    serve.shutdown()
+
+
+@pytest.fixture(scope="session")
+def registered_model(settings) -> str:
+    """A registered model with v1 @champion and v2 @challenger (both healthy)."""
+    return register_test_model(settings)
+
+
+@pytest.fixture(scope="module")
+def serve_app(serve_url: str, settings, registered_model: str) -> Iterator[ServeApp]:
+    """A running app: baseline models:/M@champion (v1), candidate models:/M@challenger (v2), admin token set."""
+    from ray import serve
+
+    app = deploy_app(serve_url, settings, registered_model)
+    yield app
+    app.client.close()
+    serve.delete(app.name)

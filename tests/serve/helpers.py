@@ -1,0 +1,126 @@
+"""Registered test models and a deployed serving app, for the serve and rollout suites.
+
+Models are real: a tiny ``TabularMLP`` logged with ``models.packaging.log_model`` and a
+hand-built :class:`Preprocessing` (three numeric fields and one categorical), registered
+in the session's MLflow server. Apps are real Serve applications reached over HTTP.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import torch
+
+from cluster.registry import Registry
+from cluster.settings import Settings
+from models.preprocessing import Preprocessing
+
+ADMIN_TOKEN = "test-admin-token"
+COLORS = ("red", "green", "blue")
+PREPROCESSING = Preprocessing.from_manifest({
+    "target": "label",
+    "task": "classification",
+    "classes": ["no", "yes"],
+    "features": [
+        {"name": "x1", "kind": "numeric"},
+        {"name": "x2", "kind": "numeric"},
+        {"name": "x3", "kind": "numeric"},
+        {"name": "color", "kind": "categorical", "encoding": "onehot", "vocabulary": list(COLORS),
+         "columns": [f"color={c}" for c in COLORS]},
+    ],
+    "normalization": {"x1": {"mean": 1.0, "std": 2.0}, "x2": {"mean": 0.0, "std": 1.0},
+                      "x3": {"mean": 10.0, "std": 5.0}},
+    "dataset": "serve-test",
+    "version": "v1",
+})
+
+
+def instance(i: int = 0, **overrides: Any) -> dict[str, Any]:
+    """A valid request instance (varied by ``i``)."""
+    return {"x1": float(i % 7), "x2": (i % 5) / 5.0, "x3": 10.0 + i % 3, "color": COLORS[i % 3], **overrides}
+
+
+def tiny_model(seed: int, failure_rate: float | None = None) -> torch.nn.Module:
+    """A 2-class MLP over the test fields; wrapped in FaultyModel when ``failure_rate`` is given."""
+    from models.faulty import FaultyModel
+    from models.tabular import TabularMLP, TabularMLPConfig
+
+    torch.manual_seed(seed)
+    module = TabularMLP(TabularMLPConfig(PREPROCESSING.num_inputs, PREPROCESSING.num_outputs, hidden=(8,)))
+    return FaultyModel(module, failure_rate) if failure_rate is not None else module
+
+
+def register_version(settings: Settings, name: str, module: torch.nn.Module) -> str:
+    """Log ``module`` with the test preprocessing and register it as the next version of ``name``."""
+    import mlflow
+
+    from models.packaging import log_model
+
+    registry = Registry(settings)
+    with mlflow.start_run(experiment_id=registry.ensure_experiment()):
+        log_model(module, PREPROCESSING, input_example=[instance(0)], registered_model_name=name)
+    return registry.versions(name)[-1].version
+
+
+def register_test_model(settings: Settings, name: str | None = None,
+                        candidate_failure_rate: float | None = None) -> str:
+    """Register v1 (alias ``champion``) and v2 (alias ``challenger``; faulty when a rate is given); returns the name."""
+    name = name or f"serve-{uuid.uuid4().hex[:6]}"
+    registry = Registry(settings)
+    v1 = register_version(settings, name, tiny_model(0))
+    v2 = register_version(settings, name, tiny_model(1, candidate_failure_rate))
+    registry.set_alias(name, "champion", v1)
+    registry.set_alias(name, "challenger", v2)
+    return name
+
+
+@dataclass
+class ServeApp:
+    """A deployed app: where it answers and how to call it."""
+
+    name: str
+    model: str
+    url: str                      # base URL including the route prefix
+    versions: dict[str, str]
+    client: httpx.Client = field(repr=False)
+
+    @property
+    def predict_url(self) -> str:
+        return f"{self.url}/v1/models/{self.model}:predict"
+
+    def predict(self, instances: list[dict[str, Any]], headers: dict[str, str] | None = None) -> httpx.Response:
+        return self.client.post(self.predict_url, json={"instances": instances}, headers=headers)
+
+    def admin(self, method: str, path: str, json: Any = None, token: str | None = ADMIN_TOKEN) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return self.client.request(method, f"{self.url}{path}", json=json, headers=headers)
+
+
+def serve_http_url(port: int) -> str:
+    return f"http://127.0.0.1:{port}"
+
+
+def deploy_app(base_url: str, settings: Settings, model: str, app_name: str | None = None,
+               **config: Any) -> ServeApp:
+    """Deploy ``deployments.app`` for ``model`` (baseline @champion, candidate @challenger unless overridden).
+
+    ``config`` overrides :class:`ServeAppConfig` fields (e.g. ``controller=False, traffic={...}``).
+    """
+    from ray import serve
+
+    from deployments.app import build, controller_available
+    from deployments.serve_config import parse_config
+
+    app_name = app_name or f"app-{uuid.uuid4().hex[:6]}"
+    args = {"model_name": model, "baseline": f"models:/{model}@champion", "candidate": f"models:/{model}@challenger",
+            "tracking_uri": str(settings.mlflow_tracking_uri), "state_dir": str(settings.state_dir / app_name),
+            "controller": controller_available(), "num_cpus": 0.1, "router_num_cpus": 0.1, **config}
+    cfg = parse_config(args)
+    serve.run(build(cfg, admin_token=ADMIN_TOKEN), name=app_name, route_prefix=f"/{app_name}")
+    registry = Registry(settings)
+    versions = {v: registry.resolve(cfg.ref(v)).version for v in cfg.variants}
+    client = httpx.Client(timeout=30, limits=httpx.Limits(max_connections=64))
+    return ServeApp(name=app_name, model=model, url=f"{base_url}/{app_name}", versions=versions, client=client)
