@@ -89,7 +89,7 @@ def make_plan(lf: pl.LazyFrame, contract: Contract) -> Plan:
         if needs_vocab and col.allowed is None:
             queries[f"{col.name}::vocab"] = lf.select(_categorical(col).drop_nulls().unique().sort())
     names = list(queries)
-    results = pl.collect_all([lf.select(aggs), *queries.values()])
+    results = pl.collect_all([lf.select(aggs), *queries.values()], engine="streaming")
     row = results[0].row(0, named=True)
     extra = dict(zip(names, results[1:], strict=True))
     plan = Plan(rows=int(row["__rows"]), null_counts={c.name: int(row[f"{c.name}::nulls"]) for c in contract.columns})

@@ -243,7 +243,8 @@ def _forward_filled(deduped: list[Path], spec: Contract) -> dict[str, int]:
     cols = [c.name for c in spec.columns if c.fill is not None and c.fill.method == "forward"]
     if not cols:
         return {}
-    row = pl.scan_parquet(deduped).select(pl.col(FFILL_PREFIX + c).sum().alias(c) for c in cols).collect()
+    row = (pl.scan_parquet(deduped).select(pl.col(FFILL_PREFIX + c).sum().alias(c) for c in cols)
+           .collect(engine="streaming"))
     return {c: int(row[c][0] or 0) for c in cols}
 
 

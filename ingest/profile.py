@@ -70,12 +70,12 @@ def profile(lf: pl.LazyFrame, contract: Contract, features: list[dict[str, Any]]
         ref = ref_dists.get(c)
         if ref and ref.get("kind") == "numeric":
             aggs += _bins(pl.col(c), ref["edges"], f"{c}::ref")
-    stats_row = lf.select(aggs).collect().row(0, named=True)
+    stats_row = lf.select(aggs).collect(engine="streaming").row(0, named=True)
     counts = _category_counts(lf, dists)
     edges = {c: sorted({float(stats_row[f"{c}::q{i}"]) for i in range(len(deciles))
                         if stats_row[f"{c}::q{i}"] is not None}) for c in numeric}
-    own_bins = lf.select([e for c in numeric for e in _bins(pl.col(c), edges[c], f"{c}::bin")]).collect() \
-        .row(0, named=True) if numeric else {}
+    bins = [e for c in numeric for e in _bins(pl.col(c), edges[c], f"{c}::bin")]
+    own_bins = lf.select(bins).collect(engine="streaming").row(0, named=True) if numeric else {}
     rows = int(stats_row["__rows"])
     distributions: dict[str, Any] = {}
     reference_bins: dict[str, list[float]] = {}
@@ -106,12 +106,12 @@ def _category_counts(lf: pl.LazyFrame, dists: dict[str, dict]) -> dict[str, dict
     onehot = {n: d for n, d in dists.items() if d["kind"] == "categorical" and d["encoding"] == "onehot"}
     if onehot:
         row = lf.select([pl.col(col).mean().alias(col) for d in onehot.values() for col in d["columns"]]) \
-            .collect().row(0, named=True)
+            .collect(engine="streaming").row(0, named=True)
         for name, d in onehot.items():
             out[name] = {v: _f(row[col]) for v, col in zip(d["vocabulary"], d["columns"], strict=True)}
     labels = [n for n, d in dists.items() if d["kind"] == "categorical" and d["encoding"] == "label"]
     queries = [lf.group_by(n).len() for n in labels]
-    for name, frame in zip(labels, pl.collect_all(queries) if queries else [], strict=True):
+    for name, frame in zip(labels, pl.collect_all(queries, engine="streaming") if queries else [], strict=True):
         total = frame["len"].sum() or 1
         vocab = dists[name]["vocabulary"]
         by_index = dict(zip(frame[name].to_list(), frame["len"].to_list(), strict=True))
