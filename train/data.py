@@ -68,7 +68,8 @@ def _ingest_plan(config: TrainConfig, settings: Settings) -> DataPlan:
     if found is None:
         raise TrainConfigError(f"invalid 'data.dataset': no dataset {name!r} in {settings.datasets_root}")
     pre = found.preprocessing()
-    datasets = {"train": found.ray_dataset(split="train"), "validation": found.ray_dataset(split="validation")}
+    # Materialised once in the object store: epochs and evaluations then re-read memory, not Parquet.
+    datasets = {split: found.ray_dataset(split=split).materialize() for split in ("train", "validation")}
     rows = {split: ds.count() for split, ds in datasets.items()}
     spec = DataSpec("tabular", num_inputs=pre.num_inputs, num_outputs=pre.num_outputs)
     return DataPlan(datasets=datasets, spec=spec, task=pre.task, rows=rows, preprocessing=pre.to_dict(),
