@@ -188,6 +188,7 @@ def finish(registry: Registry, config: TrainConfig, plan: Any, outcome: Outcome,
     outcome.registered = registry.register(info.model_uri, section.model_name, outcome.tags)
     if section.alias:
         registry.set_alias(section.model_name, section.alias, outcome.registered.version)
+        outcome.registered = registry.version(section.model_name, outcome.registered.version)
     return outcome
 
 
