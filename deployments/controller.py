@@ -85,8 +85,7 @@ class Controller:
             for action in actions:
                 if isinstance(action, SetTraffic):
                     self.traffic_now = action.traffic
-            # MoveAlias actions from the restart are retried by the loop (promoting / rolling back)
-            self._pending_alias = [a for a in actions if isinstance(a, MoveAlias)]
+            self._pending_alias = [a for a in actions if isinstance(a, MoveAlias)]   # the loop retries them
 
     def _ensure_loop(self) -> None:
         if self._loop_task is None or self._loop_task.done():
@@ -176,6 +175,10 @@ class Controller:
     # ---- the loop ---------------------------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        try:   # warm the MLflow client (imports take seconds) before a promotion needs it
+            await self._registry_client()
+        except Exception:
+            logger.exception("MLflow client could not be created; promotions will pause until it can")
         while True:
             try:
                 async with self._lock:
@@ -189,8 +192,7 @@ class Controller:
         if state is None:
             return
         if self._pending_alias:
-            pending, self._pending_alias = self._pending_alias, []
-            await self._execute(pending)
+            await self._move_aliases()
             state = self.state
             assert state is not None
         now = time.time()
@@ -259,12 +261,16 @@ class Controller:
             elif isinstance(action, ReleaseWarm):
                 logger.info("v%s of %s no longer needs to be kept warm", action.version, self.model,
                             extra={"variant": action.variant, "model": self.model})
-        for action in actions:
-            if isinstance(action, MoveAlias):
-                result = await self._move_alias(action)
-                assert self.state is not None
-                follow, more = transition(self.state, Observation(now=time.time(), alias_result=result))
-                await self._commit(follow, more)
+        # MLflow calls can take seconds: the loop does them, so commands answer as soon as the state is saved
+        self._pending_alias += [a for a in actions if isinstance(a, MoveAlias)]
+
+    async def _move_aliases(self) -> None:
+        pending, self._pending_alias = self._pending_alias, []
+        for action in pending:
+            result = await self._move_alias(action)
+            assert self.state is not None
+            follow, more = transition(self.state, Observation(now=time.time(), alias_result=result))
+            await self._commit(follow, more)
 
     # ---- registry ---------------------------------------------------------------------------------------------
 
