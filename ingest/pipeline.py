@@ -30,7 +30,7 @@ from ingest.contract import Contract, load_contract
 from ingest.errors import AccountingError, ContractError, SourceError
 from ingest.profile import profile
 from ingest.progress import Progress
-from ingest.rules import COLUMN, FFILL_PREFIX, ROW, RULE, check_columns, validate
+from ingest.rules import CHECK, COLUMN, FFILL_PREFIX, ROW, RULE, check_columns, validate
 from ingest.sources import SOURCE_COLUMN, SourceFile, resolve, scan, source_error, source_schema
 
 BUCKET_BYTES = {"csv": 192 * 1024**2, "ndjson": 192 * 1024**2, "parquet": 48 * 1024**2}
@@ -185,7 +185,7 @@ def _validate(lf: pl.LazyFrame, schema: pl.Schema, files: list[SourceFile], spec
     checked = validate(lf.with_row_index(ROW), spec, schema)
     basis = pl.col(spec.key).cast(pl.String) if spec.key else pl.struct(spec.names)
     ffill = [FFILL_PREFIX + c.name for c in spec.columns if c.fill is not None and c.fill.method == "forward"]
-    valid = checked.filter(pl.col(RULE).is_null()).select(
+    valid = checked.filter(pl.col(CHECK).is_null()).select(
         pl.col(ROW).cast(pl.Int64), SOURCE_COLUMN, *spec.names, *ffill,
         (basis.hash(seed=0) % buckets).alias(BUCKET))
     qdir.mkdir(parents=True, exist_ok=True)

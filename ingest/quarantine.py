@@ -11,7 +11,7 @@ from pathlib import Path
 import polars as pl
 
 from ingest.contract import Contract
-from ingest.rules import COLUMN, RAW_PREFIX, REASON, ROW, RULE
+from ingest.rules import CHECK, COLUMN, RAW_PREFIX, REASON, ROW, RULE, describe
 from ingest.sources import SOURCE_COLUMN
 
 STEP = "_step"
@@ -24,7 +24,7 @@ def columns(contract: Contract) -> list[str]:
 
 def from_validation(lf: pl.LazyFrame, contract: Contract) -> pl.LazyFrame:
     """Rows the contract rules rejected, with their raw text (what the file really said)."""
-    return lf.filter(pl.col(RULE).is_not_null()).select(
+    return describe(lf.filter(pl.col(CHECK).is_not_null()), contract).select(
         pl.col(ROW).cast(pl.Int64), pl.col(SOURCE_COLUMN).cast(pl.String),
         *[pl.col(RAW_PREFIX + n).alias(n) for n in contract.names],
         pl.lit("contract").alias(STEP), pl.col(RULE), pl.col(COLUMN), pl.col(REASON))

@@ -14,6 +14,7 @@ from ingest.errors import ContractError
 
 ROW = "_row"
 RULE = "_rule"
+CHECK = "_check"
 REASON = "_reason"
 COLUMN = "_column"
 RAW_PREFIX = "__raw__"
@@ -86,15 +87,25 @@ def _num(value: float | None) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
-def validate(lf: pl.LazyFrame, contract: Contract, schema: pl.Schema) -> pl.LazyFrame:
-    """Raw frame → typed columns, raw text copies, forward-fill flags and (_rule, _column, _reason).
+def checks(contract: Contract) -> list[tuple[pl.Expr, str, str, pl.Expr]]:
+    """Every (condition, rule, column, reason) of the contract, in checking order."""
+    out = []
+    for col in contract.columns:
+        for cond, rule, reason in _violations(col, pl.col(col.name), pl.col(RAW_PREFIX + col.name)):
+            out.append((cond, rule, col.name, reason))
+    return out
 
+
+def validate(lf: pl.LazyFrame, contract: Contract, schema: pl.Schema) -> pl.LazyFrame:
+    """Raw frame → typed columns, raw text copies, forward-fill flags and ``_check``.
+
+    ``_check`` is the index of the first check a row fails (null when it passes): one small
+    integer per row, so reasons are only formatted for the rejected rows (:func:`describe`).
     Forward fill follows the source order and happens here, before any row is dropped; its
     flags let the counts say how many values it filled.
     """
     exprs: list[pl.Expr] = []
     raw_cols: list[pl.Expr] = []
-    checks: list[tuple[pl.Expr, str, str, pl.Expr]] = []
     for col in contract.columns:
         if col.name not in schema:
             lf = lf.with_columns(pl.lit(None, dtype=pl.String).alias(col.name))
@@ -102,30 +113,31 @@ def validate(lf: pl.LazyFrame, contract: Contract, schema: pl.Schema) -> pl.Lazy
         else:
             dtype = schema[col.name]
         typed = _typed(col, dtype)
-        raw_text = pl.col(col.name).cast(pl.String)
-        raw_cols.append(raw_text.alias(RAW_PREFIX + col.name))
+        raw_cols.append(pl.col(col.name).cast(pl.String).alias(RAW_PREFIX + col.name))
         if col.fill is not None and col.fill.method == "forward":
             exprs.append(typed.is_null().alias(FFILL_PREFIX + col.name))
             typed = typed.forward_fill()
         exprs.append(typed.alias(col.name))
-        for cond, rule, reason in _violations(col, pl.col(col.name), pl.col(RAW_PREFIX + col.name)):
-            checks.append((cond, rule, col.name, reason))
     lf = lf.with_columns(raw_cols).with_columns(exprs)
     flagged_ffill = [c.name for c in contract.columns if c.fill is not None and c.fill.method == "forward"]
     if flagged_ffill:  # a flag only counts when forward fill actually found a value
         lf = lf.with_columns([(pl.col(FFILL_PREFIX + n) & pl.col(n).is_not_null()).alias(FFILL_PREFIX + n)
                               for n in flagged_ffill])
-    return lf.with_columns(_first(checks, 1).alias(RULE), _first(checks, 2).alias(COLUMN),
-                           _first(checks, 3).alias(REASON))
+    found = checks(contract)
+    first = pl.lit(None, dtype=pl.Int32)
+    for i in reversed(range(len(found))):
+        first = pl.when(found[i][0].fill_null(False)).then(pl.lit(i, dtype=pl.Int32)).otherwise(first)
+    return lf.with_columns(first.alias(CHECK))
 
 
-def _first(checks: list[tuple[pl.Expr, str, str, pl.Expr]], part: int) -> pl.Expr:
-    """The ``part`` (rule, column or reason) of the first check that fails, null when none does."""
-    if not checks:
-        return pl.lit(None, dtype=pl.String)
-    chain = None
-    for check in checks:
-        cond = check[0].fill_null(False)
-        value = check[part] if isinstance(check[part], pl.Expr) else pl.lit(check[part])
-        chain = pl.when(cond).then(value) if chain is None else chain.when(cond).then(value)
-    return chain.otherwise(pl.lit(None, dtype=pl.String))
+def describe(lf: pl.LazyFrame, contract: Contract) -> pl.LazyFrame:
+    """Rule, column and human reason for rows that failed a check (run it on rejected rows only)."""
+    found = checks(contract)
+    index = list(range(len(found)))
+    reason = pl.lit(None, dtype=pl.String)
+    for i in reversed(index):
+        reason = pl.when(pl.col(CHECK) == i).then(found[i][3]).otherwise(reason)
+    return lf.with_columns(
+        pl.col(CHECK).replace_strict(index, [c[1] for c in found], return_dtype=pl.String).alias(RULE),
+        pl.col(CHECK).replace_strict(index, [c[2] for c in found], return_dtype=pl.String).alias(COLUMN),
+        reason.alias(REASON))
