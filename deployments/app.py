@@ -45,6 +45,7 @@ def model_server(cfg: ServeAppConfig, variant: str, uri: str, version: str, trac
         max_ongoing_requests=cfg.max_ongoing_requests,
         max_queued_requests=cfg.max_queued_requests,
         backpressure_config={"retry_after_s": cfg.retry_after_s},
+        logging_config=cfg.logging_config,
     ).bind(uri, variant, version, tracking_uri, batch_max_size=cfg.batch_max_size,
            batch_wait_timeout_s=cfg.batch_wait_timeout_s, max_body_bytes=cfg.max_body_bytes,
            max_instances=cfg.max_instances)
@@ -72,7 +73,8 @@ def build(cfg: ServeAppConfig, admin_token: str | None = None, predict_token: st
         controller = RolloutController.bind(state_dir=cfg.state_dir, model_name=cfg.model_name,
                                             tracking_uri=tracking_uri)
     else:
-        controller = StaticTraffic.bind(cfg.variants, cfg.traffic, cfg.shadow)
+        controller = StaticTraffic.options(logging_config=cfg.logging_config).bind(
+            cfg.variants, cfg.traffic, cfg.shadow)
     admin = admin_token or os.environ.get(cfg.admin_token_env) or _secret(settings.admin_token)
     predict = predict_token or os.environ.get(cfg.predict_token_env) or _secret(settings.serve_predict_token)
     options = {
@@ -92,6 +94,7 @@ def build(cfg: ServeAppConfig, admin_token: str | None = None, predict_token: st
         ray_actor_options={"num_cpus": cfg.router_num_cpus},
         max_queued_requests=cfg.max_queued_requests,
         backpressure_config={"retry_after_s": cfg.retry_after_s},
+        logging_config=cfg.logging_config,
     ).bind(cfg.model_name, servers, versions, controller, options,
            SecretStr(admin) if admin else None, SecretStr(predict) if predict else None)
 

@@ -42,7 +42,9 @@ def json_error(status: int, field: str | None, message: str, headers: dict[str, 
 
 def _parse_int(text: str) -> int | float:
     value = int(text)
-    return value if abs(value) < _FLOAT_MAX_INT else math.copysign(math.inf, value)
+    if abs(value) < _FLOAT_MAX_INT:
+        return value
+    return math.inf if value > 0 else -math.inf
 
 
 def check_size(content_length: str | None, max_bytes: int) -> None:

@@ -47,6 +47,8 @@ class ServeAppConfig(BaseModel):
     max_instances: int = Field(1024, ge=1, description="instances per request")
     batch_max_size: int = Field(32, ge=1)
     batch_wait_timeout_s: float = Field(0.002, ge=0)
+    access_log: bool = Field(False, description="Serve's per-request access log (costly on small machines)")
+    serve_log_level: str = Field("WARNING", description="level of Serve's own replica logs")
     max_shadow_in_flight: int = Field(64, ge=0, description="shadow copies beyond this are dropped, never queued")
 
     @field_validator("baseline", "candidate")
@@ -70,6 +72,10 @@ class ServeAppConfig(BaseModel):
     @property
     def variants(self) -> list[str]:
         return [BASELINE, CANDIDATE] if self.candidate else [BASELINE]
+
+    @property
+    def logging_config(self) -> dict[str, Any]:
+        return {"log_level": self.serve_log_level, "enable_access_log": self.access_log}
 
     def ref(self, variant: str) -> str:
         return self.baseline if variant == BASELINE else str(self.candidate)

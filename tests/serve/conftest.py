@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from cluster.processes import free_port
-from tests.serve.helpers import ServeApp, deploy_app, register_test_model, serve_http_url
+from tests.serve.helpers import ServeApp, deploy_app, register_test_model, serve_http_url, wait_for_traffic
 
 
 @pytest.fixture(scope="session")
@@ -43,3 +43,32 @@ def serve_app(serve_url: str, settings, registered_model: str) -> Iterator[Serve
     yield app
     app.client.close()
     serve.delete(app.name)
+
+
+@pytest.fixture(scope="session")
+def static_app(serve_url: str, settings, registered_model: str) -> Iterator[ServeApp]:
+    """The same two versions without a rollout controller: traffic is set by hand (PUT /admin/traffic).
+
+    Shared by the data-plane suites; a test that changes the split puts 100 % baseline back.
+    """
+    from ray import serve
+
+    app = deploy_app(serve_url, settings, registered_model, app_name="static", controller=False)
+    yield app
+    app.client.close()
+    serve.delete(app.name)
+
+
+@pytest.fixture
+def split(static_app: ServeApp):
+    """Set the static app's traffic for one test (weights, shadow) and restore 100 % baseline after."""
+
+    def set_split(weights: dict[str, float], shadow: str | None = None) -> dict:
+        response = static_app.admin("PUT", "/admin/traffic", {"weights": weights, "shadow": shadow,
+                                                              "reason": "test split"})
+        assert response.status_code == 200, response.text
+        wait_for_traffic(static_app, response.json()["epoch"])
+        return response.json()
+
+    yield set_split
+    set_split({"baseline": 1.0})

@@ -124,3 +124,15 @@ def deploy_app(base_url: str, settings: Settings, model: str, app_name: str | No
     versions = {v: registry.resolve(cfg.ref(v)).version for v in cfg.variants}
     client = httpx.Client(timeout=30, limits=httpx.Limits(max_connections=64))
     return ServeApp(name=app_name, model=model, url=f"{base_url}/{app_name}", versions=versions, client=client)
+
+
+def wait_for_traffic(app: ServeApp, epoch: int, timeout_s: float = 30.0) -> None:
+    """Until the router serves the split of ``epoch`` (it polls the controller every TRAFFIC_POLL_S)."""
+    from cluster.processes import wait_until
+
+    def seen() -> bool:
+        response = app.admin("GET", "/admin/traffic")
+        return response.status_code == 200 and response.json()["epoch"] >= epoch
+
+    if not wait_until(seen, timeout_s=timeout_s, interval_s=0.1):
+        raise TimeoutError(f"router of {app.name} did not pick up traffic epoch {epoch}")

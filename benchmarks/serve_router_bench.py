@@ -1,0 +1,185 @@
+"""Router overhead: requests/s and p50/p99 through the router vs the same model deployment called directly.
+
+One script, one machine, side by side: a private MLflow server and Ray instance, one
+registered tiny model, two Serve apps with identical model replicas — ``direct`` (the
+model deployment is the ingress) and ``routed`` (router ingress → model deployment,
+100 % baseline, no rollout running). A load client runs in a separate process per run
+(so it does not share the server's interpreter) and the two paths alternate, repeated
+``--repeats`` times; the report gives medians over repeats.
+
+    python benchmarks/serve_router_bench.py --repeats 5 --duration 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.report import MIN_REPEATS, Report, summarize  # noqa: E402
+
+
+# ---------------------------------------------------------------- load client (separate process)
+async def _load(url: str, concurrency: int, duration_s: float, warmup_s: float) -> dict:
+    import httpx
+
+    from tests.serve.helpers import instance
+
+    body = json.dumps({"instances": [instance(1)]}).encode()
+    latencies: list[float] = []
+    errors = 0
+    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=concurrency)) as client:
+        start = time.perf_counter()
+        measure_from = start + warmup_s
+        stop_at = measure_from + duration_s
+
+        async def worker() -> None:
+            nonlocal errors
+            while (now := time.perf_counter()) < stop_at:
+                response = await client.post(url, content=body, headers={"content-type": "application/json"})
+                if now >= measure_from:
+                    if response.status_code == 200:
+                        latencies.append((time.perf_counter() - now) * 1000.0)
+                    else:
+                        errors += 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return {"latencies_ms": latencies, "errors": errors, "duration_s": duration_s}
+
+
+def run_client(url: str, concurrency: int, duration_s: float, warmup_s: float) -> dict:
+    """One measured run in a fresh client process."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--client", url, "--concurrency", str(concurrency),
+         "--duration", str(duration_s), "--warmup", str(warmup_s)],
+        capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------- server side
+def start_stack(tmp: Path):
+    """A private MLflow server and Ray instance; returns (settings, mlflow process)."""
+    import httpx
+    import ray
+
+    from cluster.processes import free_port, start_detached, wait_until
+    from cluster.settings import load_settings
+    from cluster.stack import MLFLOW_ENV, mlflow_command
+
+    settings = load_settings(state_dir=tmp, mlflow_port=free_port(), log_format="text", log_level="WARNING")
+    proc = start_detached(mlflow_command(settings), tmp / "mlflow.log", env=MLFLOW_ENV)
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"{settings.mlflow_tracking_uri}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    if not wait_until(healthy, timeout_s=120):
+        raise RuntimeError(f"MLflow did not start; see {tmp / 'mlflow.log'}")
+    os.environ["MLFLOW_TRACKING_URI"] = str(settings.mlflow_tracking_uri)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="WARNING",
+             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    return settings, proc
+
+
+def deploy(settings, port: int, args: argparse.Namespace) -> tuple[str, str, str]:
+    """Register the model, deploy ``direct`` and ``routed``; returns (model, direct url, routed url)."""
+    from ray import serve
+
+    from cluster.registry import Registry
+    from deployments.app import build, model_server
+    from deployments.serve_config import parse_config
+    from tests.serve.helpers import register_test_model
+
+    model = register_test_model(settings, "bench")
+    serve.start(http_options={"host": "127.0.0.1", "port": port},
+                logging_config={"log_level": "WARNING", "enable_access_log": False})
+    cfg = parse_config({"model_name": model, "baseline": f"models:/{model}@champion",
+                        "tracking_uri": str(settings.mlflow_tracking_uri), "controller": False,
+                        "num_cpus": 0.5, "router_num_cpus": 0.5, "max_ongoing_requests": 64,
+                        "batch_max_size": args.batch_max_size})
+    info = Registry(settings).resolve(cfg.baseline)
+    serve.run(model_server(cfg, "baseline", info.uri, info.version, str(settings.mlflow_tracking_uri)),
+              name="direct", route_prefix="/direct")
+    serve.run(build(cfg, admin_token="bench"), name="routed", route_prefix="/routed")
+    base = f"http://127.0.0.1:{port}"
+    return model, f"{base}/direct/v1/models/{model}:predict", f"{base}/routed/v1/models/{model}:predict"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=MIN_REPEATS)
+    parser.add_argument("--duration", type=float, default=8.0, help="measured seconds per run")
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--batch-max-size", type=int, default=32)
+    parser.add_argument("--client", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.client:
+        print(json.dumps(asyncio.run(_load(args.client, args.concurrency[0], args.duration, args.warmup))))
+        return
+    if args.repeats < MIN_REPEATS:
+        parser.error(f"--repeats must be >= {MIN_REPEATS}")
+
+    import ray
+    from ray import serve
+
+    from cluster.processes import free_port, session_members, terminate
+
+    tmp = Path(tempfile.mkdtemp(prefix="serve-bench-"))
+    settings, mlflow_proc = start_stack(tmp)
+    try:
+        model, direct_url, routed_url = deploy(settings, free_port(), args)
+        report = Report("serve-router", f"tiny TabularMLP ({model}), 1 instance per request, "
+                        f"{args.duration:g} s per run after {args.warmup:g} s warm-up, concurrency "
+                        f"{args.concurrency}, {args.repeats} repeats alternating direct/routed; client in its "
+                        f"own process; model and router replicas 0.5 CPU each")
+        for concurrency in args.concurrency:
+            for repeat in range(args.repeats):
+                for path, url in (("direct", direct_url), ("routed", routed_url)):
+                    result = run_client(url, concurrency, args.duration, args.warmup)
+                    lat = summarize(result["latencies_ms"])
+                    report.add(concurrency=concurrency, repeat=repeat, path=path,
+                               rps=len(result["latencies_ms"]) / result["duration_s"], errors=result["errors"],
+                               p50_ms=lat["p50"], p99_ms=lat["p99"])
+                    print(f"c={concurrency} #{repeat} {path}: {report.rows[-1]['rps']:.1f} req/s "
+                          f"p50 {lat['p50']:.2f} ms p99 {lat['p99']:.2f} ms", flush=True)
+        rows = _summary_rows(report.rows, args.concurrency)
+        report.section("Results (medians over repeats)", report.table(rows))
+        report.section("Targets", "Router overhead target: <= 1 ms added at p50 and >= 90 % of direct throughput. "
+                       "Medians of per-run p50/p99/throughput; `added_p50_ms` = routed − direct.")
+        out = report.write(" ".join(["python", "benchmarks/serve_router_bench.py", *sys.argv[1:]]))
+        print(report.table(rows))
+        print(f"report: {out}")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        terminate(session_members(mlflow_proc.pid), grace_s=5)
+
+
+def _summary_rows(rows: list[dict], concurrencies: list[int]) -> list[dict]:
+    out = []
+    for c in concurrencies:
+        med = {p: {k: statistics.median(r[k] for r in rows if r["concurrency"] == c and r["path"] == p)
+                   for k in ("rps", "p50_ms", "p99_ms")} for p in ("direct", "routed")}
+        out.append({"concurrency": c, "direct_rps": med["direct"]["rps"], "routed_rps": med["routed"]["rps"],
+                    "throughput_ratio": med["routed"]["rps"] / med["direct"]["rps"],
+                    "direct_p50_ms": med["direct"]["p50_ms"], "routed_p50_ms": med["routed"]["p50_ms"],
+                    "added_p50_ms": med["routed"]["p50_ms"] - med["direct"]["p50_ms"],
+                    "direct_p99_ms": med["direct"]["p99_ms"], "routed_p99_ms": med["routed"]["p99_ms"]})
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""``rayline serve deploy|status``: the serving app on the running local stack.
+
+``deploy`` builds the same application as ``deployments.app:build_app`` (what ``serve deploy``
+YAML and the Helm chart use) and runs it on Serve at ``settings.serve_http_port``, with the
+admin token from settings. ``status`` asks the router over HTTP, so it works against any
+deployment the URL reaches.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cluster.cli.context import settings_of
+from cluster.errors import RaylineError
+from cluster.settings import Settings
+
+app = typer.Typer(help="Serve a registered model (baseline, optional candidate) behind the rollout router.",
+                  no_args_is_help=True)
+console = Console(width=160)
+APP_NAME = "rayline"
+
+
+class ServeError(RaylineError):
+    """The serving app could not be deployed or reached."""
+
+    exit_code = 8
+
+
+def serve_url(settings: Settings, url: str | None = None) -> str:
+    return (url or f"http://{settings.host}:{settings.serve_http_port}").rstrip("/")
+
+
+def _connect(settings: Settings) -> None:
+    """Join the local stack's Ray as a driver (token auth), with this checkout importable by replicas."""
+    import ray
+
+    from cluster import stack
+
+    os.environ.update(stack.ray_env(settings))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        ray.init(address=str(settings.ray_address), logging_level="WARNING", ignore_reinit_error=True,
+                 runtime_env={"env_vars": {"PYTHONPATH": root}})
+    except (ConnectionError, RuntimeError) as exc:
+        raise ServeError(f"cannot reach Ray at {settings.ray_address} (is `rayline up` running?): {exc}") from None
+
+
+@app.command()
+def deploy(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="Registered model name.")],
+    baseline: Annotated[str | None, typer.Option(help="Baseline ref (default models:/MODEL@champion).")] = None,
+    candidate: Annotated[str | None, typer.Option(help="Candidate ref, e.g. models:/MODEL@challenger.")] = None,
+    replicas: Annotated[int, typer.Option(help="Replicas per model version.")] = 1,
+    num_cpus: Annotated[float, typer.Option(help="CPUs per model replica.")] = 0.25,
+    controller: Annotated[bool, typer.Option(help="Deploy the rollout controller.")] = True,
+    name: Annotated[str, typer.Option(help="Serve application name.")] = APP_NAME,
+) -> None:
+    """Deploy MODEL's baseline (and candidate) behind the router on the local stack's Serve."""
+    from ray import serve
+
+    from deployments.app import build
+    from deployments.serve_config import parse_config
+
+    settings = settings_of(ctx)
+    cfg = parse_config({
+        "model_name": model, "baseline": baseline or f"models:/{model}@champion", "candidate": candidate,
+        "tracking_uri": str(settings.mlflow_tracking_uri), "controller": controller, "replicas": replicas,
+        "num_cpus": num_cpus, "state_dir": str((settings.state_dir / "rollouts").absolute()),
+    })
+    admin = settings.admin_token.get_secret_value() if settings.admin_token else None
+    predict = settings.serve_predict_token.get_secret_value() if settings.serve_predict_token else None
+    _connect(settings)
+    serve.start(http_options={"host": settings.host, "port": settings.serve_http_port,
+                              "request_timeout_s": cfg.request_timeout_s + 5},
+                logging_config={"log_level": "WARNING", "enable_access_log": False})
+    with console.status(f"deploying {model} ({', '.join(cfg.variants)})…"):
+        try:
+            serve.run(build(cfg, admin_token=admin, predict_token=predict), name=name, route_prefix="/")
+        except RuntimeError as exc:
+            raise ServeError(f"deploying {name} failed: {str(exc).splitlines()[0]}") from None
+    url = serve_url(settings)
+    console.print(f"[green]serving[/] {model} at {url}/v1/models/{model}:predict")
+    if admin is None:
+        console.print("[yellow]no admin token set (RAYLINE_ADMIN_TOKEN): the admin API answers 401 to everything[/]")
+
+
+def _get(client: httpx.Client, url: str, headers: dict[str, str]) -> tuple[int, Any]:
+    try:
+        response = client.get(url, headers=headers)
+    except httpx.HTTPError as exc:
+        raise ServeError(f"no serving app answers at {url}: {exc}") from None
+    try:
+        return response.status_code, response.json()
+    except ValueError:
+        return response.status_code, response.text
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    url: Annotated[str | None, typer.Option(help="Router base URL (default: settings' serve port).")] = None,
+) -> None:
+    """Readiness, versions and traffic of the serving app; exits 1 when it is not ready."""
+    settings = settings_of(ctx)
+    base = serve_url(settings, url)
+    token = settings.admin_token.get_secret_value() if settings.admin_token else ""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with httpx.Client(timeout=10) as client:
+        ready_code, ready = _get(client, f"{base}/readyz", {})
+        traffic_code, traffic = _get(client, f"{base}/admin/traffic", headers)
+        rollout_code, rollout = _get(client, f"{base}/admin/rollout", headers)
+    table = Table(title=f"serving at {base}")
+    for col in ("check", "ok", "detail"):
+        table.add_column(col)
+    table.add_row("ready", _ok(ready_code == 200), f"variants {ready.get('variants')} not ready "
+                  f"{ready.get('not_ready')}" if isinstance(ready, dict) else str(ready))
+    table.add_row("traffic", _ok(traffic_code == 200), _describe(traffic_code, traffic, "weights"))
+    table.add_row("rollout", _ok(rollout_code == 200), _describe(rollout_code, rollout, "rollout"))
+    console.print(table)
+    if ready_code != 200:
+        raise typer.Exit(1)
+
+
+def _ok(ok: bool) -> str:
+    return "[green]yes[/]" if ok else "[red]no[/]"
+
+
+def _describe(code: int, body: Any, key: str) -> str:
+    if code == 401:
+        return "admin token missing or wrong (set RAYLINE_ADMIN_TOKEN)"
+    if isinstance(body, dict) and "error" in body:
+        return str(body["error"].get("message"))
+    if isinstance(body, dict):
+        return f"{body.get(key)} shadow={body.get('shadow')}" if key == "weights" else str(body.get(key, body))
+    return str(body)
