@@ -16,9 +16,14 @@ from rich.console import Console
 from rich.table import Table
 
 from cluster import stack
-from cluster.settings import Settings
+from cluster.registry import Registry
+from cluster.settings import Settings, job_env
 
 ROOT = Path(__file__).resolve().parent.parent
+RAW_TABLE = "examples/data/customers.csv"
+CONTRACT = "examples/contracts/customers.yaml"
+DATASET = "customers"
+MODEL = "customers-churn"
 
 
 @dataclass
@@ -41,21 +46,58 @@ def stage_stack_up(ctx: DemoContext) -> str:
         f"MLflow {ctx.settings.mlflow_tracking_uri}"
 
 
-def stage_hello_job(ctx: DemoContext) -> str:
+def _job(ctx: DemoContext, entrypoint: str) -> dict[str, Any]:
+    """Run a rayline job the way users do: through the Ray job API with the repo as working dir."""
     from cluster.jobs_client import JobsClient
 
-    client = JobsClient(ctx.settings)
-    job_id = client.submit("python -m jobs.hello --tasks 4", working_dir=ROOT)
-    final = client.wait(job_id, timeout_s=300)
-    if final != "SUCCEEDED":
-        raise RuntimeError(f"job {job_id} ended {final}: {client.logs(job_id)[-500:]}")
-    return f"ray job {job_id} {final}"
+    return JobsClient(ctx.settings).run(entrypoint, working_dir=ROOT, env=job_env(ctx.settings))
+
+
+def stage_ingest(ctx: DemoContext) -> str:
+    result = _job(ctx, f"python -m jobs.ingest --source {RAW_TABLE} --contract {CONTRACT} --dataset {DATASET} --mlflow")
+    counts = result["counts"]
+    ctx.results["dataset_version"] = result["version"]
+    return (f"{DATASET} {result['version']}: {counts.get('rows_in')} rows in → {counts.get('rows_out')} clean, "
+            f"{counts.get('rows_quarantined')} quarantined with reasons, {counts.get('rows_deduplicated')} duplicates")
+
+
+def _train(ctx: DemoContext, config: str, key: str) -> str:
+    result = _job(ctx, f"python -m jobs.train --config {config}")
+    if not result.get("registered"):
+        raise RuntimeError(f"{config}: model not registered ({result.get('gate')})")
+    version = result["registered"].rsplit("/", 1)[-1]
+    ctx.results[key] = version
+    acc = result["metrics"].get("val_accuracy")
+    return f"registered {MODEL}/{version} (val_accuracy {acc:.3f}, run {result['run_id'][:8]})"
+
+
+def stage_train_v1(ctx: DemoContext) -> str:
+    return _train(ctx, "examples/demo/train_v1.yaml", "v1")
+
+
+def stage_evaluate_v1(ctx: DemoContext) -> str:
+    result = _job(ctx, f"python -m jobs.evaluate --model models:/{MODEL}/{ctx.results['v1']} --dataset latest")
+    shown = {k: round(v, 3) for k, v in result.get("metrics", {}).items() if isinstance(v, float)}
+    return f"evaluated v{ctx.results['v1']}: {shown} (plot logged to MLflow)"
+
+
+def stage_champion_v1(ctx: DemoContext) -> str:
+    Registry(ctx.settings).set_alias(MODEL, "champion", ctx.results["v1"])
+    return f"{MODEL}@champion → v{ctx.results['v1']}"
+
+
+def stage_train_v2(ctx: DemoContext) -> str:
+    return _train(ctx, "examples/demo/train_v2.yaml", "v2")
 
 
 def stages() -> list[Stage]:
     return [
         ("local stack up (Ray head + MLflow)", stage_stack_up),
-        ("submit a Ray job through the job API", stage_hello_job),
+        ("ingest the shipped raw table (Ray job)", stage_ingest),
+        ("train v1: 2 workers, fp16 compression, checkpoints (Ray job)", stage_train_v1),
+        ("evaluate v1 (Ray job)", stage_evaluate_v1),
+        ("register v1 as champion", stage_champion_v1),
+        ("train v2: PowerSGD compression, registered as challenger", stage_train_v2),
     ]
 
 

@@ -94,6 +94,18 @@ class JobsClient:
         asyncio.run(_tail())
         return self.wait(job_id, timeout_s=30)
 
+    def run(self, entrypoint: str, working_dir: str | Path | None = ".", env: dict[str, str] | None = None,
+            timeout_s: float = 900.0) -> dict[str, Any]:
+        """Submit, wait, and return the job's ``RAYLINE_RESULT``; a failed job is a JobError with its log tail."""
+        job_id = self.submit(entrypoint, working_dir=working_dir, env=env)
+        final = self.wait(job_id, timeout_s=timeout_s)
+        logs = self.logs(job_id)
+        result = parse_result(logs)
+        if final != "SUCCEEDED" or result is None:
+            tail = " | ".join(logs.strip().splitlines()[-3:])
+            raise JobError(f"job {job_id} ({entrypoint}) ended {final}: {tail}")
+        return {"job_id": job_id, **result}
+
     def wait(self, job_id: str, timeout_s: float = 600.0) -> str:
         deadline = time.monotonic() + timeout_s
         while True:
@@ -101,6 +113,19 @@ class JobsClient:
             if state in TERMINAL or time.monotonic() > deadline:
                 return state
             time.sleep(0.5)
+
+
+RESULT_PREFIX = "RAYLINE_RESULT "
+
+
+def parse_result(logs: str) -> dict[str, Any] | None:
+    """The JSON summary a rayline job prints last (``RAYLINE_RESULT {...}``), if any."""
+    import json
+
+    for line in reversed(logs.splitlines()):
+        if line.startswith(RESULT_PREFIX):
+            return json.loads(line[len(RESULT_PREFIX):])
+    return None
 
 
 def _one_line(exc: BaseException) -> str:

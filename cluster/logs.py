@@ -19,6 +19,9 @@ from cluster.tracing import current_trace_id
 _RECORD_FIELDS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
+QUIET_LOGGERS = ("httpx", "httpcore", "urllib3", "filelock", "alembic")
+
+
 class JsonFormatter(logging.Formatter):
     def __init__(self, component: str) -> None:
         super().__init__()
@@ -57,6 +60,9 @@ def configure_logging(component: str, level: str = "INFO", fmt: str = "json", st
     handler.setFormatter(JsonFormatter(component) if fmt == "json" else TextFormatter(component))
     root.addHandler(handler)
     root.setLevel(level)
+    # Client libraries log every HTTP request at INFO; keep them for DEBUG runs only.
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
 
 
 def get_logger(name: str) -> logging.Logger:

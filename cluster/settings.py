@@ -119,6 +119,28 @@ class Settings(BaseSettings):
         return env
 
 
+def job_env(settings: Settings) -> dict[str, str]:
+    """RAYLINE_* variables a submitted job needs to see the same stack, with local paths made absolute.
+
+    A Ray job runs in an unpacked copy of its working dir, so relative state paths would
+    point somewhere else there.
+    """
+    def absolute(path: str | Path) -> str:
+        text = str(path)
+        return text if "://" in text else str(Path(text).absolute())
+
+    return {
+        "RAYLINE_STATE_DIR": absolute(settings.state_dir),
+        "RAYLINE_DATASETS_ROOT": absolute(str(settings.datasets_root)),
+        "RAYLINE_CHECKPOINTS_ROOT": absolute(str(settings.checkpoints_root)),
+        "RAYLINE_MLFLOW_TRACKING_URI": str(settings.mlflow_tracking_uri),
+        "RAYLINE_MLFLOW_EXPERIMENT": settings.mlflow_experiment,
+        "RAYLINE_LOG_FORMAT": settings.log_format,
+        "RAYLINE_LOG_LEVEL": settings.log_level,
+        **({"RAYLINE_S3_ENDPOINT_URL": settings.s3_endpoint_url} if settings.s3_endpoint_url else {}),
+    }
+
+
 def _config_file() -> Path | None:
     explicit = os.environ.get(CONFIG_ENV)
     if explicit:

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from cluster.errors import PortInUseError, StackError
+from cluster.errors import ConfigError, PortInUseError, StackError
 from cluster.processes import (
     port_is_free,
     process_alive,
@@ -35,6 +35,7 @@ STATE_FILE = "stack.json"
 RAY_START_TIMEOUT_S = 90.0
 MLFLOW_START_TIMEOUT_S = 90.0
 RAY_OBJECT_STORE_BYTES = 512 * 1024**2
+RAY_WORKER_PORTS = (10002, 19999)  # ray start's default --min/--max-worker-port
 
 
 @dataclass
@@ -122,6 +123,11 @@ def _check_ports(settings: Settings) -> None:
         "mlflow_port": settings.mlflow_port,
     }
     for name, port in wanted.items():
+        if name.startswith("ray_") and RAY_WORKER_PORTS[0] <= port <= RAY_WORKER_PORTS[1]:
+            raise ConfigError(
+                f"{name}={port} falls in Ray's worker port range {RAY_WORKER_PORTS[0]}-{RAY_WORKER_PORTS[1]}; "
+                f"choose a port outside it"
+            )
         if not port_is_free(settings.host, port):
             flag = "--" + name.replace("_", "-")
             raise PortInUseError(
