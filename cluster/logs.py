@@ -62,7 +62,7 @@ def configure_logging(component: str, level: str = "INFO", fmt: str = "json", st
     root.setLevel(level)
     # Client libraries log every HTTP request at INFO; keep them for DEBUG runs only.
     for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+        logging.getLogger(name).setLevel(logging.DEBUG if root.level <= logging.DEBUG else logging.WARNING)
 
 
 def get_logger(name: str) -> logging.Logger:
