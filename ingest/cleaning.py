@@ -40,11 +40,12 @@ class Plan:
 
 def deduplicate(df: pl.DataFrame, contract: Contract) -> tuple[pl.DataFrame, pl.DataFrame | None, dict[str, int]]:
     """Drop exact duplicates, then duplicate keys (keep first/last, or quarantine the repeats)."""
-    df = df.sort(ROW)
+    if not df[ROW].is_sorted():
+        df = df.sort(ROW)
     counts = {"exact_duplicates": 0, "key_duplicates": 0, "key_quarantined": 0}
     if contract.deduplicate.exact:
         before = df.height
-        df = df.unique(subset=contract.names, keep="first", maintain_order=True)
+        df = _drop_exact_duplicates(df, contract.names)
         counts["exact_duplicates"] = before - df.height
     quarantined = None
     if contract.key is not None:
@@ -57,9 +58,22 @@ def deduplicate(df: pl.DataFrame, contract: Contract) -> tuple[pl.DataFrame, pl.
             df = df.filter(~repeat)
             counts["key_quarantined"] = quarantined.height
         else:
-            df = df.unique(subset=[key], keep=contract.deduplicate.key, maintain_order=True)
+            keep = pl.col(key).is_first_distinct() if contract.deduplicate.key == "first" \
+                else pl.col(key).is_last_distinct()
+            df = df.filter(keep)
             counts["key_duplicates"] = before - df.height
     return df, quarantined, counts
+
+
+def _drop_exact_duplicates(df: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
+    """Keep the first of each set of identical rows: a 64-bit row hash finds candidates fast, and
+    only rows whose hash repeats are compared value by value, so a hash collision never drops a row."""
+    repeated = pl.struct(columns).hash(seed=11).is_duplicated()
+    candidates = df.filter(repeated)
+    if candidates.height == 0:
+        return df
+    kept = candidates.unique(subset=columns, keep="first", maintain_order=True)[ROW]
+    return df.filter(~repeated | pl.col(ROW).is_in(kept.implode()))
 
 
 def _categorical(col: ColumnSpec) -> pl.Expr:

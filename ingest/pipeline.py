@@ -28,7 +28,7 @@ from ingest import cleaning, drift, quarantine
 from ingest.catalog import Catalog, DatasetVersion
 from ingest.contract import Contract, load_contract
 from ingest.errors import AccountingError, ContractError, SourceError
-from ingest.profile import profile
+from ingest.profile import Profiler
 from ingest.progress import Progress
 from ingest.rules import CHECK, COLUMN, FFILL_PREFIX, ROW, RULE, check_columns, validate
 from ingest.sources import SOURCE_COLUMN, SourceFile, resolve, scan, source_error, source_schema
@@ -87,7 +87,7 @@ def _run(lf: pl.LazyFrame, schema: pl.Schema, files: list[SourceFile], spec: Con
         df, repeats, counts = cleaning.deduplicate(pl.read_parquet(path), spec)
         dedup_counts = {k: dedup_counts[k] + counts[k] for k in dedup_counts}
         deduped.append(work / f"dedup-{b:05d}.parquet")
-        df.write_parquet(deduped[-1])
+        df.write_parquet(deduped[-1], compression="lz4")
         if repeats is not None:
             quarantine.write(repeats, qdir, f"unique-{b:05d}")
         progress.rows(df.height + sum(counts.values()), rows_valid)
@@ -102,6 +102,9 @@ def _run(lf: pl.LazyFrame, schema: pl.Schema, files: list[SourceFile], spec: Con
     progress.step("statistics", rows=plan.rows)
 
     progress.begin("clean")
+    features = cleaning.feature_manifest(spec, plan)
+    reference = parent.manifest.get("profile") if parent else None
+    profiler = Profiler(spec, features, plan, reference)
     clean_counts: dict[str, dict[str, int]] = {"filled": dict(ffilled), "clipped": {}, "outliers_quarantined": {}}
     split_rows = {cleaning.TRAIN: 0, cleaning.VALIDATION: 0}
     for b, path in enumerate(deduped):
@@ -111,6 +114,7 @@ def _run(lf: pl.LazyFrame, schema: pl.Schema, files: list[SourceFile], spec: Con
                 clean_counts[group][col] = clean_counts[group].get(col, 0) + n
         if rejected is not None:
             quarantine.write(rejected, qdir, f"outliers-{b:05d}")
+        profiler.add(out)
         for split in split_rows:
             part = out.filter(pl.col(cleaning.SPLIT) == split).drop(cleaning.SPLIT)
             split_rows[split] += part.height
@@ -125,10 +129,7 @@ def _run(lf: pl.LazyFrame, schema: pl.Schema, files: list[SourceFile], spec: Con
     progress.step("clean", rows_out=rows_out, quarantined=outliers_q)
 
     progress.begin("profile")
-    features = cleaning.feature_manifest(spec, plan)
-    reference = parent.manifest.get("profile") if parent else None
-    prof = profile(pl.scan_parquet(str(staging / "split=*" / "*.parquet"), hive_partitioning=True),
-                   spec, features, plan, reference)
+    prof = profiler.result()
     report = drift.compare(reference, prof, spec.drift, parent.version if parent else None)
     drift.enforce(report, dataset)
     progress.step("profile", drift_breached=len(report["breached"]))
@@ -163,7 +164,7 @@ def _run(lf: pl.LazyFrame, schema: pl.Schema, files: list[SourceFile], spec: Con
         "steps": steps,
         "cleaning": plan.to_dict(),
         "column_stats": prof["column_stats"],
-        "profile": {"distributions": prof["distributions"]},
+        "profile": {"distributions": prof["distributions"], "edges_from": prof["edges_from"]},
         "split": {"method": "polars hash of key (String) with seed, mod 10000", "key": spec.key or ROW,
                   "seed": spec.split.seed, "validation_fraction": spec.split.validation_fraction,
                   "rows": split_rows, "polars": pl.__version__},

@@ -1,16 +1,18 @@
-"""Statistics of a written version: column stats, normalisation, and the drift profile.
+"""Statistics of a version, accumulated bucket by bucket while it is written (no extra pass).
 
-One query over the version's Parquet computes everything the manifest records about the
-data: per-column min/max/mean/std/nulls, the train split's mean/std per numeric feature
-(stored, never applied), and each feature's distribution (decile edges + fractions, or
-category frequencies) that the next version's drift check compares against. When a
-reference profile is given, the new data is also binned on the reference's edges in the
-same pass, which is what PSI needs.
+What the manifest records about the data: per-column min/max/mean/std/nulls, the train split's
+mean/std per numeric feature (stored, never applied), and each feature's distribution (decile
+edges + fractions, or category frequencies) that the next version's drift check compares
+against. Everything is a sum over buckets, so it merges exactly, except the decile edges:
+they come from the first bucket (a key-hash sample of about 1/buckets of the rows; all rows
+when there is one bucket). Fractions are then counted over all rows on those edges, and on the
+parent version's edges when there is a parent, which is what PSI needs.
 """
 
 from __future__ import annotations
 
-import itertools
+import math
+from itertools import pairwise
 from typing import Any
 
 import polars as pl
@@ -19,16 +21,14 @@ from ingest.cleaning import SPLIT, TRAIN, Plan
 from ingest.contract import Contract
 
 
-def _bins(x: pl.Expr, edges: list[float], prefix: str) -> list[pl.Expr]:
-    """Fraction of non-null values in each of len(edges)+1 bins (−inf, e0], (e0, e1], …, (e_n, inf)."""
+def _bin_counts(x: pl.Expr, edges: list[float], prefix: str) -> list[pl.Expr]:
+    """Counts of values in each of len(edges)+1 bins (−inf, e0], (e0, e1], …, (e_n, inf)."""
     bounds = [float("-inf"), *edges, float("inf")]
-    valid = x.is_not_null().sum()
-    return [(((x > lo) & (x <= hi)).sum() / valid).alias(f"{prefix}{i}")
-            for i, (lo, hi) in enumerate(itertools.pairwise(bounds))]
+    return [((x > lo) & (x <= hi)).sum().alias(f"{prefix}{i}") for i, (lo, hi) in enumerate(pairwise(bounds))]
 
 
-def _distributions(contract: Contract, features: list[dict[str, Any]], classes: list[str]) -> dict[str, dict]:
-    """What each profiled column looks like: numeric, onehot (columns), label/target (index)."""
+def distributions_of(contract: Contract, features: list[dict[str, Any]], classes: list[str]) -> dict[str, dict]:
+    """What each profiled column looks like: numeric, one-hot (columns) or label index."""
     out: dict[str, dict] = {}
     for feat in features:
         if feat["kind"] == "numeric":
@@ -44,80 +44,110 @@ def _distributions(contract: Contract, features: list[dict[str, Any]], classes: 
     return out
 
 
-def profile(lf: pl.LazyFrame, contract: Contract, features: list[dict[str, Any]], plan: Plan,
-            reference: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Column stats, normalisation (train split) and distributions; binned on ``reference`` too."""
-    schema = lf.collect_schema()
-    data_cols = [c for c in schema.names() if c != SPLIT and schema[c].is_numeric()]
-    dists = _distributions(contract, features, plan.classes)
-    numeric = [n for n, d in dists.items() if d["kind"] == "numeric"]
-    numeric_features = [f["name"] for f in features if f["kind"] == "numeric"]
-    train = pl.col(SPLIT) == TRAIN
-    aggs: list[pl.Expr] = [pl.len().alias("__rows")]
-    for c in data_cols:
-        x = pl.col(c)
-        aggs += [x.min().cast(pl.Float64).alias(f"{c}::min"), x.max().cast(pl.Float64).alias(f"{c}::max"),
-                 x.cast(pl.Float64).mean().alias(f"{c}::mean"), x.cast(pl.Float64).std().alias(f"{c}::std"),
-                 x.null_count().alias(f"{c}::nulls")]
-    for c in numeric_features:
-        aggs += [pl.col(c).filter(train).mean().alias(f"{c}::train_mean"),
-                 pl.col(c).filter(train).std().alias(f"{c}::train_std")]
-    deciles = [i / contract.drift.bins for i in range(1, contract.drift.bins)]
-    for c in numeric:
-        aggs += [pl.col(c).quantile(q).alias(f"{c}::q{i}") for i, q in enumerate(deciles)]
-    ref_dists = (reference or {}).get("distributions", {})
-    for c in numeric:
-        ref = ref_dists.get(c)
-        if ref and ref.get("kind") == "numeric":
-            aggs += _bins(pl.col(c), ref["edges"], f"{c}::ref")
-    stats_row = lf.select(aggs).collect(engine="streaming").row(0, named=True)
-    counts = _category_counts(lf, dists)
-    edges = {c: sorted({float(stats_row[f"{c}::q{i}"]) for i in range(len(deciles))
-                        if stats_row[f"{c}::q{i}"] is not None}) for c in numeric}
-    bins = [e for c in numeric for e in _bins(pl.col(c), edges[c], f"{c}::bin")]
-    own_bins = lf.select(bins).collect(engine="streaming").row(0, named=True) if numeric else {}
-    rows = int(stats_row["__rows"])
-    distributions: dict[str, Any] = {}
-    reference_bins: dict[str, list[float]] = {}
-    for name, d in dists.items():
-        if d["kind"] == "numeric":
-            distributions[name] = {"kind": "numeric", "edges": edges[name],
-                                   "fractions": [_f(own_bins[f"{name}::bin{i}"]) for i in range(len(edges[name]) + 1)]}
-            ref = ref_dists.get(name)
-            if ref and ref.get("kind") == "numeric":
-                reference_bins[name] = [_f(stats_row[f"{name}::ref{i}"]) for i in range(len(ref["edges"]) + 1)]
-        else:
-            distributions[name] = {"kind": "categorical", "frequencies": counts[name]}
-        distributions[name]["null_rate"] = plan.null_counts.get(name, 0) / plan.rows if plan.rows else 0.0
-    return {
-        "rows": rows,
-        "column_stats": {c: {k: _f(stats_row[f"{c}::{k}"]) for k in ("min", "max", "mean", "std")}
-                         | {"nulls": int(stats_row[f"{c}::nulls"])} for c in data_cols},
-        "normalization": {c: {"mean": _f(stats_row[f"{c}::train_mean"]),
-                              "std": _f(stats_row[f"{c}::train_std"]) or 1.0} for c in numeric_features},
-        "distributions": distributions,
-        "reference_bins": reference_bins,
-    }
+class Profiler:
+    """Feed it each written bucket (encoded columns + ``split``); ``result()`` gives the profile."""
+
+    def __init__(self, contract: Contract, features: list[dict[str, Any]], plan: Plan,
+                 reference: dict[str, Any] | None = None) -> None:
+        self.contract, self.plan = contract, plan
+        self.dists = distributions_of(contract, features, plan.classes)
+        self.numeric = [n for n, d in self.dists.items() if d["kind"] == "numeric"]
+        self.numeric_features = [f["name"] for f in features if f["kind"] == "numeric"]
+        self.reference = {n: d for n, d in (reference or {}).get("distributions", {}).items()
+                          if n in self.dists and d.get("kind") == "numeric" == self.dists[n]["kind"]}
+        self.edges: dict[str, list[float]] | None = None
+        self.sums: dict[str, float] = {}
+        self.mins: dict[str, float] = {}
+        self.maxs: dict[str, float] = {}
+        self.columns: list[str] = []
+
+    def add(self, df: pl.DataFrame) -> None:
+        if df.height == 0:
+            return
+        if self.edges is None:
+            self._set_edges(df)
+        if not self.columns:
+            self.columns = [c for c in df.columns if c != SPLIT and df.schema[c].is_numeric()]
+        train = pl.col(SPLIT) == TRAIN
+        aggs: list[pl.Expr] = [pl.len().alias("rows")]
+        for c in self.columns:
+            x = pl.col(c).cast(pl.Float64)
+            aggs += [x.count().alias(f"{c}:n"), x.sum().alias(f"{c}:s"), (x * x).sum().alias(f"{c}:ss"),
+                     x.null_count().alias(f"{c}:nulls")]
+        for c in self.numeric_features:
+            x = pl.col(c).cast(pl.Float64).filter(train)
+            aggs += [x.count().alias(f"{c}:tn"), x.sum().alias(f"{c}:ts"), (x * x).sum().alias(f"{c}:tss")]
+        for c in self.numeric:
+            aggs += _bin_counts(pl.col(c), self.edges[c], f"{c}:bin")
+            if c in self.reference:
+                aggs += _bin_counts(pl.col(c), self.reference[c]["edges"], f"{c}:ref")
+        for name, d in self.dists.items():
+            if d["kind"] == "categorical" and d["encoding"] == "onehot":
+                aggs += [pl.col(col).sum().alias(f"{name}:cat{i}") for i, col in enumerate(d["columns"])]
+            elif d["kind"] == "categorical":
+                aggs += [(pl.col(name) == i).sum().alias(f"{name}:cat{i}") for i in range(len(d["vocabulary"]))]
+        row = df.select(aggs).row(0, named=True)
+        for key, value in row.items():
+            self.sums[key] = self.sums.get(key, 0.0) + float(value or 0.0)
+        extremes = df.select([pl.col(c).cast(pl.Float64).min().alias(f"{c}:min") for c in self.columns] +
+                             [pl.col(c).cast(pl.Float64).max().alias(f"{c}:max") for c in self.columns]).row(
+            0, named=True)
+        for c in self.columns:
+            lo, hi = extremes[f"{c}:min"], extremes[f"{c}:max"]
+            if lo is not None:
+                self.mins[c] = min(self.mins.get(c, lo), lo)
+                self.maxs[c] = max(self.maxs.get(c, hi), hi)
+
+    def _set_edges(self, df: pl.DataFrame) -> None:
+        bins = self.contract.drift.bins
+        qs = [i / bins for i in range(1, bins)]
+        row = df.select([pl.col(c).quantile(q).alias(f"{c}:{i}") for c in self.numeric for i, q in enumerate(qs)]) \
+            .row(0, named=True) if self.numeric else {}
+        self.edges = {c: sorted({float(row[f"{c}:{i}"]) for i in range(len(qs)) if row[f"{c}:{i}"] is not None})
+                      for c in self.numeric}
+
+    def result(self) -> dict[str, Any]:
+        s = self.sums
+        rows = int(s.get("rows", 0))
+        column_stats = {}
+        for c in self.columns:
+            mean, std = _mean_std(s[f"{c}:n"], s[f"{c}:s"], s[f"{c}:ss"])
+            column_stats[c] = {"min": self.mins.get(c), "max": self.maxs.get(c), "mean": mean, "std": std,
+                               "nulls": int(s[f"{c}:nulls"])}
+        normalization = {}
+        for c in self.numeric_features:
+            mean, std = _mean_std(s[f"{c}:tn"], s[f"{c}:ts"], s[f"{c}:tss"])
+            normalization[c] = {"mean": mean, "std": std or 1.0}
+        distributions: dict[str, Any] = {}
+        reference_bins: dict[str, list[float]] = {}
+        for name, d in self.dists.items():
+            if d["kind"] == "numeric":
+                edges = (self.edges or {}).get(name, [])
+                distributions[name] = {"kind": "numeric", "edges": edges,
+                                       "fractions": _fractions([s.get(f"{name}:bin{i}", 0.0)
+                                                                for i in range(len(edges) + 1)])}
+                if name in self.reference:
+                    n_ref = len(self.reference[name]["edges"]) + 1
+                    reference_bins[name] = _fractions([s.get(f"{name}:ref{i}", 0.0) for i in range(n_ref)])
+            else:
+                counts = _fractions([s.get(f"{name}:cat{i}", 0.0) for i in range(len(d["vocabulary"]))])
+                distributions[name] = {"kind": "categorical", "frequencies": dict(zip(d["vocabulary"], counts,
+                                                                                      strict=True))}
+            nulls = self.plan.null_counts.get(name, 0)
+            distributions[name]["null_rate"] = nulls / self.plan.rows if self.plan.rows else 0.0
+        return {"rows": rows, "column_stats": column_stats, "normalization": normalization,
+                "distributions": distributions, "reference_bins": reference_bins,
+                "edges_from": "first bucket (key-hash sample)"}
 
 
-def _category_counts(lf: pl.LazyFrame, dists: dict[str, dict]) -> dict[str, dict[str, float]]:
-    """Category → fraction for one-hot groups (column means) and label indexes (value counts)."""
-    out: dict[str, dict[str, float]] = {}
-    onehot = {n: d for n, d in dists.items() if d["kind"] == "categorical" and d["encoding"] == "onehot"}
-    if onehot:
-        row = lf.select([pl.col(col).mean().alias(col) for d in onehot.values() for col in d["columns"]]) \
-            .collect(engine="streaming").row(0, named=True)
-        for name, d in onehot.items():
-            out[name] = {v: _f(row[col]) for v, col in zip(d["vocabulary"], d["columns"], strict=True)}
-    labels = [n for n, d in dists.items() if d["kind"] == "categorical" and d["encoding"] == "label"]
-    queries = [lf.group_by(n).len() for n in labels]
-    for name, frame in zip(labels, pl.collect_all(queries, engine="streaming") if queries else [], strict=True):
-        total = frame["len"].sum() or 1
-        vocab = dists[name]["vocabulary"]
-        by_index = dict(zip(frame[name].to_list(), frame["len"].to_list(), strict=True))
-        out[name] = {v: by_index.get(i, 0) / total for i, v in enumerate(vocab)}
-    return out
+def _mean_std(n: float, total: float, squares: float) -> tuple[float | None, float | None]:
+    if n == 0:
+        return None, None
+    mean = total / n
+    var = (squares - n * mean * mean) / (n - 1) if n > 1 else 0.0
+    return mean, math.sqrt(max(var, 0.0))
 
 
-def _f(value: Any) -> float | None:
-    return None if value is None else float(value)
+def _fractions(counts: list[float]) -> list[float]:
+    total = sum(counts)
+    return [c / total if total else 0.0 for c in counts]
