@@ -77,8 +77,9 @@ def test_tabular_job_converges_registers_with_lineage_and_loads_as_champion(ray_
     runner = CliRunner()
     done = runner.invoke(app, ["models", "alias", MODEL_NAME, "champion", version.version])
     assert done.exit_code == 0, done.output
-    listed = runner.invoke(app, ["models", "list", MODEL_NAME])
-    assert "champion" in listed.output and customers.version in listed.output
+    shown = runner.invoke(app, ["models", "show", f"{MODEL_NAME}@champion"])
+    assert shown.exit_code == 0, shown.output
+    assert "champion" in shown.output and f"dataset_version={customers.version}" in shown.output
 
     loaded = load_model(f"models:/{MODEL_NAME}@champion")
     record = {"age": 40, "tenure_months": 12.0, "monthly_charges": 70.0, "plan": "basic", "region": "east"}
