@@ -45,35 +45,35 @@ def deduplicate(df: pl.DataFrame, contract: Contract) -> tuple[pl.DataFrame, pl.
     counts = {"exact_duplicates": 0, "key_duplicates": 0, "key_quarantined": 0}
     if contract.deduplicate.exact:
         before = df.height
-        df = _drop_exact_duplicates(df, contract.names)
+        df = df.filter(_keep_one(df, contract.names, "first"))
         counts["exact_duplicates"] = before - df.height
     quarantined = None
     if contract.key is not None:
-        key = contract.key
-        before = df.height
-        if contract.deduplicate.key == "quarantine":
-            repeat = ~pl.col(key).is_first_distinct()
-            quarantined = from_typed(df.filter(repeat), contract, "deduplicate", "unique", key,
+        key, mode = contract.key, contract.deduplicate.key
+        keep = _keep_one(df, [key], "first" if mode == "quarantine" else mode)
+        if mode == "quarantine":
+            quarantined = from_typed(df.filter(~keep), contract, "deduplicate", "unique", key,
                                      say(f"{key}=", pl.col(key), " repeats an earlier row's key"))
-            df = df.filter(~repeat)
             counts["key_quarantined"] = quarantined.height
         else:
-            keep = pl.col(key).is_first_distinct() if contract.deduplicate.key == "first" \
-                else pl.col(key).is_last_distinct()
-            df = df.filter(keep)
-            counts["key_duplicates"] = before - df.height
+            counts["key_duplicates"] = int((~keep).sum())
+        df = df.filter(keep)
     return df, quarantined, counts
 
 
-def _drop_exact_duplicates(df: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
-    """Keep the first of each set of identical rows: a 64-bit row hash finds candidates fast, and
-    only rows whose hash repeats are compared value by value, so a hash collision never drops a row."""
-    repeated = pl.struct(columns).hash(seed=11).is_duplicated()
+def _keep_one(df: pl.DataFrame, columns: list[str], keep: str) -> pl.Series:
+    """Mask keeping the first (or last) row of each group of equal ``columns`` values.
+
+    A 64-bit hash finds the candidates fast; only rows whose hash repeats are compared value
+    by value, so a hash collision can never drop a row.
+    """
+    repeated = df.select(pl.struct(columns).hash(seed=11).is_duplicated()).to_series()
+    if not repeated.any():
+        return repeated.not_()
     candidates = df.filter(repeated)
-    if candidates.height == 0:
-        return df
-    kept = candidates.unique(subset=columns, keep="first", maintain_order=True)[ROW]
-    return df.filter(~repeated | pl.col(ROW).is_in(kept.implode()))
+    distinct = pl.struct(columns).is_first_distinct() if keep == "first" else pl.struct(columns).is_last_distinct()
+    kept = candidates.filter(distinct)[ROW]
+    return df.select(~repeated | pl.col(ROW).is_in(kept.implode())).to_series()
 
 
 def _categorical(col: ColumnSpec) -> pl.Expr:

@@ -87,7 +87,7 @@ def _run(lf: pl.LazyFrame, schema: pl.Schema, files: list[SourceFile], spec: Con
         df, repeats, counts = cleaning.deduplicate(pl.read_parquet(path), spec)
         dedup_counts = {k: dedup_counts[k] + counts[k] for k in dedup_counts}
         deduped.append(work / f"dedup-{b:05d}.parquet")
-        df.write_parquet(deduped[-1], compression="lz4")
+        df.write_parquet(deduped[-1], compression="uncompressed", statistics=False)
         if repeats is not None:
             quarantine.write(repeats, qdir, f"unique-{b:05d}")
         progress.rows(df.height + sum(counts.values()), rows_valid)
@@ -191,7 +191,7 @@ def _validate(lf: pl.LazyFrame, schema: pl.Schema, files: list[SourceFile], spec
         (basis.hash(seed=0) % buckets).alias(BUCKET))
     qdir.mkdir(parents=True, exist_ok=True)
     sinks = [valid.sink_parquet(pl.PartitionBy(work / "valid", key=BUCKET, include_key=False),
-                                mkdir=True, lazy=True, compression="lz4"),
+                                mkdir=True, lazy=True, compression="uncompressed", statistics=False),
              quarantine.from_validation(checked, spec).sink_parquet(qdir / "contract.parquet", lazy=True)]
     try:
         pl.collect_all(sinks)
