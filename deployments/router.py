@@ -102,6 +102,7 @@ class Router:
         configure_logging("serve-router", level=options.get("log_level", "INFO"), fmt="json")
         self.model_name = model_name
         self.servers = servers
+        self._predict = {v: h.options(method_name="predict") for v, h in servers.items()}  # one handle per call path
         self.versions = versions
         self.controller = controller
         self.options = options
@@ -197,7 +198,7 @@ class Router:
 
     async def _call(self, variant: str, instances: list[dict[str, Any]]) -> tuple[int, dict[str, Any]]:
         """One model call → (status, body); every failure becomes a status, never an exception."""
-        response = self.servers[variant].predict.remote(instances)
+        response = self._predict[variant].remote(instances)
         try:
             result = await asyncio.wait_for(_awaited(response), self.options["request_timeout_s"])
         except TimeoutError:
