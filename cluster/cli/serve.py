@@ -8,7 +8,6 @@ deployment the URL reaches.
 
 from __future__ import annotations
 
-import os
 from typing import Annotated, Any
 
 import httpx
@@ -17,38 +16,12 @@ from rich.console import Console
 from rich.table import Table
 
 from cluster.cli.context import settings_of
-from cluster.errors import RaylineError
-from cluster.settings import Settings
+from cluster.serving import APP_NAME, ServeError, app_config, serve_url
+from cluster.serving import deploy as deploy_app
 
 app = typer.Typer(help="Serve a registered model (baseline, optional candidate) behind the rollout router.",
                   no_args_is_help=True)
 console = Console(width=160)
-APP_NAME = "rayline"
-
-
-class ServeError(RaylineError):
-    """The serving app could not be deployed or reached."""
-
-    exit_code = 8
-
-
-def serve_url(settings: Settings, url: str | None = None) -> str:
-    return (url or f"http://{settings.host}:{settings.serve_http_port}").rstrip("/")
-
-
-def _connect(settings: Settings) -> None:
-    """Join the local stack's Ray as a driver (token auth), with this checkout importable by replicas."""
-    import ray
-
-    from cluster import stack
-
-    os.environ.update(stack.ray_env(settings))
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    try:
-        ray.init(address=str(settings.ray_address), logging_level="WARNING", ignore_reinit_error=True,
-                 runtime_env={"env_vars": {"PYTHONPATH": root}})
-    except (ConnectionError, RuntimeError) as exc:
-        raise ServeError(f"cannot reach Ray at {settings.ray_address} (is `rayline up` running?): {exc}") from None
 
 
 @app.command()
@@ -63,31 +36,14 @@ def deploy(
     name: Annotated[str, typer.Option(help="Serve application name.")] = APP_NAME,
 ) -> None:
     """Deploy MODEL's baseline (and candidate) behind the router on the local stack's Serve."""
-    from ray import serve
-
-    from deployments.app import build
-    from deployments.serve_config import parse_config
-
     settings = settings_of(ctx)
-    cfg = parse_config({
-        "model_name": model, "baseline": baseline or f"models:/{model}@champion", "candidate": candidate,
-        "tracking_uri": str(settings.mlflow_tracking_uri), "controller": controller, "replicas": replicas,
-        "num_cpus": num_cpus, "state_dir": str((settings.state_dir / "rollouts").absolute()),
-    })
-    admin = settings.admin_token.get_secret_value() if settings.admin_token else None
-    predict = settings.serve_predict_token.get_secret_value() if settings.serve_predict_token else None
-    _connect(settings)
-    serve.start(http_options={"host": settings.host, "port": settings.serve_http_port,
-                              "request_timeout_s": cfg.request_timeout_s + 5},
-                logging_config={"log_level": "WARNING", "enable_access_log": False})
+    cfg = app_config(settings, model, baseline, candidate, controller=controller, replicas=replicas,
+                     num_cpus=num_cpus)
     with console.status(f"deploying {model} ({', '.join(cfg.variants)})…"):
-        try:
-            serve.run(build(cfg, admin_token=admin, predict_token=predict), name=name, route_prefix="/")
-        except RuntimeError as exc:
-            raise ServeError(f"deploying {name} failed: {str(exc).splitlines()[0]}") from None
+        deploy_app(settings, cfg, name)
     url = serve_url(settings)
     console.print(f"[green]serving[/] {model} at {url}/v1/models/{model}:predict")
-    if admin is None:
+    if settings.admin_token is None:
         console.print("[yellow]no admin token set (RAYLINE_ADMIN_TOKEN): the admin API answers 401 to everything[/]")
 
 
