@@ -174,11 +174,15 @@ class Controller:
 
     # ---- the loop ---------------------------------------------------------------------------------------------
 
-    async def _run(self) -> None:
-        try:   # warm the MLflow client (imports take seconds) before a promotion needs it
+    async def _warm_registry(self) -> None:
+        """Create the MLflow client (imports take seconds) beside the loop, before a promotion needs it."""
+        try:
             await self._registry_client()
         except Exception:
             logger.exception("MLflow client could not be created; promotions will pause until it can")
+
+    async def _run(self) -> None:
+        self._warm_task = asyncio.get_running_loop().create_task(self._warm_registry())
         while True:
             try:
                 async with self._lock:
