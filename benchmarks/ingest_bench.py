@@ -141,7 +141,10 @@ def child(impl: str, src: str) -> None:
     """Runs in a fresh interpreter: one pipeline run, then one JSON line (seconds, peak RSS)."""
     import resource
 
-    import polars  # noqa: F401  (imports are not part of the timed work)
+    import pandas  # noqa: F401  (imports are not part of the timed work)
+    import polars  # noqa: F401
+
+    import ingest.pipeline  # noqa: F401
 
     with tempfile.TemporaryDirectory(dir=Path(src).parent) as out:
         start = time.perf_counter()
@@ -187,7 +190,7 @@ def main() -> None:
         for impl in ("polars", "pandas"):
             r = measure(impl, src)
             runs[impl].append(r)
-            report.add(part="throughput", impl=impl, repeat=i, rows=args.rows, bytes=size, **r)
+            report.add(part="throughput", repeat=i, rows=args.rows, bytes=size, **r)
             print(f"{impl} repeat {i}: {r['seconds']:.2f} s, peak RSS {r['peak_rss'] / 2**20:.0f} MiB", flush=True)
     rows_table = []
     medians = {}

@@ -36,6 +36,7 @@ from ingest.sources import SOURCE_COLUMN, SourceFile, resolve, scan, source_erro
 BUCKET_BYTES = {"csv": 192 * 1024**2, "ndjson": 192 * 1024**2, "parquet": 48 * 1024**2}
 BUCKET = "_bucket"
 WORK = "_work"
+Bucket = pl.DataFrame | Path  # a bucket of rows, in memory (single bucket) or spilled to disk
 
 
 def run_ingest(source: str | list[str], contract: str | Path | Contract, dataset: str, root: str, *,
@@ -76,18 +77,17 @@ def _run(lf: pl.LazyFrame, schema: pl.Schema, files: list[SourceFile], spec: Con
     steps: list[dict[str, Any]] = []
 
     progress.begin("validate")
-    rows_in, rows_valid, rows_rejected = _validate(lf, schema, files, spec, work, qdir, buckets)
+    rows_in, rows_valid, rows_rejected, valid = _validate(lf, schema, files, spec, work, qdir, buckets)
     steps.append({"step": "validate", "rows_in": rows_in, "rows_out": rows_valid, "quarantined": rows_rejected})
     progress.step("validate", rows_in=rows_in, valid=rows_valid, quarantined=rows_rejected)
 
     progress.begin("deduplicate")
     dedup_counts = {"exact_duplicates": 0, "key_duplicates": 0, "key_quarantined": 0}
-    deduped: list[Path] = []
-    for b, path in _bucket_files(work / "valid", buckets):
-        df, repeats, counts = cleaning.deduplicate(pl.read_parquet(path), spec)
+    deduped: list[Bucket] = []
+    for b, bucket in valid:
+        df, repeats, counts = cleaning.deduplicate(_load(bucket), spec)
         dedup_counts = {k: dedup_counts[k] + counts[k] for k in dedup_counts}
-        deduped.append(work / f"dedup-{b:05d}.parquet")
-        df.write_parquet(deduped[-1], compression="uncompressed", statistics=False)
+        deduped.append(df if buckets == 1 else _spill(df, work / f"dedup-{b:05d}.parquet"))
         if repeats is not None:
             quarantine.write(repeats, qdir, f"unique-{b:05d}")
         progress.rows(df.height + sum(counts.values()), rows_valid)
@@ -97,7 +97,7 @@ def _run(lf: pl.LazyFrame, schema: pl.Schema, files: list[SourceFile], spec: Con
     progress.step("deduplicate", rows_out=rows_dedup, **dedup_counts)
 
     progress.begin("statistics")
-    plan = cleaning.make_plan(pl.scan_parquet(deduped), spec)
+    plan = cleaning.make_plan(_lazy(deduped), spec)
     ffilled = _forward_filled(deduped, spec)
     progress.step("statistics", rows=plan.rows)
 
@@ -107,8 +107,8 @@ def _run(lf: pl.LazyFrame, schema: pl.Schema, files: list[SourceFile], spec: Con
     profiler = Profiler(spec, features, plan, reference)
     clean_counts: dict[str, dict[str, int]] = {"filled": dict(ffilled), "clipped": {}, "outliers_quarantined": {}}
     split_rows = {cleaning.TRAIN: 0, cleaning.VALIDATION: 0}
-    for b, path in enumerate(deduped):
-        out, rejected, counts = cleaning.transform(pl.read_parquet(path), spec, plan)
+    for b, bucket in enumerate(deduped):
+        out, rejected, counts = cleaning.transform(_load(bucket), spec, plan)
         for group, values in counts.items():
             for col, n in values.items():
                 clean_counts[group][col] = clean_counts[group].get(col, 0) + n
@@ -121,7 +121,7 @@ def _run(lf: pl.LazyFrame, schema: pl.Schema, files: list[SourceFile], spec: Con
             (staging / f"split={split}").mkdir(exist_ok=True)
             part.write_parquet(staging / f"split={split}" / f"part-{b:05d}.parquet", compression="zstd")
         progress.rows(out.height, rows_dedup)
-    shutil.rmtree(work)
+    shutil.rmtree(work, ignore_errors=True)
     rows_out = sum(split_rows.values())
     outliers_q = sum(clean_counts["outliers_quarantined"].values())
     steps.append({"step": "clean", "rows_in": rows_dedup, "rows_out": rows_out, "quarantined": outliers_q,
@@ -181,8 +181,12 @@ def _run(lf: pl.LazyFrame, schema: pl.Schema, files: list[SourceFile], spec: Con
 
 
 def _validate(lf: pl.LazyFrame, schema: pl.Schema, files: list[SourceFile], spec: Contract, work: Path,
-              qdir: Path, buckets: int) -> tuple[int, int, int]:
-    """Pass 1 (streamed): valid rows into key-hash buckets, rejected rows into the quarantine."""
+              qdir: Path, buckets: int) -> tuple[int, int, int, list[tuple[int, Bucket]]]:
+    """Pass 1 (streamed): valid rows into key-hash buckets, rejected rows into the quarantine.
+
+    With one bucket (input smaller than BUCKET_BYTES) the valid rows stay in memory: the
+    bucket would be read whole by the next step anyway, so spilling it only costs I/O.
+    """
     checked = validate(lf.with_row_index(ROW), spec, schema)
     basis = pl.col(spec.key).cast(pl.String) if spec.key else pl.struct(spec.names)
     ffill = [FFILL_PREFIX + c.name for c in spec.columns if c.fill is not None and c.fill.method == "forward"]
@@ -190,19 +194,21 @@ def _validate(lf: pl.LazyFrame, schema: pl.Schema, files: list[SourceFile], spec
         pl.col(ROW).cast(pl.Int64), SOURCE_COLUMN, *spec.names, *ffill,
         (basis.hash(seed=0) % buckets).alias(BUCKET))
     qdir.mkdir(parents=True, exist_ok=True)
-    sinks = [valid.sink_parquet(pl.PartitionBy(work / "valid", key=BUCKET, include_key=False),
-                                mkdir=True, lazy=True, compression="uncompressed", statistics=False),
-             quarantine.from_validation(checked, spec).sink_parquet(qdir / "contract.parquet", lazy=True)]
+    rejected = quarantine.from_validation(checked, spec).sink_parquet(qdir / "contract.parquet", lazy=True)
+    in_memory = buckets == 1
+    target = valid.drop(BUCKET) if in_memory else valid.sink_parquet(
+        pl.PartitionBy(work / "valid", key=BUCKET, include_key=False), mkdir=True, lazy=True,
+        compression="uncompressed", statistics=False)
     try:
-        pl.collect_all(sinks)
+        results = pl.collect_all([target, rejected], engine="streaming")
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise source_error([f.path for f in files], exc) from None
-    valid_files = [p for _, p in _bucket_files(work / "valid", buckets)]
-    stats = [pl.scan_parquet(valid_files).select(pl.len().alias("n"), pl.col(ROW).max().alias("last"))
-             if valid_files else None,
-             pl.scan_parquet(qdir / "contract.parquet").select(pl.len().alias("n"), pl.col(ROW).max().alias("last"))]
-    results = pl.collect_all([s for s in stats if s is not None])
-    rows_valid = int(results[0]["n"][0]) if valid_files else 0
+    parts: list[tuple[int, Bucket]] = [(0, results[0])] if in_memory else _bucket_files(work / "valid", buckets)
+    stats = [_lazy([p]).select(pl.len().alias("n"), pl.col(ROW).max().alias("last")) for _, p in parts]
+    stats.append(pl.scan_parquet(qdir / "contract.parquet").select(pl.len().alias("n"),
+                                                                    pl.col(ROW).max().alias("last")))
+    results = pl.collect_all(stats)
+    rows_valid = sum(int(r["n"][0]) for r in results[:-1])
     rows_rejected = int(results[-1]["n"][0])
     last = max((r["last"][0] for r in results if r["last"][0] is not None), default=None)
     rows_in = 0 if last is None else int(last) + 1  # the scanner's own row count, not a sum of ours
@@ -213,7 +219,7 @@ def _validate(lf: pl.LazyFrame, schema: pl.Schema, files: list[SourceFile], spec
         top = quarantine.summary(qdir)["by_rule"][:3]
         rules = ", ".join(f"{r[RULE]} on {r[COLUMN]}: {r['rows']}" for r in top)
         raise ContractError(f"{files[0].path}: no valid rows — all {rows_in} rows broke the contract ({rules})")
-    return rows_in, rows_valid, rows_rejected
+    return rows_in, rows_valid, rows_rejected, parts
 
 
 def _check_casts(path: Path, spec: Contract, rows_in: int) -> None:
@@ -232,19 +238,35 @@ def _check_casts(path: Path, spec: Contract, rows_in: int) -> None:
                 f"{spec.cast_error_tolerance:.1%} — fix the source or the contract's type")
 
 
-def _bucket_files(directory: Path, buckets: int) -> list[tuple[int, Path]]:
-    out = []
+def _load(bucket: Bucket) -> pl.DataFrame:
+    return bucket if isinstance(bucket, pl.DataFrame) else pl.read_parquet(bucket)
+
+
+def _lazy(buckets: list[Bucket]) -> pl.LazyFrame:
+    frames = [b.lazy() if isinstance(b, pl.DataFrame) else pl.scan_parquet(b) for b in buckets]
+    return frames[0] if len(frames) == 1 else pl.concat(frames)
+
+
+def _spill(df: pl.DataFrame, path: Path) -> Path:
+    """A bucket to disk between passes (raw Parquet: written once, read once)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df.write_parquet(path, compression="uncompressed", statistics=False)
+    return path
+
+
+def _bucket_files(directory: Path, buckets: int) -> list[tuple[int, Bucket]]:
+    out: list[tuple[int, Bucket]] = []
     for b in range(buckets):
         part = directory / f"{BUCKET}={b}"
         out += [(b, p) for p in sorted(part.glob("*.parquet"))]
     return out
 
 
-def _forward_filled(deduped: list[Path], spec: Contract) -> dict[str, int]:
+def _forward_filled(deduped: list[Bucket], spec: Contract) -> dict[str, int]:
     cols = [c.name for c in spec.columns if c.fill is not None and c.fill.method == "forward"]
     if not cols:
         return {}
-    row = (pl.scan_parquet(deduped).select(pl.col(FFILL_PREFIX + c).sum().alias(c) for c in cols)
+    row = (_lazy(deduped).select(pl.col(FFILL_PREFIX + c).sum().alias(c) for c in cols)
            .collect(engine="streaming"))
     return {c: int(row[c][0] or 0) for c in cols}
 

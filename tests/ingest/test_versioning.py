@@ -93,3 +93,19 @@ def test_job_killed_mid_write_leaves_the_previous_version_intact(tmp_path: Path,
     # the next run sweeps the dead run's staging directory
     run_ingest(write_csv(table(301), tmp_path / "next.csv"), contract(), "ds", root)
     assert not list(dataset.glob(f"{STAGING_PREFIX}*"))
+
+
+def test_large_inputs_split_into_buckets_give_the_same_rows_and_counts(tmp_path: Path, root: str,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from ingest import pipeline
+
+    df = table(3000)
+    src = write_csv(pl.concat([df, df.head(100), df.slice(50, 20).with_columns(pl.col("n") + 1)]), tmp_path / "b.csv")
+    whole = run_ingest(src, contract(), "one", root)
+    monkeypatch.setattr(pipeline, "BUCKET_BYTES", {"csv": 20_000})
+    split = run_ingest(src, contract(), "many", root)
+    assert split.manifest["buckets"] > 3 and whole.manifest["buckets"] == 1
+    assert split.manifest["counts"] == whole.manifest["counts"]
+    assert split.lazy().sort("id").collect().equals(whole.lazy().sort("id").collect())
+    for col, stats in whole.manifest["normalization"].items():
+        assert split.manifest["normalization"][col] == pytest.approx(stats)
