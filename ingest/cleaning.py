@@ -39,41 +39,37 @@ class Plan:
 
 
 def deduplicate(df: pl.DataFrame, contract: Contract) -> tuple[pl.DataFrame, pl.DataFrame | None, dict[str, int]]:
-    """Drop exact duplicates, then duplicate keys (keep first/last, or quarantine the repeats)."""
+    """Drop exact duplicates, then duplicate keys (keep first/last, or quarantine the repeats).
+
+    Only rows whose (hashed) key, or whole row when there is no key, occurs more than once can be
+    duplicates of anything, so the table is hashed once and the exact comparisons run on those
+    candidates alone; a hash collision only makes an extra candidate, never drops a row.
+    """
     if not df[ROW].is_sorted():
         df = df.sort(ROW)
     counts = {"exact_duplicates": 0, "key_duplicates": 0, "key_quarantined": 0}
+    basis = [contract.key] if contract.key is not None else contract.names
+    repeated = df.select(pl.struct(basis).hash(seed=11).is_duplicated()).to_series()
+    if not repeated.any():
+        return df, None, counts
+    candidates = df.filter(repeated)
     if contract.deduplicate.exact:
-        before = df.height
-        df = df.filter(_keep_one(df, contract.names, "first"))
-        counts["exact_duplicates"] = before - df.height
+        before = candidates.height
+        candidates = candidates.filter(pl.struct(contract.names).is_first_distinct())
+        counts["exact_duplicates"] = before - candidates.height
     quarantined = None
     if contract.key is not None:
         key, mode = contract.key, contract.deduplicate.key
-        keep = _keep_one(df, [key], "first" if mode == "quarantine" else mode)
+        keep = pl.col(key).is_last_distinct() if mode == "last" else pl.col(key).is_first_distinct()
         if mode == "quarantine":
-            quarantined = from_typed(df.filter(~keep), contract, "deduplicate", "unique", key,
+            quarantined = from_typed(candidates.filter(~keep), contract, "deduplicate", "unique", key,
                                      say(f"{key}=", pl.col(key), " repeats an earlier row's key"))
             counts["key_quarantined"] = quarantined.height
-        else:
-            counts["key_duplicates"] = int((~keep).sum())
-        df = df.filter(keep)
-    return df, quarantined, counts
-
-
-def _keep_one(df: pl.DataFrame, columns: list[str], keep: str) -> pl.Series:
-    """Mask keeping the first (or last) row of each group of equal ``columns`` values.
-
-    A 64-bit hash finds the candidates fast; only rows whose hash repeats are compared value
-    by value, so a hash collision can never drop a row.
-    """
-    repeated = df.select(pl.struct(columns).hash(seed=11).is_duplicated()).to_series()
-    if not repeated.any():
-        return repeated.not_()
-    candidates = df.filter(repeated)
-    distinct = pl.struct(columns).is_first_distinct() if keep == "first" else pl.struct(columns).is_last_distinct()
-    kept = candidates.filter(distinct)[ROW]
-    return df.select(~repeated | pl.col(ROW).is_in(kept.implode())).to_series()
+        before = candidates.height
+        candidates = candidates.filter(keep)
+        if mode != "quarantine":
+            counts["key_duplicates"] = before - candidates.height
+    return df.filter(~repeated | pl.col(ROW).is_in(candidates[ROW].implode())), quarantined, counts
 
 
 def _categorical(col: ColumnSpec) -> pl.Expr:

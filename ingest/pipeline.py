@@ -36,6 +36,7 @@ from ingest.sources import SOURCE_COLUMN, SourceFile, resolve, scan, source_erro
 BUCKET_BYTES = {"csv": 192 * 1024**2, "ndjson": 192 * 1024**2, "parquet": 48 * 1024**2}
 BUCKET = "_bucket"
 WORK = "_work"
+ZSTD_LEVEL = 1  # level 1 writes ~2x faster than the default 3 on 2 cores, for a few % more bytes
 Bucket = pl.DataFrame | Path  # a bucket of rows, in memory (single bucket) or spilled to disk
 
 
@@ -119,7 +120,8 @@ def _run(lf: pl.LazyFrame, schema: pl.Schema, files: list[SourceFile], spec: Con
             part = out.filter(pl.col(cleaning.SPLIT) == split).drop(cleaning.SPLIT)
             split_rows[split] += part.height
             (staging / f"split={split}").mkdir(exist_ok=True)
-            part.write_parquet(staging / f"split={split}" / f"part-{b:05d}.parquet", compression="zstd")
+            part.write_parquet(staging / f"split={split}" / f"part-{b:05d}.parquet", compression="zstd",
+                              compression_level=ZSTD_LEVEL)
         progress.rows(out.height, rows_dedup)
     shutil.rmtree(work, ignore_errors=True)
     rows_out = sum(split_rows.values())
