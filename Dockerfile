@@ -58,6 +58,8 @@ COPY --chown=root:root deployments ./deployments
 COPY --chown=root:root ingest ./ingest
 COPY --chown=root:root train ./train
 COPY --chown=root:root models ./models
+# Contracts, training configs and the example table the chart's default RayJobs name (/app/examples/...).
+COPY --chown=root:root examples ./examples
 USER 10001:10001
 EXPOSE 6379 8265 10001 8000 8080 5000
 HEALTHCHECK NONE

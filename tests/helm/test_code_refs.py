@@ -1,21 +1,30 @@
-"""Names the chart gives to Python code exist in the repository.
+"""What the chart hands to the Python code is what the code accepts.
 
-The RayService's serveConfigV2 import paths must name a function in deployments/, and every
-RayJob entrypoint a module in jobs/. The source is parsed with `ast`, not imported (imports
-pull in Ray). Nothing is mocked.
+The RayService's serveConfigV2 args are validated by the real `deployments.serve_config.parse_config`
+(pydantic, `extra="forbid"`); the example rollout spec by the real `deployments.rollout.spec.parse_spec`;
+every RayJob entrypoint's arguments by the job module's own argparse calls, rebuilt from its source
+with `ast` (the modules build their parsers inside `main()`, which would run the job); training
+configs by the real `train.config.load_config`. Nothing is mocked; only Kubernetes is absent.
 """
 
 from __future__ import annotations
 
+import argparse
 import ast
 import shlex
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.helm.conftest import EXAMPLES, ROOT, Manifest, one
+from deployments.rollout.spec import parse_spec, ref_uri
+from deployments.serve_config import parse_config
+from tests.helm.conftest import EXAMPLES, ROOT, Manifest, env_of, one, parse_manifest, run_helm, template_args
+
+APP_IMAGE_ROOT = Path("/app")  # the Dockerfile's WORKDIR, where it copies the repository's code and examples
+JOB_KEYS = ("ingest", "train", "trainDeepspeed", "evaluate", "hello")
 
 
 def module_file(module: str) -> Path | None:
@@ -31,36 +40,176 @@ def top_level_functions(path: Path) -> set[str]:
     return {node.name for node in tree.body if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)}
 
 
-@pytest.mark.parametrize("example", list(EXAMPLES))
-def test_serve_config_parses_and_import_paths_exist_in_deployments(rendered: dict[str, Manifest], example: str) -> None:
-    config = yaml.safe_load(one(rendered[example], "RayService")["spec"]["serveConfigV2"])
+def serve_apps(docs: Manifest) -> list[dict[str, Any]]:
+    config = yaml.safe_load(one(docs, "RayService")["spec"]["serveConfigV2"])
     assert config["applications"], "serveConfigV2 has no applications"
-    for app in config["applications"]:
+    return config["applications"]
+
+
+def serving_containers(docs: Manifest) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(pod spec, container) of the serving cluster's head and every worker group."""
+    cluster = one(docs, "RayService")["spec"]["rayClusterConfig"]
+    pods = [cluster["headGroupSpec"]["template"]["spec"]] + [g["template"]["spec"] for g in cluster["workerGroupSpecs"]]
+    return [(pod, pod["containers"][0]) for pod in pods]
+
+
+# --- serving: serveConfigV2 -> deployments.app:build_app ---------------------------------------
+
+
+@pytest.mark.parametrize("example", list(EXAMPLES))
+def test_serve_apps_import_build_app_with_args_that_serve_config_accepts(rendered: dict[str, Manifest],
+                                                                         example: str) -> None:
+    for app in serve_apps(rendered[example]):
         module, _, attr = app["import_path"].partition(":")
-        assert module.startswith("deployments.") and attr, app["import_path"]
         path = module_file(module)
         assert path is not None, f"{app['import_path']}: {module.replace('.', '/')}.py does not exist"
         assert attr in top_level_functions(path), f"{path} does not define {attr}()"
+        cfg = parse_config(app["args"])  # raises ConfigError naming the first bad field
+        assert cfg.baseline == f"models:/{cfg.model_name}@champion"
 
 
-def _all_jobs_enabled(values: dict[str, Any]) -> None:
-    for name, job in values["jobs"].items():
-        if name not in ("defaults", "runId"):
-            job["enabled"] = True
+def test_serve_config_validation_rejects_args_the_old_chart_rendered() -> None:
+    """The check has teeth: the chart's former args (variants list, rollout block) fail."""
+    from cluster.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="variants"):
+        parse_config({"model_name": "m", "baseline": "models:/m@champion",
+                      "variants": [{"name": "champion", "model_uri": "models:/m@champion"}]})
 
 
-def test_every_rayjob_entrypoint_names_a_module_in_jobs(renderer) -> None:
-    jobs = [d for d in renderer.render(renderer.values(_all_jobs_enabled)) if d["kind"] == "RayJob"]
-    assert len(jobs) == 5
-    missing = []
+@pytest.mark.parametrize("example", list(EXAMPLES))
+def test_serve_app_state_dir_is_on_a_claim_mounted_in_every_serving_pod(rendered: dict[str, Manifest],
+                                                                        example: str) -> None:
+    [app] = serve_apps(rendered[example])
+    state_dir = Path(app["args"]["state_dir"])
+    for pod, container in serving_containers(rendered[example]):
+        claims = {v["name"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+        mounts = [m for m in container["volumeMounts"] if m["name"] in claims]
+        assert any(state_dir.is_relative_to(m["mountPath"]) for m in mounts), (
+            f"state_dir {state_dir} is not on a persistent claim in {container['name']}: {mounts}"
+        )
+
+
+@pytest.mark.parametrize("example", list(EXAMPLES))
+def test_serve_app_reaches_the_in_cluster_mlflow_and_gets_secrets_only_by_env_name(rendered: dict[str, Manifest],
+                                                                                  example: str) -> None:
+    docs = rendered[example]
+    [app] = serve_apps(docs)
+    args = app["args"]
+    mlflow_service = one(docs, "Service", "-mlflow")["metadata"]["name"]
+    assert args["tracking_uri"] == f"http://{mlflow_service}.rayline.svc:5000"
+    predict_secret = (yaml.safe_load(EXAMPLES[example].read_text()) if EXAMPLES[example] else {}).get(
+        "serving", {}).get("predictTokenSecret")
+    for _pod, container in serving_containers(docs):
+        env = env_of(container)
+        assert env["RAYLINE_MLFLOW_TRACKING_URI"]["value"] == args["tracking_uri"]
+        assert env[args["admin_token_env"]]["valueFrom"]["secretKeyRef"] == {"name": "rayline-admin-token",
+                                                                             "key": "token"}
+        if predict_secret:
+            assert env[args["predict_token_env"]]["valueFrom"]["secretKeyRef"] == {"name": predict_secret,
+                                                                                   "key": "token"}
+        else:
+            assert args["predict_token_env"] not in env
+    assert not [k for k in args if "token" in k and not k.endswith("_env")], "a token value in the serve config"
+
+
+@pytest.mark.parametrize("example", list(EXAMPLES))
+def test_example_rollout_spec_is_valid_and_targets_the_served_versions(rendered: dict[str, Manifest],
+                                                                      example: str) -> None:
+    [app] = serve_apps(rendered[example])
+    spec = parse_spec(yaml.safe_load(one(rendered[example], "ConfigMap", "-rollout-spec")["data"]["canary.yaml"]))
+    assert spec.model == app["args"]["model_name"]
+    assert ref_uri(spec.model, spec.baseline) == app["args"]["baseline"]
+    assert ref_uri(spec.model, spec.candidate) == app["args"]["candidate"]
+
+
+# --- RayJobs: entrypoint -> jobs/<name>.py argparse --------------------------------------------
+
+
+def _literal(node: ast.expr) -> Any:
+    if isinstance(node, ast.Name) and node.id in {"int", "float", "str"}:
+        return {"int": int, "float": float, "str": str}[node.id]
+    return ast.literal_eval(node)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise AssertionError(f"jobs/{self.prog}.py: {message}")
+
+
+@cache
+def job_parser(path: Path) -> argparse.ArgumentParser:
+    """The module's argument parser, rebuilt from its literal `add_argument(...)` calls."""
+    parser = _Parser(prog=path.stem, add_help=False)
+    calls = 0
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "add_argument":
+            kwargs = {k.arg: _literal(k.value) for k in node.keywords if k.arg in {
+                "action", "required", "type", "nargs", "choices", "default"}}
+            parser.add_argument(*[_literal(a) for a in node.args], **kwargs)
+            calls += 1
+    assert calls or "argparse" not in path.read_text(), f"no add_argument calls found in {path}"
+    return parser
+
+
+def parse_job_args(path: Path, args: list[str]) -> argparse.Namespace:
+    """Parse as the job would; a missing, unknown or malformed argument raises AssertionError."""
+    return job_parser(path).parse_args(args)
+
+
+def all_jobs_rendered(example: str) -> Manifest:
+    path = EXAMPLES[example]
+    sets = [f"jobs.{key}.enabled=true" for key in JOB_KEYS]
+    result = run_helm(*template_args([path] if path else [], sets, []), "--show-only", "templates/rayjobs.yaml")
+    assert result.returncode == 0, result.stderr
+    return parse_manifest(result.stdout)
+
+
+def image_path(arg: str) -> Path | None:
+    """The repository file an absolute image path under /app is copied from (None for other args)."""
+    path = Path(arg)
+    return ROOT / path.relative_to(APP_IMAGE_ROOT) if path.is_relative_to(APP_IMAGE_ROOT) else None
+
+
+@pytest.mark.parametrize("example", list(EXAMPLES))
+def test_every_rayjob_entrypoint_parses_with_its_job_modules_arguments(example: str) -> None:
+    jobs = all_jobs_rendered(example)
+    assert len(jobs) == len(JOB_KEYS)
     for job in jobs:
         argv = shlex.split(job["spec"]["entrypoint"])
-        assert argv[:2] == ["python", "-m"], job["spec"]["entrypoint"]
-        module = argv[2]
-        assert module.startswith("jobs."), module
-        path = module_file(module)
-        if path is None:
-            missing.append(f"{job['metadata']['name']}: {module} (no jobs/{module[5:]}.py)")
-        else:
-            ast.parse(path.read_text(), filename=str(path))
-    assert not missing, "RayJob entrypoints name modules that do not exist:\n" + "\n".join(missing)
+        assert argv[:2] == ["python", "-m"] and argv[2].startswith("jobs."), job["spec"]["entrypoint"]
+        path = module_file(argv[2])
+        assert path is not None, f"{job['metadata']['name']}: {argv[2]} does not exist in jobs/"
+        assert "main" in top_level_functions(path), f"{path} has no main()"
+        parse_job_args(path, argv[3:])
+
+
+@pytest.mark.parametrize("example", list(EXAMPLES))
+def test_files_the_rayjobs_name_are_in_the_image_and_training_configs_load(example: str) -> None:
+    from train.config import load_config  # imports torch: only here
+
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for job in all_jobs_rendered(example):
+        argv = shlex.split(job["spec"]["entrypoint"])
+        for arg in argv[3:]:
+            local = image_path(arg)
+            if local is None:
+                continue
+            assert local.is_file(), f"{job['metadata']['name']}: {arg} is not in the repository"
+            top = local.relative_to(ROOT).parts[0]
+            assert f"COPY --chown=root:root {top} ./{top}" in dockerfile, f"the Dockerfile does not copy {top}/"
+        if argv[2] == "jobs.train":
+            config = image_path(parse_job_args(module_file("jobs.train"), argv[3:]).config)
+            assert config is not None, f"{job['metadata']['name']}: --config must be a file in the image (/app/...)"
+            load_config(config)
+
+
+def test_argument_check_has_teeth() -> None:
+    train = module_file("jobs.train")
+    with pytest.raises(AssertionError, match="arguments are required: --config"):
+        parse_job_args(train, [])
+    with pytest.raises(AssertionError, match="unrecognized arguments: --epochs 10"):
+        parse_job_args(train, ["--config", "x.yaml", "--epochs", "10"])
+    with pytest.raises(AssertionError, match="ignored explicit argument"):
+        parse_job_args(module_file("jobs.ingest"), ["--source", "a", "--contract", "c", "--dataset", "d",
+                                                    "--mlflow=yes"])

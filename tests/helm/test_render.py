@@ -109,7 +109,7 @@ def test_rayjobs_of_both_cluster_modes_validate_against_the_crd(renderer) -> Non
         for name in ("ingest", "train", "trainDeepspeed", "evaluate", "hello"):
             v["jobs"][name]["enabled"] = True
         v["jobs"]["trainDeepspeed"]["cluster"] = "dedicated"
-        v["jobs"]["train"]["args"] = ["--epochs", 3, "--name", "it's quoted"]
+        v["jobs"]["train"]["args"] = ["--config", "/app/examples/train/customers_mlp.yaml", "--run-name", "it's quoted"]
 
     jobs = [d for d in renderer.render(renderer.values(enable)) if d["kind"] == "RayJob"]
     assert len(jobs) == 5

@@ -41,7 +41,10 @@ def _set(path: str, value: Any):
         ("storage.type", "nfs", "at '/storage/type'"),
         ("rayAuth.secretName", "", "at '/rayAuth/secretName': minLength"),
         ("mlflow.database.type", "sqlite", "at '/mlflow/database/type'"),
-        ("serving.app.rollout.steps", [5, 250], "at '/serving/app/rollout/steps/1': maximum"),
+        ("serving.rolloutSpec.steps", [5, 250], "at '/serving/rolloutSpec/steps/1': maximum"),
+        ("serving.app.numGpus", 1, "at '/serving/app': additional properties 'numGpus'"),
+        ("serving.app.baselineAlias", "models:/m@champion", "at '/serving/app/baselineAlias'"),
+        ("serving.app.replicas", 0, "at '/serving/app/replicas': minimum"),
         # Maps merge over values.yaml in Helm: null removes a default key.
         ("rayCluster.head.resources", {"limits": None}, "at '/rayCluster/head/resources': missing property 'limits'"),
         ("rayCluster.workerGroups.0.nmae", "typo", "at '/rayCluster/workerGroups/0': additional properties 'nmae'"),

@@ -62,6 +62,63 @@ app.kubernetes.io/part-of: rayline
 http://{{ include "rayline.mlflowName" . }}.{{ .Release.Namespace }}.svc:{{ .Values.mlflow.port }}
 {{- end -}}
 
+{{/*
+The serveConfigV2 `args` of deployments.app:build_app: exactly the fields of
+deployments/serve_config.py ServeAppConfig (extra fields fail the deployment).
+*/}}
+{{- define "rayline.serveAppArgs" -}}
+{{- $app := .Values.serving.app -}}
+{{- $args := dict
+  "model_name" $app.modelName
+  "baseline" (printf "models:/%s@%s" $app.modelName $app.baselineAlias)
+  "tracking_uri" (include "rayline.servingTrackingURI" .)
+  "admin_token_env" "RAYLINE_ADMIN_TOKEN"
+  "predict_token_env" "RAYLINE_SERVE_PREDICT_TOKEN"
+  "state_dir" (include "rayline.serveStateDir" .)
+  "controller" $app.controller
+  "sticky_field" (default nil $app.stickyField)
+  "replicas" $app.replicas
+  "num_cpus" $app.numCpus
+  "router_replicas" $app.routerReplicas
+  "router_num_cpus" $app.routerNumCpus
+  "max_ongoing_requests" $app.maxOngoingRequests
+  "max_queued_requests" $app.maxQueuedRequests
+  "retry_after_s" $app.retryAfterSeconds
+  "request_timeout_s" $app.requestTimeoutSeconds
+  "max_body_bytes" $app.maxBodyBytes
+  "max_instances" $app.maxInstances
+  "batch_max_size" $app.batchMaxSize
+  "batch_wait_timeout_s" $app.batchWaitTimeoutSeconds
+  "access_log" $app.accessLog
+  "serve_log_level" $app.serveLogLevel
+  "max_shadow_in_flight" $app.maxShadowInFlight
+-}}
+{{- with $app.candidateAlias }}{{ $_ := set $args "candidate" (printf "models:/%s@%s" $app.modelName .) }}{{ end -}}
+{{- with $app.traffic }}{{ $_ := set $args "traffic" . }}{{ end -}}
+{{- with $app.shadow }}{{ $_ := set $args "shadow" . }}{{ end -}}
+{{- toYaml $args -}}
+{{- end -}}
+
+{{/* MLflow as the serving app sees it: serving.app.trackingUri, else the in-cluster Service. */}}
+{{- define "rayline.servingTrackingURI" -}}
+{{- if .Values.serving.app.trackingUri -}}
+{{- .Values.serving.app.trackingUri -}}
+{{- else if .Values.mlflow.enabled -}}
+{{- include "rayline.mlflowURL" . -}}
+{{- else -}}
+{{- fail "serving.app.trackingUri is required when mlflow.enabled is false" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The rollout controller's state_dir: on the shared claim (pvc) or the serving state claim (s3). */}}
+{{- define "rayline.serveStateDir" -}}
+{{- if eq .Values.storage.type "pvc" -}}
+{{- printf "%s/serve-state" .Values.storage.pvc.mountPath -}}
+{{- else -}}
+{{- .Values.serving.state.mountPath -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Storage roots: a mounted volume or an S3 prefix */}}
 {{- define "rayline.storageRoot" -}}
 {{- if eq .Values.storage.type "s3" -}}
