@@ -19,6 +19,7 @@ from typing import Any
 
 from ray import serve
 
+from cluster import metrics
 from cluster.errors import RegistryError
 from deployments.contracts import BASELINE, CANDIDATE, TRAFFIC_POLL_S, Traffic, VariantWindow
 from deployments.rollout.analysis import Verdict, WindowLog, aggregate, evaluate, samples
@@ -49,13 +50,19 @@ ROUTER_ACTIVE_S = 5.0        # routers heard from within this are expected to co
 REGISTRY_PROBE_S = 1.0
 REGISTRY_TIMEOUT_S = 30.0
 
+ROLLOUT_PHASE = metrics.gauge("rollout_phase", "1 for the current phase of the model's rollout", ["model", "phase"])
+CANDIDATE_WEIGHT = metrics.gauge("rollout_candidate_weight", "share of live traffic on the candidate", ["model"])
+ROLLBACKS = metrics.counter("rollout_rollbacks_total", "rollouts that ended rolled back", ["model"])
+
 
 class Controller:
     """Everything but the Serve decorator, so it also runs in a plain asyncio test or a benchmark."""
 
-    def __init__(self, state_dir: str | Path, model_name: str, tracking_uri: str | None = None) -> None:
+    def __init__(self, state_dir: str | Path, model_name: str, tracking_uri: str | None = None,
+                 versions: dict[str, str] | None = None) -> None:
         self.model = model_name
         self.tracking_uri = tracking_uri
+        self.versions = dict(versions or {})   # variant → registered version the app serves now
         self.store = RolloutStore(state_dir, model_name)
         self.windows = WindowLog()
         self.state: RolloutState | None = None
@@ -79,6 +86,13 @@ class Controller:
             return
         self.state = state
         self.traffic_now = Traffic(weights={BASELINE: 1.0}, epoch=state.traffic.epoch + 1, rollout_id=state.rollout_id)
+        if not state.active and self.versions:
+            # The app was (re)deployed after the last rollout ended: send everything to the variant
+            # that serves the version that rollout left in charge, whatever slot it now occupies.
+            self.traffic_now = Traffic(weights={self._variant_serving(_in_charge(state)): 1.0},
+                                       epoch=state.traffic.epoch + 1, rollout_id=state.rollout_id)
+            self._publish_metrics()
+            return
         if state.active or state.phase == Phase.SUCCEEDED:
             new, actions = transition(state, Observation(now=time.time()), Command("restart"))
             self._persist(new, actions)
@@ -86,6 +100,19 @@ class Controller:
                 if isinstance(action, SetTraffic):
                     self.traffic_now = action.traffic
             self._pending_alias = [a for a in actions if isinstance(a, MoveAlias)]   # the loop retries them
+
+    def _variant_serving(self, version: str) -> str:
+        for variant, served in self.versions.items():
+            if str(served) == str(version):
+                return variant
+        return BASELINE
+
+    def _publish_metrics(self) -> None:
+        """Rollout phase and candidate share as gauges, for dashboards and the rollback alert."""
+        phase = self.state.phase.value if self.state else "none"
+        for p in Phase:
+            ROLLOUT_PHASE.labels(model=self.model, phase=p.value).set(1.0 if p.value == phase else 0.0)
+        CANDIDATE_WEIGHT.labels(model=self.model).set(self.traffic_now.weights.get(CANDIDATE, 0.0))
 
     def _ensure_loop(self) -> None:
         if self._loop_task is None or self._loop_task.done():
@@ -247,6 +274,8 @@ class Controller:
         self.store.save(new, events)
         self.state = new
         for event in events:
+            if event["to"] == Phase.ROLLED_BACK.value:
+                ROLLBACKS.labels(model=self.model).inc()
             audit.info("rollout %s: %s → %s (%s)", event["rollout_id"], event["from"], event["to"], event["reason"],
                        extra={"audit": True, "actor": event["actor"], "command": event["command"],
                               "reason": event["reason"], "rollout_id": event["rollout_id"], "model": self.model,
@@ -262,6 +291,7 @@ class Controller:
         for action in actions:
             if isinstance(action, SetTraffic):
                 self.traffic_now = action.traffic
+                self._publish_metrics()
             elif isinstance(action, ReleaseWarm):
                 logger.info("v%s of %s no longer needs to be kept warm", action.version, self.model,
                             extra={"variant": action.variant, "model": self.model})
@@ -307,6 +337,11 @@ class Controller:
             return f"MLflow did not answer within {REGISTRY_TIMEOUT_S:g}s"
 
 
+def _in_charge(state: RolloutState) -> str:
+    """The version serving all traffic once a rollout has ended."""
+    return state.candidate_version if state.phase == Phase.SUCCEEDED else state.baseline_version
+
+
 @serve.deployment(
     num_replicas=1,
     max_ongoing_requests=1000,
@@ -316,7 +351,8 @@ class Controller:
 class RolloutController(Controller):
     """The Serve deployment: exactly one replica owns a model's rollout state."""
 
-    def __init__(self, state_dir: str, model_name: str, tracking_uri: str | None = None) -> None:
-        super().__init__(state_dir, model_name, tracking_uri)
+    def __init__(self, state_dir: str, model_name: str, tracking_uri: str | None = None,
+                 versions: dict[str, str] | None = None) -> None:
+        super().__init__(state_dir, model_name, tracking_uri, versions)
         with contextlib.suppress(RuntimeError):   # no running loop yet: the first router poll starts it
             self._ensure_loop()
