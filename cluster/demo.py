@@ -6,16 +6,20 @@ readable progress, times each stage, and always tears the stack down unless aske
 
 from __future__ import annotations
 
+import os
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 
 from cluster import stack
+from cluster.processes import wait_until
 from cluster.registry import Registry
 from cluster.settings import Settings, job_env
 
@@ -24,6 +28,9 @@ RAW_TABLE = "examples/data/customers.csv"
 CONTRACT = "examples/contracts/customers.yaml"
 DATASET = "customers"
 MODEL = "customers-churn"
+CANARY_RPS = 25.0
+CANARY_TIMEOUT_S = 180.0
+TERMINAL_PHASES = {"succeeded", "rolled_back", "concluded"}
 
 
 @dataclass
@@ -39,6 +46,8 @@ Stage = tuple[str, Callable[[DemoContext], str]]
 
 def stage_stack_up(ctx: DemoContext) -> str:
     _state, started = stack.up(ctx.settings)
+    # Ray loads its auth token once per process: set it before this process first touches Ray.
+    os.environ.update(stack.ray_env(ctx.settings))
     unhealthy = [h.check for h in stack.status(ctx.settings) if not h.ok]
     if unhealthy:
         raise RuntimeError(f"stack unhealthy: {', '.join(unhealthy)}")
@@ -90,6 +99,114 @@ def stage_train_v2(ctx: DemoContext) -> str:
     return _train(ctx, "examples/demo/train_v2.yaml", "v2")
 
 
+def _deploy(ctx: DemoContext, candidate: str | None) -> str:
+    from cluster import serving
+
+    cfg = serving.app_config(ctx.settings, MODEL, f"models:/{MODEL}@champion", candidate)
+    url = serving.deploy(ctx.settings, cfg)
+    if not wait_until(lambda: _ready(url), timeout_s=180):
+        raise RuntimeError(f"serving app at {url} did not become ready")
+    return url
+
+
+def _ready(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{url}/readyz", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def stage_serve_v1(ctx: DemoContext) -> str:
+    from cluster.loadgen import run_load, valid_records
+    from models.packaging import load_model
+
+    url = _deploy(ctx, candidate=None)
+    ctx.results["url"] = url
+    preprocessing = load_model(f"models:/{MODEL}@champion").preprocessing
+    ctx.results["records"] = valid_records(ROOT / RAW_TABLE, preprocessing)
+    result = run_load(url, MODEL, ctx.results["records"], rate_per_s=20, duration_s=3)
+    if result.failed:
+        raise RuntimeError(f"serving v1: {result.failed}/{result.sent} requests failed: {result.status_counts}")
+    return f"serving champion v{ctx.results['v1']} at {url}/v1/models/{MODEL}:predict ({result.ok}/{result.sent} ok)"
+
+
+def _canary(ctx: DemoContext, spec_file: str, expect: str) -> tuple[dict[str, Any], Any, float]:
+    """Deploy champion + challenger, start the rollout under steady load, wait for its verdict."""
+    from cluster.cli.canary import AdminClient
+    from cluster.loadgen import BackgroundLoad
+    from deployments.rollout.spec import load_spec
+
+    url = _deploy(ctx, candidate=f"models:/{MODEL}@challenger")
+    admin = AdminClient(ctx.settings, url)
+    load = BackgroundLoad(url, MODEL, ctx.results["records"], rate_per_s=CANARY_RPS).start()
+    t0 = time.monotonic()
+    try:
+        spec = load_spec(ROOT / spec_file)
+        started = admin.command("start", spec=spec.model_dump(mode="json"), reason="demo")
+        rollout_id = started["rollout"]["rollout_id"]
+        final: dict[str, Any] = {}
+
+        def decided() -> bool:
+            nonlocal final
+            final = admin.call("GET", "/admin/rollout")["rollout"]
+            return final["phase"] in TERMINAL_PHASES
+
+        if not wait_until(decided, timeout_s=CANARY_TIMEOUT_S, interval_s=0.5):
+            raise RuntimeError(f"rollout {rollout_id} undecided after {CANARY_TIMEOUT_S:.0f} s: {final['phase']}")
+    finally:
+        result = load.stop()
+    if final["phase"] != expect:
+        raise RuntimeError(f"rollout {rollout_id} ended {final['phase']}, expected {expect}: {final.get('reason')}")
+    ctx.results.setdefault("rollouts", []).append(rollout_id)
+    return final, result, time.monotonic() - t0
+
+
+def stage_canary_v2(ctx: DemoContext) -> str:
+    _, load, seconds = _canary(ctx, "examples/demo/canary_v2.yaml", expect="succeeded")
+    champion = Registry(ctx.settings).by_alias(MODEL, "champion").version
+    if champion != ctx.results["v2"]:
+        raise RuntimeError(f"rollout succeeded but champion is v{champion}, not v{ctx.results['v2']}")
+    return (f"v{ctx.results['v2']} promoted to 100 % in {seconds:.0f} s; champion → v{champion}; "
+            f"{load.ok}/{load.sent} requests ok during the rollout")
+
+
+def stage_broken_v3(ctx: DemoContext) -> str:
+    """Register v3 = v2 wrapped to fail 30 % of calls, make it the challenger, canary it."""
+    import mlflow
+
+    from models.faulty import FaultyModel
+    from models.packaging import load_model, log_model
+
+    v2 = load_model(f"models:/{MODEL}/{ctx.results['v2']}")
+    registry = Registry(ctx.settings)
+    mlflow.set_experiment(ctx.settings.mlflow_experiment)
+    with mlflow.start_run(run_name="demo-broken-v3"):
+        info = log_model(FaultyModel(v2.module, failure_rate=0.3), v2.preprocessing, registered_model_name=MODEL)
+    v3 = str(info.registered_model_version)
+    registry.set_version_tag(MODEL, v3, "demo", "deliberately broken: fails 30% of requests")
+    registry.set_alias(MODEL, "challenger", v3)
+    ctx.results["v3"] = v3
+    final, load, seconds = _canary(ctx, "examples/demo/canary_v3_broken.yaml", expect="rolled_back")
+    champion = registry.by_alias(MODEL, "champion").version
+    return (f"v{v3} rolled back automatically after {seconds:.0f} s ({final.get('reason')}); champion stays "
+            f"v{champion}; {load.failed}/{load.sent} requests failed in all")
+
+
+def stage_report(ctx: DemoContext) -> str:
+    from cluster.cli.canary import AdminClient
+    from deployments.rollout.report import write_report
+
+    admin = AdminClient(ctx.settings, ctx.results["url"])
+    written = []
+    for rollout_id in ctx.results.get("rollouts", []):
+        bundle = admin.command("report", rollout_id=rollout_id)
+        paths = write_report(bundle, ROOT / "reports" / "rollouts" / rollout_id)
+        written.append(str(paths.get("markdown", next(iter(paths.values())))))
+    return "canary reports: " + ", ".join(written)
+
+
 def stages() -> list[Stage]:
     return [
         ("local stack up (Ray head + MLflow)", stage_stack_up),
@@ -97,11 +214,20 @@ def stages() -> list[Stage]:
         ("train v1: 2 workers, fp16 compression, checkpoints (Ray job)", stage_train_v1),
         ("evaluate v1 (Ray job)", stage_evaluate_v1),
         ("register v1 as champion", stage_champion_v1),
+        ("serve the champion (Ray Serve: router + model replicas + rollout controller)", stage_serve_v1),
         ("train v2: PowerSGD compression, registered as challenger", stage_train_v2),
+        ("canary v2 → 100 % under load; the champion alias moves", stage_canary_v2),
+        ("canary a deliberately broken v3: automatic rollback", stage_broken_v3),
+        ("canary reports (Markdown, HTML, PNG)", stage_report),
     ]
 
 
 def run_demo(settings: Settings, console: Console, keep_up: bool = False, quick: bool = False) -> DemoContext:
+    if settings.admin_token is None:
+        # The rollout admin API always needs a bearer token; the demo makes one for this run.
+        settings = settings.model_copy(update={"admin_token": SecretStr(secrets.token_hex(16))})
+        console.print("admin token for this run: export RAYLINE_ADMIN_TOKEN="
+                      f"{settings.admin_token.get_secret_value()}")
     ctx = DemoContext(settings=settings, console=console, quick=quick)
     timings: list[tuple[str, float, str]] = []
     started = time.monotonic()
