@@ -41,7 +41,7 @@ def model_server(cfg: ServeAppConfig, variant: str, uri: str, version: str, trac
     return ModelServer.options(
         name=f"model-{variant}",
         num_replicas=cfg.replicas,
-        ray_actor_options={"num_cpus": cfg.num_cpus},
+        ray_actor_options=cfg.actor_options(cfg.num_cpus),
         max_ongoing_requests=cfg.max_ongoing_requests,
         max_queued_requests=cfg.max_queued_requests,
         backpressure_config={"retry_after_s": cfg.retry_after_s},
@@ -91,7 +91,7 @@ def build(cfg: ServeAppConfig, admin_token: str | None = None, predict_token: st
     }
     return Router.options(
         num_replicas=cfg.router_replicas,
-        ray_actor_options={"num_cpus": cfg.router_num_cpus},
+        ray_actor_options=cfg.actor_options(cfg.router_num_cpus),
         max_queued_requests=cfg.max_queued_requests,
         backpressure_config={"retry_after_s": cfg.retry_after_s},
         logging_config=cfg.logging_config,
