@@ -70,8 +70,10 @@ def build(cfg: ServeAppConfig, admin_token: str | None = None, predict_token: st
             raise ConfigError(f"controller: true but {CONTROLLER_MODULE} is not installed; set controller: false")
         from deployments.controller import RolloutController
 
+        # The deployed versions are part of the args: a redeploy with other versions restarts the
+        # controller, which then points traffic at whichever variant serves the version in charge.
         controller = RolloutController.bind(state_dir=cfg.state_dir, model_name=cfg.model_name,
-                                            tracking_uri=tracking_uri)
+                                            tracking_uri=tracking_uri, versions=versions)
     else:
         controller = StaticTraffic.options(logging_config=cfg.logging_config).bind(
             cfg.variants, cfg.traffic, cfg.shadow)
