@@ -176,7 +176,9 @@ def transform(df: pl.DataFrame, contract: Contract, plan: Plan
                                                 f"({col.outliers.method} {col.outliers.threshold})")
                 quarantined.append(from_typed(bad, contract, "outliers", col.outliers.method, col.name, reason))
                 df = df.filter(~outside)
-    out = df.sort(ROW).select(*encode_exprs(contract, plan), split_expr(contract))
+    if not df[ROW].is_sorted():
+        df = df.sort(ROW)
+    out = df.select(*encode_exprs(contract, plan), split_expr(contract))
     return out, pl.concat(quarantined) if quarantined else None, counts
 
 

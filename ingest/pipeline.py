@@ -84,9 +84,11 @@ def _run(lf: pl.LazyFrame, schema: pl.Schema, files: list[SourceFile], spec: Con
 
     progress.begin("deduplicate")
     dedup_counts = {"exact_duplicates": 0, "key_duplicates": 0, "key_quarantined": 0}
-    deduped: list[Bucket] = []
-    for b, bucket in valid:
+    deduped: list[Bucket | None] = []
+    while valid:  # popped, so each input bucket is freed as soon as it is deduplicated
+        b, bucket = valid.pop(0)
         df, repeats, counts = cleaning.deduplicate(_load(bucket), spec)
+        del bucket
         dedup_counts = {k: dedup_counts[k] + counts[k] for k in dedup_counts}
         deduped.append(df if buckets == 1 else _spill(df, work / f"dedup-{b:05d}.parquet"))
         if repeats is not None:
@@ -108,8 +110,10 @@ def _run(lf: pl.LazyFrame, schema: pl.Schema, files: list[SourceFile], spec: Con
     profiler = Profiler(spec, features, plan, reference)
     clean_counts: dict[str, dict[str, int]] = {"filled": dict(ffilled), "clipped": {}, "outliers_quarantined": {}}
     split_rows = {cleaning.TRAIN: 0, cleaning.VALIDATION: 0}
-    for b, bucket in enumerate(deduped):
+    for b in range(len(deduped)):
+        bucket, deduped[b] = deduped[b], None  # the list no longer holds it: freed once transformed
         out, rejected, counts = cleaning.transform(_load(bucket), spec, plan)
+        del bucket
         for group, values in counts.items():
             for col, n in values.items():
                 clean_counts[group][col] = clean_counts[group].get(col, 0) + n
