@@ -79,6 +79,7 @@ def settings(mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFacto
 
 
 RAY_METRICS_PORT = free_port()
+RAY_START_ATTEMPTS = 2
 
 
 @pytest.fixture(scope="session")
@@ -92,6 +93,21 @@ def ray_cluster() -> Iterator[None]:
     """One local Ray instance for the whole session (address='local': never a stale cluster)."""
     import ray
 
+    for attempt in range(RAY_START_ATTEMPTS):
+        try:
+            _start_ray()
+            break
+        except Exception:  # "node timed out during startup" on an overloaded machine: try once more
+            ray.shutdown()
+            if attempt == RAY_START_ATTEMPTS - 1:
+                raise
+    yield
+    ray.shutdown()
+
+
+def _start_ray() -> None:
+    import ray
+
     ray.init(
         address="local",
         _metrics_export_port=RAY_METRICS_PORT,
@@ -103,5 +119,3 @@ def ray_cluster() -> Iterator[None]:
                                   "PYTHONPATH": str(ROOT)}},
         logging_level="WARNING",
     )
-    yield
-    ray.shutdown()
