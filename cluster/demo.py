@@ -48,6 +48,7 @@ def stage_stack_up(ctx: DemoContext) -> str:
     _state, started = stack.up(ctx.settings)
     # Ray loads its auth token once per process: set it before this process first touches Ray.
     os.environ.update(stack.ray_env(ctx.settings))
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     unhealthy = [h.check for h in stack.status(ctx.settings) if not h.ok]
     if unhealthy:
         raise RuntimeError(f"stack unhealthy: {', '.join(unhealthy)}")

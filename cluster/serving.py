@@ -7,6 +7,7 @@ port, and runs the same application that ``deployments.app:build_app`` builds fo
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -38,8 +39,9 @@ def connect(settings: Settings) -> None:
         return
     os.environ.update(stack.ray_env(settings))
     try:
-        ray.init(address=str(settings.ray_address), logging_level="WARNING",
-                 runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+        # Replica logs go to the cluster's log files (and `ray logs`), not to this driver's terminal.
+        ray.init(address=str(settings.ray_address), logging_level="WARNING", log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}})
     except (ConnectionError, RuntimeError) as exc:
         raise ServeError(f"cannot reach Ray at {settings.ray_address} (is `rayline up` running?): {exc}") from None
 
@@ -65,6 +67,7 @@ def deploy(settings: Settings, cfg: Any, name: str = APP_NAME) -> str:
     admin = settings.admin_token.get_secret_value() if settings.admin_token else None
     predict = settings.serve_predict_token.get_secret_value() if settings.serve_predict_token else None
     connect(settings)
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     serve.start(http_options={"host": settings.host, "port": settings.serve_http_port,
                               "request_timeout_s": cfg.request_timeout_s + 5},
                 logging_config={"log_level": "WARNING", "enable_access_log": False})

@@ -45,7 +45,7 @@ from deployments.window import WindowRecorder
 logger = logging.getLogger(__name__)
 audit_log = logging.getLogger("rayline.audit")
 
-COMMANDS = ("start", "promote", "pause", "resume", "abort", "rollback")
+COMMANDS = ("start", "promote", "pause", "resume", "abort", "rollback", "report")  # report: read-only timeline
 CONTROLLER_TIMEOUT_S = 10.0
 
 api = FastAPI(title="rayline serve", description="Predict with canary/A-B routing; rollout admin API.")
