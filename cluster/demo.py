@@ -21,7 +21,7 @@ from rich.table import Table
 from cluster import stack
 from cluster.processes import wait_until
 from cluster.registry import Registry
-from cluster.settings import Settings, job_env
+from cluster.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 RAW_TABLE = "examples/data/customers.csv"
@@ -60,7 +60,7 @@ def _job(ctx: DemoContext, entrypoint: str) -> dict[str, Any]:
     """Run a rayline job the way users do: through the Ray job API with the repo as working dir."""
     from cluster.jobs_client import JobsClient
 
-    return JobsClient(ctx.settings).run(entrypoint, working_dir=ROOT, env=job_env(ctx.settings))
+    return JobsClient(ctx.settings).run(entrypoint, working_dir=ROOT)
 
 
 def stage_ingest(ctx: DemoContext) -> str:

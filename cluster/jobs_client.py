@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from cluster.errors import JobError
-from cluster.settings import Settings
+from cluster.provenance import GIT_COMMIT_ENV, git_commit
+from cluster.settings import Settings, job_env
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 AGENT_WAIT_S = 60.0
@@ -29,6 +30,7 @@ class JobsClient:
         # The SDK logs every ignored file of the working-dir upload at INFO.
         for name in ("ray.dashboard.modules.dashboard_sdk", "ray._private.runtime_env.packaging"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        self.settings = settings
         token = settings.ray_token()
         headers = {"Authorization": f"Bearer {token}"} if token else None
         self.address = str(settings.ray_dashboard_url)
@@ -49,8 +51,8 @@ class JobsClient:
         if working_dir is not None:
             runtime_env["working_dir"] = str(working_dir)
             runtime_env["excludes"] = WORKING_DIR_EXCLUDES
-        if env:
-            runtime_env["env_vars"] = env
+        # Every job sees the same stack as its submitter (absolute state paths) and knows its commit.
+        runtime_env["env_vars"] = {**job_env(self.settings), GIT_COMMIT_ENV: git_commit(working_dir), **(env or {})}
         deadline = time.monotonic() + AGENT_WAIT_S
         while True:
             try:

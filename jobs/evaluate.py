@@ -8,14 +8,13 @@ residuals) to a new MLflow run; prints one ``RAYLINE_RESULT {json}`` line.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 
-from cluster.errors import RaylineError
 from cluster.logs import configure_logging
 from cluster.settings import load_settings
+from jobs.entry import emit_result, entrypoint
 
 
+@entrypoint("jobs.evaluate")
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", required=True, help="models:/NAME@ALIAS or models:/NAME/VERSION")
@@ -29,13 +28,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     name, _, version = args.dataset.rpartition("/")
     summary = describe(evaluate(settings, args.model, name or None, version))
-    print("RAYLINE_RESULT " + json.dumps(summary), flush=True)
-    return summary
+    return emit_result(summary)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except RaylineError as exc:
-        print(f"jobs.evaluate: error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+    main()

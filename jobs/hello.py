@@ -7,7 +7,6 @@ runs a few Ray tasks on the cluster and prints a JSON summary that comes back in
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import socket
 
@@ -15,6 +14,7 @@ import ray
 
 from cluster.logs import configure_logging
 from cluster.tracing import ensure_trace_id
+from jobs.entry import emit_result, entrypoint
 
 log = logging.getLogger("jobs.hello")
 
@@ -24,6 +24,7 @@ def _square(x: int) -> tuple[int, str]:
     return x * x, socket.gethostname()
 
 
+@entrypoint("jobs.hello")
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tasks", type=int, default=4, help="number of Ray tasks to run")
@@ -39,8 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
         "cluster_cpus": ray.cluster_resources().get("CPU", 0),
     }
     log.info("hello job finished", extra={"tasks": args.tasks})
-    print("RAYLINE_RESULT " + json.dumps(summary), flush=True)
-    return summary
+    return emit_result(summary)
 
 
 if __name__ == "__main__":

@@ -9,14 +9,12 @@ Prints one ``RAYLINE_RESULT {json}`` line (version, counts) at the end; errors a
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import sys
 
-from cluster.errors import RaylineError
 from cluster.logs import configure_logging
 from cluster.settings import load_settings
 from cluster.tracing import ensure_trace_id
+from jobs.entry import emit_result, entrypoint
 
 log = logging.getLogger("jobs.ingest")
 
@@ -33,26 +31,22 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@entrypoint("ingest")
 def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
-    try:
-        settings = load_settings(args.config)
-        configure_logging("jobs.ingest", level=settings.log_level, fmt=settings.log_format)
-        trace_id = ensure_trace_id()
-        from ingest.pipeline import run_ingest
+    settings = load_settings(args.config)
+    configure_logging("jobs.ingest", level=settings.log_level, fmt=settings.log_format)
+    trace_id = ensure_trace_id()
+    from ingest.pipeline import run_ingest
 
-        root = args.root or str(settings.datasets_root)
-        version = run_ingest(args.source, args.contract, args.dataset, root, settings=settings,
-                             log_to_mlflow=args.mlflow)
-    except RaylineError as exc:
-        print(f"ingest: error: {exc}", file=sys.stderr, flush=True)
-        sys.exit(exc.exit_code)
+    root = args.root or str(settings.datasets_root)
+    version = run_ingest(args.source, args.contract, args.dataset, root, settings=settings,
+                         log_to_mlflow=args.mlflow)
     summary = {"job": "ingest", "trace_id": trace_id, "dataset": version.name, "version": version.version,
                "parent": version.manifest.get("parent"), "path": version.path, "counts": version.manifest["counts"],
                "drift_breached": version.manifest["drift"]["breached"]}
     log.info("ingest finished", extra={"dataset": version.name, "version": version.version})
-    print("RAYLINE_RESULT " + json.dumps(summary), flush=True)
-    return summary
+    return emit_result(summary)
 
 
 if __name__ == "__main__":

@@ -8,18 +8,17 @@ if it passes the config's gate. Prints one ``RAYLINE_RESULT {json}`` summary lin
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import sys
 
-from cluster.errors import RaylineError
 from cluster.logs import configure_logging
 from cluster.settings import load_settings
 from cluster.tracing import ensure_trace_id
+from jobs.entry import emit_result, entrypoint
 
 log = logging.getLogger("jobs.train")
 
 
+@entrypoint("jobs.train")
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", required=True, help="training config YAML")
@@ -47,13 +46,8 @@ def main(argv: list[str] | None = None) -> dict:
         "model_uri": outcome.model_uri, "gate": outcome.gate_reason,
         "registered": outcome.registered.uri if outcome.registered else None,
     }
-    print("RAYLINE_RESULT " + json.dumps(summary), flush=True)
-    return summary
+    return emit_result(summary)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except RaylineError as exc:
-        print(f"jobs.train: error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+    main()

@@ -18,7 +18,6 @@ import logging
 import os
 import platform
 import socket
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,23 +25,12 @@ from typing import Any
 
 import torch
 
+from cluster.provenance import GIT_COMMIT_ENV, git_commit  # noqa: F401 - re-exported for callers
 from cluster.registry import ModelVersionInfo, Registry
 from train.config import RegistrationSection, TrainConfig
 
 log = logging.getLogger(__name__)
-GIT_COMMIT_ENV = "RAYLINE_GIT_COMMIT"
 RUN_ID_FILE = ".mlflow_run_id"
-
-
-def git_commit(cwd: str | Path | None = None) -> str:
-    """The source commit: RAYLINE_GIT_COMMIT (set by `rayline train --submit`), else `git rev-parse`."""
-    if os.environ.get(GIT_COMMIT_ENV):
-        return os.environ[GIT_COMMIT_ENV]
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
 def system_info() -> dict[str, str]:

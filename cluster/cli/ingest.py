@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -10,8 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from cluster.cli.context import settings_of
-from cluster.errors import JobError
+from cluster.cli.context import settings_of, submit_job
 
 console = Console(stderr=True)
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,19 +41,9 @@ def command(
         if breached:
             console.print(f"[yellow]drift above threshold:[/] {', '.join(breached)}")
         return
-    from cluster.jobs_client import JobsClient
-
     args = ["python", "-m", "jobs.ingest", "--contract", str(contract), "--dataset", dataset, "--root", root]
     for s in source:
         args += ["--source", s if "://" in s else str(Path(s).absolute())]
     if mlflow:
         args.append("--mlflow")
-    client = JobsClient(settings)
-    job_id = client.submit(shlex.join(args), working_dir=ROOT,
-                           env={"RAYLINE_MLFLOW_TRACKING_URI": str(settings.mlflow_tracking_uri)})
-    console.print(f"submitted ingest job [bold]{job_id}[/]")
-    if follow:
-        final = client.follow(job_id, lambda line: print(line, flush=True))
-        console.print(f"job {job_id}: {final}")
-        if final != "SUCCEEDED":
-            raise JobError(f"ingest job {job_id} ended {final}; `rayline job logs {job_id}` for details")
+    submit_job(settings, args, what="ingest job", follow=follow, working_dir=ROOT)

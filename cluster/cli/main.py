@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cluster import stack
-from cluster.cli.context import AppState, settings_of
+from cluster.cli.context import AppState, settings_of, submit_job
 from cluster.errors import RaylineError
 
 app = typer.Typer(
@@ -113,16 +113,7 @@ def job_submit(
     submission_id: Annotated[str | None, typer.Option(help="Job id (resubmitting the same run name).")] = None,
 ) -> None:
     """Submit a Ray job (same as `ray job submit --working-dir . -- ENTRYPOINT`)."""
-    from cluster.jobs_client import JobsClient
-
-    client = JobsClient(settings_of(ctx))
-    job_id = client.submit(shlex.join(entrypoint), working_dir=working_dir, submission_id=submission_id)
-    console.print(f"submitted [bold]{job_id}[/]")
-    if follow:
-        final = client.follow(job_id, lambda line: print(line, flush=True))
-        console.print(f"job {job_id}: {final}")
-        if final != "SUCCEEDED":
-            raise typer.Exit(1)
+    submit_job(settings_of(ctx), entrypoint, follow=follow, working_dir=working_dir, submission_id=submission_id)
 
 
 @job_app.command("status")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from cluster.cli.context import settings_of
+from cluster.cli.context import settings_of, submit_job
 
 console = Console()
 
@@ -31,19 +30,5 @@ def command(
 
         main(["--config", str(config), *(["--run-name", run_name] if run_name else [])])
         return
-    from cluster.jobs_client import JobsClient
-    from train.tracking import GIT_COMMIT_ENV, git_commit
-
     entry = ["python", "-m", "jobs.train", "--config", str(config)] + (["--run-name", run_name] if run_name else [])
-    client = JobsClient(settings)
-    job_id = client.submit(shlex.join(entry), working_dir=".", env={
-        GIT_COMMIT_ENV: git_commit(), "RAYLINE_MLFLOW_TRACKING_URI": str(settings.mlflow_tracking_uri),
-        "RAYLINE_CHECKPOINTS_ROOT": str(settings.checkpoints_root),
-        "RAYLINE_DATASETS_ROOT": str(Path(str(settings.datasets_root)).absolute()),
-    })
-    console.print(f"submitted training job [bold]{job_id}[/] (run {run_name or cfg.run_name})")
-    if follow:
-        final = client.follow(job_id, lambda line: print(line, flush=True))
-        console.print(f"job {job_id}: {final}")
-        if final != "SUCCEEDED":
-            raise typer.Exit(1)
+    submit_job(settings, entry, what=f"training job (run {run_name or cfg.run_name})", follow=follow)
