@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cluster.errors import ConfigError
+from cluster.yamlfile import read_yaml_mapping
 from models.registry import DATA_KIND, allowed_params, model_names
 
 
@@ -194,11 +194,4 @@ def parse_config(data: Any, source: str = "config") -> TrainConfig:
 
 
 def load_config(path: str | Path) -> TrainConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise TrainConfigError(f"training config {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise TrainConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
-    return parse_config(data, source=str(path))
+    return parse_config(read_yaml_mapping(path, TrainConfigError, "training config"), source=str(path))

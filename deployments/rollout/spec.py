@@ -11,9 +11,9 @@ import itertools
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cluster.yamlfile import read_yaml_mapping
 from deployments.rollout.errors import SpecError
 
 SUCCESS_METRIC = "success"       # per request: 1 when served without a 5xx
@@ -155,13 +155,4 @@ def parse_spec(data: dict[str, Any]) -> RolloutSpec:
 
 
 def load_spec(path: str | Path) -> RolloutSpec:
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise SpecError(f"cannot read rollout spec {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise SpecError(f"rollout spec {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise SpecError(f"rollout spec {path} must be a mapping")
-    return parse_spec(data)
+    return parse_spec(read_yaml_mapping(path, SpecError, "rollout spec"))
