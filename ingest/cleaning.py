@@ -8,6 +8,7 @@ and every bucket is cleaned with the same numbers.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ from ingest.rules import ROW, say
 SPLIT = "split"
 TRAIN, VALIDATION = "train", "validation"
 SPLIT_BUCKETS = 10_000
+QUANTILE_ROWS = 1_000_000  # above this, medians/quartiles come from a 1-in-k row sample
 
 
 @dataclass
@@ -32,10 +34,11 @@ class Plan:
     bounds: dict[str, list[float]] = field(default_factory=dict)
     vocabularies: dict[str, list[str]] = field(default_factory=dict)
     classes: list[str] = field(default_factory=list)
+    quantile_sample: int = 1  # medians/quartiles from 1 row in this many (1: exact)
 
     def to_dict(self) -> dict[str, Any]:
         return {"rows": self.rows, "null_counts": self.null_counts, "fills": self.fills, "bounds": self.bounds,
-                "vocabularies": self.vocabularies, "classes": self.classes}
+                "vocabularies": self.vocabularies, "classes": self.classes, "quantile_sample": self.quantile_sample}
 
 
 def deduplicate(df: pl.DataFrame, contract: Contract) -> tuple[pl.DataFrame, pl.DataFrame | None, dict[str, int]]:
@@ -84,33 +87,49 @@ def _categorical(col: ColumnSpec) -> pl.Expr:
     return pl.col(col.name).cast(pl.String)
 
 
-def make_plan(lf: pl.LazyFrame, contract: Contract) -> Plan:
-    """One statistics pass (several queries sharing the scan) over deduplicated valid rows."""
+def make_plan(lf: pl.LazyFrame, contract: Contract, rows: int = 0) -> Plan:
+    """The statistics pass over deduplicated valid rows (a few streaming queries).
+
+    Counts, means and modes are exact. Medians and quartiles need the values held and sorted,
+    so above ``QUANTILE_ROWS`` rows they come from a fixed 1-in-k sample of rows (by row-number
+    hash, so reruns agree), which keeps this pass's memory bounded whatever the input size.
+    """
+    every = max(1, math.ceil(rows / QUANTILE_ROWS))
     aggs: list[pl.Expr] = [pl.len().alias("__rows")]
     aggs += [pl.col(c.name).null_count().alias(f"{c.name}::nulls") for c in contract.columns]
+    quantiles: list[pl.Expr] = []
     queries: dict[str, pl.LazyFrame] = {}
     for col in contract.columns:
         x = pl.col(col.name)
-        if col.fill is not None and col.fill.method in ("mean", "median"):
-            aggs.append(getattr(x, col.fill.method)().alias(f"{col.name}::fill"))
+        if col.fill is not None and col.fill.method == "mean":
+            aggs.append(x.mean().alias(f"{col.name}::fill"))
+        if col.fill is not None and col.fill.method == "median":
+            quantiles.append(x.median().alias(f"{col.name}::fill"))
         if col.fill is not None and col.fill.method == "mode":
             queries[f"{col.name}::mode"] = (lf.select(_categorical(col) if not col.is_numeric else x)
                                             .drop_nulls().group_by(col.name).len()
                                             .sort(["len", col.name], descending=[True, False]).head(1))
         if col.outliers is not None:
             if col.outliers.method == "iqr":
-                aggs += [x.quantile(0.25).alias(f"{col.name}::q1"), x.quantile(0.75).alias(f"{col.name}::q3")]
+                quantiles += [x.quantile(0.25).alias(f"{col.name}::q1"), x.quantile(0.75).alias(f"{col.name}::q3")]
             else:
                 aggs += [x.mean().alias(f"{col.name}::mean"), x.std().alias(f"{col.name}::std")]
         needs_vocab = (col.role == "feature" and col.encoding is not None) or (
             col.role == "target" and contract.task == "classification")
         if needs_vocab and col.allowed is None:
             queries[f"{col.name}::vocab"] = lf.select(_categorical(col).drop_nulls().unique().sort())
+    if quantiles:
+        sample = lf if every == 1 else lf.filter(pl.col(ROW).hash(seed=5) % every == 0)
+        queries["::quantiles"] = sample.select(quantiles)
     names = list(queries)
-    results = pl.collect_all([lf.select(aggs), *queries.values()], engine="streaming")
+    # Collected one by one: collect_all would cache the shared scan, i.e. hold every row in memory.
+    results = [q.collect(engine="streaming") for q in (lf.select(aggs), *queries.values())]
     row = results[0].row(0, named=True)
     extra = dict(zip(names, results[1:], strict=True))
-    plan = Plan(rows=int(row["__rows"]), null_counts={c.name: int(row[f"{c.name}::nulls"]) for c in contract.columns})
+    if quantiles:
+        row.update(extra.pop("::quantiles").row(0, named=True))
+    plan = Plan(rows=int(row["__rows"]), null_counts={c.name: int(row[f"{c.name}::nulls"]) for c in contract.columns},
+                quantile_sample=every)
     for col in contract.columns:
         _plan_column(plan, col, row, extra, contract)
     return plan

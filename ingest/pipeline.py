@@ -33,7 +33,7 @@ from ingest.progress import Progress
 from ingest.rules import CHECK, COLUMN, FFILL_PREFIX, ROW, RULE, check_columns, validate
 from ingest.sources import SOURCE_COLUMN, SourceFile, resolve, scan, source_error, source_schema
 
-BUCKET_BYTES = {"csv": 192 * 1024**2, "ndjson": 192 * 1024**2, "parquet": 48 * 1024**2}
+BUCKET_BYTES = {"csv": 64 * 1024**2, "ndjson": 64 * 1024**2, "parquet": 16 * 1024**2}
 BUCKET = "_bucket"
 WORK = "_work"
 ZSTD_LEVEL = 1  # level 1 writes ~2x faster than the default 3 on 2 cores, for a few % more bytes
@@ -100,7 +100,7 @@ def _run(lf: pl.LazyFrame, schema: pl.Schema, files: list[SourceFile], spec: Con
     progress.step("deduplicate", rows_out=rows_dedup, **dedup_counts)
 
     progress.begin("statistics")
-    plan = cleaning.make_plan(_lazy(deduped), spec)
+    plan = cleaning.make_plan(_lazy(deduped), spec, rows_dedup)
     ffilled = _forward_filled(deduped, spec)
     progress.step("statistics", rows=plan.rows)
 
