@@ -197,14 +197,17 @@ def _validate(lf: pl.LazyFrame, schema: pl.Schema, files: list[SourceFile], spec
     basis = pl.col(spec.key).cast(pl.String) if spec.key else pl.struct(spec.names)
     ffill = [FFILL_PREFIX + c.name for c in spec.columns if c.fill is not None and c.fill.method == "forward"]
     valid = checked.filter(pl.col(CHECK).is_null()).select(
-        pl.col(ROW).cast(pl.Int64), SOURCE_COLUMN, *spec.names, *ffill,
+        pl.col(ROW).cast(pl.Int64), pl.col(SOURCE_COLUMN).cast(pl.Categorical), *spec.names, *ffill,
         (basis.hash(seed=0) % buckets).alias(BUCKET))
     qdir.mkdir(parents=True, exist_ok=True)
-    rejected = quarantine.from_validation(checked, spec).sink_parquet(qdir / "contract.parquet", lazy=True)
+    # The source path is one of a few values: carried as a categorical, not a string per row.
+    # Sinks need not keep row order (~1.5x faster on 2 cores): buckets are re-sorted by row number.
+    rejected = quarantine.from_validation(checked, spec).sink_parquet(qdir / "contract.parquet", lazy=True,
+                                                                      maintain_order=False)
     in_memory = buckets == 1
     target = valid.drop(BUCKET) if in_memory else valid.sink_parquet(
         pl.PartitionBy(work / "valid", key=BUCKET, include_key=False), mkdir=True, lazy=True,
-        compression="uncompressed", statistics=False)
+        compression="uncompressed", statistics=False, maintain_order=False)
     try:
         results = pl.collect_all([target, rejected], engine="streaming")
     except (pl.exceptions.PolarsError, OSError) as exc:
