@@ -147,11 +147,11 @@ def child(impl: str, src: str) -> None:
     import ingest.pipeline  # noqa: F401
 
     with tempfile.TemporaryDirectory(dir=Path(src).parent) as out:
-        start = time.perf_counter()
+        cpu0, start = time.process_time(), time.perf_counter()
         result = (run_polars if impl == "polars" else run_pandas)(src, out)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"impl": impl, "seconds": seconds, "peak_rss": peak, **result}), flush=True)
+    print(json.dumps({"impl": impl, "seconds": seconds, "cpu_s": cpu, "peak_rss": peak, **result}), flush=True)
 
 
 def measure(impl: str, src: Path) -> dict:
@@ -191,19 +191,25 @@ def main() -> None:
             r = measure(impl, src)
             runs[impl].append(r)
             report.add(part="throughput", repeat=i, rows=args.rows, bytes=size, **r)
-            print(f"{impl} repeat {i}: {r['seconds']:.2f} s, peak RSS {r['peak_rss'] / 2**20:.0f} MiB", flush=True)
+            print(f"{impl} repeat {i}: {r['seconds']:.2f} s (cpu {r.get('cpu_s', 0):.1f} s), "
+                  f"peak RSS {r['peak_rss'] / 2**20:.0f} MiB, load {os.getloadavg()[0]:.1f}", flush=True)
     rows_table = []
     medians = {}
     for impl, rs in runs.items():
         s = summarize([r["seconds"] for r in rs])
         medians[impl] = s["median"]
+        cpu = summarize([r.get("cpu_s", float("nan")) for r in rs])["median"]
         rows_table.append({"impl": impl, "median_s": s["median"], "p95_s": s["p95"], "min_s": s["min"],
+                           "median_cpu_s": cpu,
                            "rows_per_s": args.rows / s["median"], "MB_per_s": size / 1e6 / s["median"],
                            "peak_rss_MiB": max(r["peak_rss"] for r in rs) / 2**20,
                            "rows_out": rs[0]["rows_out"], "quarantined": rs[0]["quarantined"]})
     speedup = medians["pandas"] / medians["polars"]
+    best = min(r["seconds"] for r in runs["pandas"]) / min(r["seconds"] for r in runs["polars"])
     report.section("Throughput (CSV → cleaned Parquet)", report.table(rows_table) +
-                   f"\n\nSpeed-up, Polars pipeline over pandas (median/median): **{speedup:.2f}×** (target ≥ 5×).")
+                   f"\n\nSpeed-up, Polars pipeline over pandas (median/median wall time): **{speedup:.2f}×** "
+                   f"(target ≥ 5×); best/best: {best:.2f}×. CPU seconds are reported too: on a shared 2-core "
+                   "machine wall time also measures the neighbours' load.")
 
     big = work / f"table-{args.rows * args.memory_factor}.csv"
     if not big.exists():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
+import pytest
 
 from ingest.catalog import Catalog
 from ingest.pipeline import run_ingest
@@ -21,3 +22,12 @@ def test_latest_version_reads_as_ray_dataset_and_matches_polars(ray_cluster: Non
     assert "split" in latest.ray_dataset().schema().names
     assert latest.lazy("validation").select(pl.len()).collect().item() == v.manifest["split"]["rows"]["validation"]
     assert set(latest.lazy().select("split").unique().collect()["split"]) == {"train", "validation"}
+
+
+def test_large_versions_are_read_by_ray_parquet_tasks(ray_cluster: None, root: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from ingest import catalog
+
+    v = run_ingest(str(CUSTOMERS_CSV), CUSTOMERS_CONTRACT, "customers", root)
+    monkeypatch.setattr(catalog, "SMALL_BYTES", 0)
+    assert v.ray_dataset(split="validation").count() == v.manifest["split"]["rows"]["validation"]
