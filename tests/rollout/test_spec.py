@@ -62,7 +62,7 @@ def test_load_spec_reads_yaml_and_reports_bad_files(tmp_path):
     bad.write_text("model: [unclosed\n")
     with pytest.raises(SpecError, match="not valid YAML"):
         load_spec(bad)
-    with pytest.raises(SpecError, match="missing.yaml does not exist"):
+    with pytest.raises(SpecError, match=r"missing\.yaml does not exist"):
         load_spec(tmp_path / "missing.yaml")
 
 

@@ -74,6 +74,7 @@ def test_tabular_job_converges_registers_with_lineage_and_loads_as_champion(ray_
     assert [d.dataset.name for d in run.inputs.dataset_inputs]  # the dataset version is the run's input
 
     monkeypatch.setenv("RAYLINE_MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri)
+    monkeypatch.setenv("RAYLINE_DATASETS_ROOT", str(settings.datasets_root))
     runner = CliRunner()
     done = runner.invoke(app, ["models", "alias", MODEL_NAME, "champion", version.version])
     assert done.exit_code == 0, done.output
