@@ -37,7 +37,6 @@ TERMINAL_PHASES = {"succeeded", "rolled_back", "concluded"}
 class DemoContext:
     settings: Settings
     console: Console
-    quick: bool = False
     results: dict[str, Any] = field(default_factory=dict)
 
 
@@ -223,13 +222,13 @@ def stages() -> list[Stage]:
     ]
 
 
-def run_demo(settings: Settings, console: Console, keep_up: bool = False, quick: bool = False) -> DemoContext:
+def run_demo(settings: Settings, console: Console, keep_up: bool = False) -> DemoContext:
     if settings.admin_token is None:
         # The rollout admin API always needs a bearer token; the demo makes one for this run.
         settings = settings.model_copy(update={"admin_token": SecretStr(secrets.token_hex(16))})
         console.print("admin token for this run: export RAYLINE_ADMIN_TOKEN="
                       f"{settings.admin_token.get_secret_value()}")
-    ctx = DemoContext(settings=settings, console=console, quick=quick)
+    ctx = DemoContext(settings=settings, console=console)
     timings: list[tuple[str, float, str]] = []
     started = time.monotonic()
     try:

@@ -13,9 +13,8 @@ from cluster.cli.context import settings_of
 def command(
     ctx: typer.Context,
     keep_up: Annotated[bool, typer.Option("--keep-up", help="Leave the stack running afterwards.")] = False,
-    quick: Annotated[bool, typer.Option("--quick", help="Shorter training and rollouts (CI).")] = False,
 ) -> None:
     """Run the end-to-end demo: stack up → pipeline stages → where to look → stack down."""
     from cluster.demo import run_demo
 
-    run_demo(settings_of(ctx), Console(), keep_up=keep_up, quick=quick)
+    run_demo(settings_of(ctx), Console(), keep_up=keep_up)
