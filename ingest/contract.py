@@ -13,9 +13,9 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cluster.yamlfile import read_yaml_mapping
 from ingest.errors import ContractError
 
 ColumnType = Literal["int", "float", "str", "bool", "date"]
@@ -174,19 +174,10 @@ def load_contract(source: str | Path | Contract | dict[str, Any]) -> Contract:
     """A Contract from a YAML path, a dict or an existing Contract; ContractError names the field."""
     if isinstance(source, Contract):
         return source
-    data: Any = source
-    where = "contract"
-    if not isinstance(source, dict):
-        path = Path(source)
-        where = str(path)
-        if not path.is_file():
-            raise ContractError(f"contract file {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ContractError(f"contract {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise ContractError(f"{where}: expected a mapping at the top level")
+    if isinstance(source, dict):
+        data, where = source, "contract"
+    else:
+        data, where = read_yaml_mapping(source, ContractError, "contract file"), str(source)
     try:
         return Contract.model_validate(data)
     except ValidationError as exc:
