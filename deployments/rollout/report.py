@@ -29,6 +29,22 @@ def write_report(bundle: dict[str, Any], out_dir: str | Path) -> dict[str, Path]
     return {"markdown": md, "html": page, "plot": png}
 
 
+def candidate_share(bundle: dict[str, Any]) -> tuple[list[float], list[float]]:
+    """(seconds since start, candidate traffic %) for the plot, ending with the decision itself.
+
+    The timeline holds analysis samples; the decision's own traffic change (the rollback to
+    0 %, the promotion to 100 %) comes from the final state.
+    """
+    state, timeline = bundle["state"], bundle["timeline"]
+    t0 = state["created_at"]
+    times = [p["at"] - t0 for p in timeline]
+    shares = [100 * p["weights"].get(CANDIDATE, 0.0) for p in timeline]
+    if state.get("decided_at"):
+        times.append(state["decided_at"] - t0)
+        shares.append(100 * state["traffic"]["weights"].get(CANDIDATE, 0.0))
+    return times, shares
+
+
 def plot(bundle: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -39,7 +55,7 @@ def plot(bundle: dict[str, Any], path: Path) -> None:
     t0 = state["created_at"]
     times = [p["at"] - t0 for p in timeline]
     fig, axes = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
-    axes[0].step(times, [100 * p["weights"].get(CANDIDATE, 0.0) for p in timeline], where="post", label=CANDIDATE)
+    axes[0].step(*candidate_share(bundle), where="post", label=CANDIDATE)
     axes[0].set_ylabel("candidate traffic %")
     for variant in VARIANTS:
         rows = [(t, p["variants"].get(variant)) for t, p in zip(times, timeline, strict=True)]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deployments.rollout.report import write_report
+from deployments.rollout.report import candidate_share, write_report
 from deployments.rollout.state import Observation, RecordEvent, transition
 from deployments.rollout.stats import two_proportion
 from deployments.rollout.store import RolloutStore
@@ -25,6 +25,9 @@ def test_report_of_a_rolled_back_canary_states_the_decision_and_plots_the_timeli
     assert "rolling_back" in md and "error rate 40.0%" in md and "timeline.png" in md
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "<table>" in paths["html"].read_text()
+    times, shares = candidate_share(store.bundle(new.rollout_id))
+    assert shares[0] > 0 and shares[-1] == 0.0  # the plot ends with the rollback itself
+    assert times[-1] == new.decided_at - new.created_at
 
 
 def test_report_of_an_ab_test_states_effect_interval_p_value_and_decision(tmp_path):
