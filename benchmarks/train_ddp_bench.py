@@ -99,7 +99,7 @@ def torchrun_worker(steps: int) -> None:
 
 
 def torchrun_run(steps: int) -> dict:
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
                __file__, "--torchrun-worker", "--steps", str(steps)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
