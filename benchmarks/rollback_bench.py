@@ -109,15 +109,12 @@ def register_versions(tracking_uri: str, model: str) -> None:
 
 
 def start_mlflow(folder: Path) -> tuple[str, int]:
-    from cluster.processes import free_port, start_detached, tcp_reachable, wait_until
+    from cluster import stack
+    from cluster.processes import free_port
     from cluster.settings import load_settings
-    from cluster.stack import MLFLOW_ENV, mlflow_command
 
     settings = load_settings(state_dir=folder, mlflow_port=free_port())
-    proc = start_detached(mlflow_command(settings), folder / "mlflow.log", env=MLFLOW_ENV)
-    if not wait_until(lambda: tcp_reachable("127.0.0.1", settings.mlflow_port), timeout_s=90):
-        raise RuntimeError(f"MLflow did not start; see {folder / 'mlflow.log'}")
-    time.sleep(1.0)
+    proc = stack.start_mlflow(settings, folder / "mlflow.log")
     return str(settings.mlflow_tracking_uri), proc.pid
 
 

@@ -69,24 +69,14 @@ def run_client(url: str, concurrency: int, duration_s: float, warmup_s: float) -
 # ---------------------------------------------------------------- server side
 def start_stack(tmp: Path):
     """A private MLflow server and Ray instance; returns (settings, mlflow process)."""
-    import httpx
     import ray
 
-    from cluster.processes import free_port, start_detached, wait_until
+    from cluster.processes import free_port
     from cluster.settings import load_settings
-    from cluster.stack import MLFLOW_ENV, mlflow_command
+    from cluster.stack import start_mlflow
 
     settings = load_settings(state_dir=tmp, mlflow_port=free_port(), log_format="text", log_level="WARNING")
-    proc = start_detached(mlflow_command(settings), tmp / "mlflow.log", env=MLFLOW_ENV)
-
-    def healthy() -> bool:
-        try:
-            return httpx.get(f"{settings.mlflow_tracking_uri}/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    if not wait_until(healthy, timeout_s=120):
-        raise RuntimeError(f"MLflow did not start; see {tmp / 'mlflow.log'}")
+    proc = start_mlflow(settings, tmp / "mlflow.log", timeout_s=120)
     os.environ["MLFLOW_TRACKING_URI"] = str(settings.mlflow_tracking_uri)
     ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="WARNING",
              runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,6 +29,7 @@ from cluster.processes import (
     start_detached,
     tcp_reachable,
     terminate,
+    wait_until,
 )
 from cluster.settings import Settings
 
@@ -169,6 +171,19 @@ def mlflow_command(settings: Settings, port: int | None = None) -> list[str]:
 
 
 MLFLOW_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+def mlflow_healthy(tracking_uri: str) -> bool:
+    return _http_ok(f"{tracking_uri}/health")[0]
+
+
+def start_mlflow(settings: Settings, log_file: Path, timeout_s: float = MLFLOW_START_TIMEOUT_S) -> subprocess.Popen:
+    """Start an MLflow server for ``settings`` on its own and wait until ``/health`` answers (tests, benchmarks)."""
+    proc = start_detached(mlflow_command(settings), log_file, env=MLFLOW_ENV)
+    if not wait_until(lambda: mlflow_healthy(str(settings.mlflow_tracking_uri)), timeout_s=timeout_s):
+        terminate(session_members(proc.pid), grace_s=5)
+        raise StackError(f"MLflow did not start within {timeout_s:.0f} s; see {log_file}")
+    return proc
 
 
 def ray_env(settings: Settings) -> dict[str, str]:

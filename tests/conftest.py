@@ -12,7 +12,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,9 +20,9 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".tools" / "torch_extensions"))
 
-from cluster.processes import free_port, session_members, start_detached, terminate, wait_until  # noqa: E402
+from cluster.processes import free_port, session_members, terminate  # noqa: E402
 from cluster.settings import Settings, load_settings  # noqa: E402
-from cluster.stack import MLFLOW_ENV, mlflow_command  # noqa: E402
+from cluster.stack import mlflow_healthy, start_mlflow  # noqa: E402
 
 RAY_TEST_CPUS = 4  # logical CPUs: 2 train workers + Ray Data / Serve replicas on a 2-core box
 
@@ -39,10 +38,7 @@ class MlflowServer:
         self.pid: int | None = None
 
     def start(self) -> None:
-        proc = start_detached(mlflow_command(self.settings), self.state_dir / "mlflow.log", env=MLFLOW_ENV)
-        self.pid = proc.pid
-        if not wait_until(self.healthy, timeout_s=90):
-            raise RuntimeError(f"MLflow test server did not start; see {self.state_dir / 'mlflow.log'}")
+        self.pid = start_mlflow(self.settings, self.state_dir / "mlflow.log").pid
 
     def stop(self) -> None:
         if self.pid is not None:
@@ -50,10 +46,7 @@ class MlflowServer:
             self.pid = None
 
     def healthy(self) -> bool:
-        try:
-            return httpx.get(f"{self.uri}/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return mlflow_healthy(self.uri)
 
 
 @pytest.fixture(scope="session")
