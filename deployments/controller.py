@@ -50,6 +50,8 @@ ROUTER_ACTIVE_S = 5.0        # routers heard from within this are expected to co
 REGISTRY_PROBE_S = 1.0
 REGISTRY_TIMEOUT_S = 30.0
 
+ANALYSED = (Phase.PROGRESSING, Phase.SHADOWING, Phase.PAUSED)
+
 ROLLOUT_PHASE = metrics.gauge("rollout_phase", "1 for the current phase of the model's rollout", ["model", "phase"])
 CANDIDATE_WEIGHT = metrics.gauge("rollout_candidate_weight", "share of live traffic on the candidate", ["model"])
 ROLLBACKS = metrics.counter("rollout_rollbacks_total", "rollouts that ended rolled back", ["model"])
@@ -229,7 +231,7 @@ class Controller:
         now = time.time()
         spec = state.parsed_spec
         obs: dict[str, Any] = {}
-        if state.phase in (Phase.PROGRESSING, Phase.PAUSED) and now - self._last_analysis >= spec.interval_s:
+        if state.phase in ANALYSED and now - self._last_analysis >= spec.interval_s:
             self._last_analysis = now
             obs.update(self._analyse(state, spec, now))
         if state.phase == Phase.ROLLING_BACK:
@@ -247,10 +249,11 @@ class Controller:
 
     def _analyse(self, state: RolloutState, spec: RolloutSpec, now: float) -> dict[str, Any]:
         start_at = max(now - spec.interval_s, state.step_started_at)
-        verdict = evaluate(spec, aggregate(self.windows.since(start_at)))
+        mirrored = state.traffic.shadow == CANDIDATE   # shadow mode: the candidate is judged on its copies
+        verdict = evaluate(spec, aggregate(self.windows.since(start_at), include_shadow=mirrored))
         self.last_verdict = verdict
-        obs: dict[str, Any] = {"verdict": verdict,
-                               "step_requests": self.windows.requests_since(state.step_started_at, CANDIDATE)}
+        obs: dict[str, Any] = {"verdict": verdict, "step_requests": self.windows.requests_since(
+            state.step_started_at, CANDIDATE, shadow=mirrored)}
         if spec.mode == "ab" and spec.ab is not None and state.phase == Phase.PROGRESSING:
             since = self.windows.since(state.step_started_at)
             base, cand = samples(since, BASELINE, spec.ab.metric), samples(since, CANDIDATE, spec.ab.metric)
@@ -260,7 +263,7 @@ class Controller:
                 obs["ab_result"] = self.last_ab
         self.store.append_timeline(state.rollout_id, {
             "at": now, "phase": state.phase.value, "step": state.step_index, "epoch": state.traffic.epoch,
-            "weights": dict(state.traffic.weights), "status": verdict.status,
+            "weights": dict(state.traffic.weights), "shadow": state.traffic.shadow, "status": verdict.status,
             "variants": {v: {"requests": s.requests, "error_rate": s.error_rate, "p50_ms": s.p50_ms,
                              "p99_ms": s.p99_ms, "model_metrics": s.model_metrics}
                          for v, s in verdict.stats.items()},

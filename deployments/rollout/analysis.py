@@ -181,8 +181,9 @@ class WindowLog:
     def since(self, start: float, end: float | None = None) -> list[VariantWindow]:
         return [s.window for s in self._items if s.at >= start and (end is None or s.at < end)]
 
-    def requests_since(self, start: float, variant: str) -> int:
-        return sum(w.requests for w in self.since(start) if w.variant == variant and not w.shadow)
+    def requests_since(self, start: float, variant: str, shadow: bool = False) -> int:
+        """Live requests of ``variant`` since ``start``; with ``shadow``, its mirrored copies instead."""
+        return sum(w.requests for w in self.since(start) if w.variant == variant and w.shadow == shadow)
 
     def routers_quiet_on(self, variant: str, after: float, active_within_s: float, now: float) -> bool:
         """True when every router heard from recently has reported after ``after`` with no ``variant`` requests.

@@ -61,12 +61,20 @@ class ABSettings(_Strict):
         return self
 
 
+class ShadowSettings(_Strict):
+    """A dark launch: the candidate gets a mirrored copy of live traffic and is judged on it, serving no caller."""
+
+    passing_checks: int = Field(5, ge=1, description="passing analysis intervals of mirrored traffic to finish")
+    then: Literal["conclude", "canary"] = Field(
+        "conclude", description="conclude with a verdict (candidate would pass), or go on into the canary steps")
+
+
 class RolloutSpec(_Strict):
     name: str | None = None
     model: str = Field(min_length=1)
     baseline: str = "champion"
     candidate: str = Field(min_length=1)
-    mode: Literal["canary", "ab"] = "canary"
+    mode: Literal["canary", "ab", "shadow"] = "canary"
     steps: list[float] = Field(default_factory=lambda: [5.0, 25.0, 50.0, 100.0])
     interval_s: float = Field(5.0, ge=1.0)
     min_requests: int = Field(50, ge=1, description="candidate requests per step before it may advance")
@@ -75,6 +83,7 @@ class RolloutSpec(_Strict):
     keep_old_warm_s: float = Field(600.0, ge=0)
     stale_after_s: float = Field(120.0, gt=0, description="a restarted controller holds at baseline past this age")
     ab: ABSettings | None = None
+    shadow: ShadowSettings | None = None
 
     @field_validator("steps")
     @classmethod
@@ -93,8 +102,12 @@ class RolloutSpec(_Strict):
     def _mode_settings(self) -> RolloutSpec:
         if self.mode == "ab" and self.ab is None:
             self.ab = ABSettings()
-        if self.mode == "canary" and self.ab is not None:
+        if self.mode == "shadow" and self.shadow is None:
+            self.shadow = ShadowSettings()
+        if self.mode != "ab" and self.ab is not None:
             raise ValueError("'ab' settings need mode: ab")
+        if self.mode != "shadow" and self.shadow is not None:
+            raise ValueError("'shadow' settings need mode: shadow")
         if ref_key(self.baseline) == ref_key(self.candidate):
             raise ValueError("baseline and candidate must differ")
         for ref in (self.baseline, self.candidate):
@@ -104,7 +117,7 @@ class RolloutSpec(_Strict):
         return self
 
     def candidate_percent(self, step_index: int) -> float:
-        """Percent of traffic on the candidate at a step (A/B: the fixed split)."""
+        """Percent of live traffic on the candidate at a step (A/B: the fixed split; shadow: then its canary steps)."""
         if self.mode == "ab":
             assert self.ab is not None
             return self.ab.split

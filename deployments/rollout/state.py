@@ -3,9 +3,10 @@
 Phases::
 
     Pending → Progressing(step i) → Promoting → Succeeded
+    Pending → Shadowing → Concluded | Progressing(step 0)   (shadow mode: candidate judged on mirrored traffic)
     any active → RollingBack → RolledBack      (breach, abort, rollback)
-    Progressing/Pending/Promoting ⇄ Paused     (pause/resume; registry unreachable while promoting)
-    Progressing/Paused → Held                  (controller restarted after the state went stale: baseline only)
+    Progressing/Shadowing/Pending/Promoting ⇄ Paused   (pause/resume; registry unreachable while promoting)
+    Progressing/Shadowing/Paused → Held        (controller restarted after the state went stale: baseline only)
     Progressing (A/B) → Concluded              (significance test decided; traffic back to baseline)
 
 No clock, no I/O: time comes in ``Observation.now``, effects go out as actions
@@ -35,6 +36,7 @@ SYSTEM = "controller"
 class Phase(StrEnum):
     PENDING = "pending"
     PROGRESSING = "progressing"
+    SHADOWING = "shadowing"
     PAUSED = "paused"
     HELD = "held"
     PROMOTING = "promoting"
@@ -44,7 +46,8 @@ class Phase(StrEnum):
     CONCLUDED = "concluded"
 
 
-ACTIVE = frozenset({Phase.PENDING, Phase.PROGRESSING, Phase.PAUSED, Phase.HELD, Phase.PROMOTING, Phase.ROLLING_BACK})
+ACTIVE = frozenset({Phase.PENDING, Phase.PROGRESSING, Phase.SHADOWING, Phase.PAUSED, Phase.HELD, Phase.PROMOTING,
+                    Phase.ROLLING_BACK})
 TERMINAL = frozenset({Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.CONCLUDED})
 
 
@@ -59,6 +62,7 @@ class RolloutState:
     step_index: int = -1
     step_started_at: float = 0.0
     failed_checks: int = 0
+    passed_checks: int = 0           # shadow mode: passing intervals of mirrored traffic so far
     traffic: Traffic = field(default_factory=Traffic)
     paused_from: Phase | None = None
     reason: str = ""
@@ -103,7 +107,7 @@ class Observation:
 
     now: float
     verdict: Verdict | None = None
-    step_requests: int = 0                 # candidate requests since the step started
+    step_requests: int = 0                 # candidate requests since the step started (shadow: mirrored ones)
     traffic_settled: bool = False          # every router reported after the epoch with no candidate requests
     alias_result: str | None = None        # "ok" or an error line, right after a MoveAlias was tried
     registry_healthy: bool | None = None   # probed while paused for the registry
@@ -201,7 +205,33 @@ def _nothing(old: RolloutState, new: RolloutState, obs: Observation, actions: li
 
 
 def _tick_pending(old: RolloutState, new: RolloutState, obs: Observation, actions: list[Action]) -> None:
-    _enter_step(old, new, obs, 0, SYSTEM, "start", "first step", actions)
+    _enter_first(old, new, obs, SYSTEM, "start", "first step", actions)
+
+
+def _tick_shadowing(old: RolloutState, new: RolloutState, obs: Observation, actions: list[Action]) -> None:
+    """Judge the candidate on its mirrored copies; callers are served by the baseline throughout."""
+    spec = old.parsed_spec
+    assert spec.shadow is not None
+    if obs.verdict is None or obs.verdict.status == "insufficient":
+        return
+    if obs.verdict.status == "fail":
+        _count_failure(old, new, obs, actions)
+        return
+    new.passed_checks = old.passed_checks + 1
+    if new.passed_checks < spec.shadow.passing_checks or obs.step_requests < spec.min_requests:
+        return
+    reason = (f"shadow: {new.passed_checks} passing checks on {obs.step_requests} mirrored requests; "
+              f"the candidate would pass")
+    if spec.shadow.then == "canary":
+        _enter_step(old, new, obs, 0, SYSTEM, "analysis", reason + "; starting the canary steps", actions)
+        return
+    new.phase = Phase.CONCLUDED
+    new.reason = reason
+    new.decided_at = obs.now
+    _set_traffic(new, {BASELINE: 1.0}, actions)
+    new.decision = {"outcome": "shadow_passed", "at": obs.now, "epoch": new.traffic.epoch,
+                    "passed_checks": new.passed_checks, "mirrored_requests": obs.step_requests}
+    actions.append(RecordEvent(_event(old, new, obs.now, "analysis", SYSTEM, reason)))
 
 
 def _tick_progressing(old: RolloutState, new: RolloutState, obs: Observation, actions: list[Action]) -> None:
@@ -227,7 +257,8 @@ def _tick_progressing(old: RolloutState, new: RolloutState, obs: Observation, ac
 
 def _tick_paused(old: RolloutState, new: RolloutState, obs: Observation, actions: list[Action]) -> None:
     """Paused still watches the candidate: a breach rolls back. A registry pause retries when MLflow is back."""
-    if obs.verdict is not None and obs.verdict.status == "fail" and old.traffic.weights.get(CANDIDATE):
+    watched = old.traffic.weights.get(CANDIDATE) or old.traffic.shadow == CANDIDATE
+    if obs.verdict is not None and obs.verdict.status == "fail" and watched:
         _count_failure(old, new, obs, actions)
         return
     if old.paused_from == Phase.PROMOTING and obs.registry_healthy:
@@ -286,6 +317,7 @@ def _tick_succeeded(old: RolloutState, new: RolloutState, obs: Observation, acti
 _TICKS = {
     Phase.PENDING: _tick_pending,
     Phase.PROGRESSING: _tick_progressing,
+    Phase.SHADOWING: _tick_shadowing,
     Phase.PAUSED: _tick_paused,
     Phase.PROMOTING: _tick_promoting,
     Phase.ROLLING_BACK: _tick_rolling_back,
@@ -296,7 +328,7 @@ _TICKS = {
 # ---- commands -------------------------------------------------------------------------------------------------
 
 def _cmd_pause(old: RolloutState, new: RolloutState, obs: Observation, cmd: Command, actions: list[Action]) -> None:
-    _require(old, cmd, {Phase.PENDING, Phase.PROGRESSING, Phase.PROMOTING})
+    _require(old, cmd, {Phase.PENDING, Phase.PROGRESSING, Phase.SHADOWING, Phase.PROMOTING})
     new.phase = Phase.PAUSED
     new.paused_from = old.phase
     new.reason = cmd.reason or "paused"
@@ -309,14 +341,14 @@ def _cmd_resume(old: RolloutState, new: RolloutState, obs: Observation, cmd: Com
     new.paused_from = None
     if resume_to == Phase.PROMOTING:
         _enter_promoting(old, new, obs, cmd.actor, cmd.name, cmd.reason or "resumed", actions)
-    elif resume_to == Phase.PENDING or old.step_index < 0:
-        _enter_step(old, new, obs, 0, cmd.actor, cmd.name, cmd.reason or "resumed", actions)
+    elif resume_to in (Phase.PENDING, Phase.SHADOWING) or old.step_index < 0:
+        _enter_first(old, new, obs, cmd.actor, cmd.name, cmd.reason or "resumed", actions)
     else:
         _enter_step(old, new, obs, old.step_index, cmd.actor, cmd.name, cmd.reason or "resumed", actions)
 
 
 def _cmd_promote(old: RolloutState, new: RolloutState, obs: Observation, cmd: Command, actions: list[Action]) -> None:
-    _require(old, cmd, {Phase.PENDING, Phase.PROGRESSING, Phase.PAUSED, Phase.HELD})
+    _require(old, cmd, {Phase.PENDING, Phase.PROGRESSING, Phase.SHADOWING, Phase.PAUSED, Phase.HELD})
     if old.phase == Phase.PAUSED and old.paused_from == Phase.PROMOTING:
         _enter_promoting(old, new, obs, cmd.actor, cmd.name, cmd.reason or "manual promotion", actions)
         return
@@ -349,7 +381,7 @@ def _cmd_restart(old: RolloutState, new: RolloutState, obs: Observation, cmd: Co
     """The controller came back: restore what was persisted, or hold at baseline when it is too old to trust."""
     age = obs.now - old.updated_at
     spec = old.parsed_spec
-    if old.phase in (Phase.PROGRESSING, Phase.PENDING, Phase.PAUSED) and age > spec.stale_after_s:
+    if old.phase in (Phase.PROGRESSING, Phase.SHADOWING, Phase.PENDING, Phase.PAUSED) and age > spec.stale_after_s:
         new.phase = Phase.HELD
         new.paused_from = None
         new.reason = (f"controller was away {age:.0f}s (> {spec.stale_after_s:g}s); holding at baseline "
@@ -360,8 +392,8 @@ def _cmd_restart(old: RolloutState, new: RolloutState, obs: Observation, cmd: Co
     if old.phase in TERMINAL and old.phase != Phase.SUCCEEDED:
         _set_traffic(new, {BASELINE: 1.0}, actions)
     else:
-        _set_traffic(new, dict(old.traffic.weights), actions)
-    if old.phase == Phase.PROGRESSING:
+        _set_traffic(new, dict(old.traffic.weights), actions, shadow=old.traffic.shadow)
+    if old.phase in (Phase.PROGRESSING, Phase.SHADOWING):
         new.step_started_at = obs.now   # requests counted before the restart are gone with the old process
     actions.append(RecordEvent(_event(old, new, obs.now, "restart", cmd.actor,
                                       f"controller restarted; resuming {old.phase.value}", away_s=age)))
@@ -391,9 +423,31 @@ def _require(old: RolloutState, cmd: Command, phases: set[Phase] | frozenset[Pha
                            f"(allowed when {allowed})")
 
 
-def _set_traffic(new: RolloutState, weights: dict[str, float], actions: list[Action]) -> None:
-    new.traffic = Traffic(weights=weights, shadow=None, epoch=new.traffic.epoch + 1, rollout_id=new.rollout_id)
+def _set_traffic(new: RolloutState, weights: dict[str, float], actions: list[Action],
+                 shadow: str | None = None) -> None:
+    new.traffic = Traffic(weights=weights, shadow=shadow, epoch=new.traffic.epoch + 1, rollout_id=new.rollout_id)
     actions.append(SetTraffic(copy.deepcopy(new.traffic)))
+
+
+def _enter_first(old: RolloutState, new: RolloutState, obs: Observation, actor: str, command: str,
+                 reason: str, actions: list[Action]) -> None:
+    """Where a rollout begins (and resumes from before its first step): shadowing in shadow mode, else step 0."""
+    if old.parsed_spec.mode == "shadow" and old.step_index < 0:
+        _enter_shadow(old, new, obs, actor, command, reason, actions)
+    else:
+        _enter_step(old, new, obs, 0, actor, command, reason, actions)
+
+
+def _enter_shadow(old: RolloutState, new: RolloutState, obs: Observation, actor: str, command: str,
+                  reason: str, actions: list[Action]) -> None:
+    """All callers on the baseline, a mirrored copy of every request to the candidate."""
+    new.phase = Phase.SHADOWING
+    new.step_started_at = obs.now
+    new.failed_checks = 0
+    new.passed_checks = 0
+    new.reason = f"{reason}: mirroring live traffic to the candidate, serving callers from the baseline"
+    _set_traffic(new, {BASELINE: 1.0}, actions, shadow=CANDIDATE)
+    actions.append(RecordEvent(_event(old, new, obs.now, command, actor, new.reason)))
 
 
 def _enter_step(old: RolloutState, new: RolloutState, obs: Observation, index: int, actor: str, command: str,

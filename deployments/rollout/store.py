@@ -31,6 +31,7 @@ class RolloutStore:
         if not _SAFE.match(model):
             raise RolloutError(f"model name {model!r} is not usable as a directory name", 400)
         self.root = Path(state_dir) / "rollouts" / model
+        _adopt_legacy(Path(state_dir) / "rollouts" / "rollouts" / model, self.root)
         self.root.mkdir(parents=True, exist_ok=True)
 
     def _dir(self, rollout_id: str) -> Path:
@@ -86,6 +87,12 @@ class RolloutStore:
         state = self.load(rollout_id)
         assert state is not None
         return {"state": state.to_dict(), "events": self.events(rollout_id), "timeline": self.timeline(rollout_id)}
+
+
+def _adopt_legacy(legacy: Path, root: Path) -> None:
+    """Earlier releases passed ``<state_dir>/rollouts`` as the state dir: move their history to the one path."""
+    if legacy.is_dir() and not root.exists():
+        legacy.rename(root)
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -40,19 +40,21 @@ def spec_for(name: str, **kw):
 
 
 async def serve_load(ctl: Controller, candidate_failure: float, stop: asyncio.Event, served: list) -> None:
-    """Route 40 requests per report by the controller's weights and report them, like a router does."""
+    """Route 40 requests per report by the controller's weights (and mirror them to its shadow variant) and
+    report them, like a router does. ``served`` gets (epoch, variant) of what callers were answered by."""
     rng = random.Random(0)
     while not stop.is_set():
         traffic = await ctl.traffic()
-        counts = {BASELINE: [0, 0], CANDIDATE: [0, 0]}
+        counts = {(v, shadow): [0, 0] for v in (BASELINE, CANDIDATE) for shadow in (False, True)}
         for _ in range(40):
             variant = rng.choices(list(traffic["weights"]), weights=list(traffic["weights"].values()))[0]
-            failed = variant == CANDIDATE and rng.random() < candidate_failure
-            counts[variant][0] += 1
-            counts[variant][1] += failed
             served.append((traffic["epoch"], variant))
-        windows = [VariantWindow(v, "1" if v == BASELINE else "2", n, 0, e, [5.0] * n).to_dict()
-                   for v, (n, e) in counts.items() if n]
+            copies = [(variant, False)] + ([(traffic["shadow"], True)] if traffic["shadow"] else [])
+            for target, shadow in copies:
+                counts[(target, shadow)][0] += 1
+                counts[(target, shadow)][1] += target == CANDIDATE and rng.random() < candidate_failure
+        windows = [VariantWindow(v, "1" if v == BASELINE else "2", n, 0, e, [5.0] * n, shadow=shadow).to_dict()
+                   for (v, shadow), (n, e) in counts.items() if n]
         await ctl.report("router-a", windows)
         await asyncio.sleep(REPORT_INTERVAL_S)
 
@@ -106,6 +108,38 @@ def test_a_failing_candidate_is_rolled_back_and_gets_no_traffic_after_the_decisi
     assert "error rate" in decision["reason"]
     assert not [e for e, v in served if e >= decision["epoch"] and v == CANDIDATE]
     assert reg.by_alias(name, "champion").version == "1"
+
+
+def test_a_healthy_candidate_in_shadow_concludes_on_mirrored_traffic_alone_and_the_alias_stays(tmp_path, model):
+    name, reg = model
+
+    async def scenario():
+        ctl = Controller(tmp_path, name, reg.tracking_uri)
+        spec = spec_for(name, mode="shadow", shadow={"passing_checks": 2})
+        served = await run_rollout(ctl, spec, 0.0, {"concluded", "rolled_back"})
+        return ctl, served
+
+    ctl, served = asyncio.run(scenario())
+    assert ctl.state.phase.value == "concluded" and ctl.state.decision["outcome"] == "shadow_passed"
+    assert {v for _, v in served} == {BASELINE}
+    assert ctl.store.timeline(ctl.state.rollout_id)[-1]["variants"]["candidate"]["requests"] > 0
+    assert reg.by_alias(name, "champion").version == "1"
+
+
+def test_a_shadow_run_that_passes_can_go_on_into_the_canary_steps_and_promote(tmp_path, model):
+    name, reg = model
+
+    async def scenario():
+        ctl = Controller(tmp_path, name, reg.tracking_uri)
+        spec = spec_for(name, mode="shadow", steps=[50, 100], shadow={"passing_checks": 1, "then": "canary"})
+        await run_rollout(ctl, spec, 0.0, {"succeeded", "rolled_back", "concluded"})
+        return ctl
+
+    ctl = asyncio.run(scenario())
+    assert ctl.state.phase.value == "succeeded"
+    phases = [e["to"] for e in ctl.store.events(ctl.state.rollout_id)]
+    assert phases.index("shadowing") < phases.index("progressing")
+    assert reg.by_alias(name, "champion").version == "2"
 
 
 def test_a_restarted_controller_resumes_the_persisted_step_with_a_newer_epoch(tmp_path, model):

@@ -42,6 +42,15 @@ def test_ab_test_must_fit_the_metric():
     assert make_spec(mode="ab", ab={"metric": "latency_ms", "test": "mann_whitney"}).ab.test == "mann_whitney"
 
 
+def test_shadow_mode_defaults_to_concluding_and_its_settings_need_the_mode():
+    spec = make_spec(mode="shadow")
+    assert spec.shadow.then == "conclude" and spec.shadow.passing_checks >= 1
+    with pytest.raises(SpecError, match="need mode: shadow"):
+        make_spec(shadow={"then": "canary"})
+    with pytest.raises(SpecError, match=r"shadow\.then"):
+        make_spec(mode="shadow", shadow={"then": "promote"})
+
+
 def test_references_resolve_to_registry_uris():
     assert ref_uri("iris", "champion") == "models:/iris@champion"
     assert ref_uri("iris", "@challenger") == "models:/iris@challenger"

@@ -307,3 +307,88 @@ def test_ab_mode_promotes_a_significant_winner_when_asked_to():
     new, actions = transition(progressing(spec), Observation(now=105.0, verdict=verdict(spec),
                                                              ab_result=two_proportion(80, 100, 97, 100)))
     assert new.phase == Phase.PROMOTING and MoveAlias("iris", CHAMPION, "2") in actions
+
+
+# ---- shadow mode ----------------------------------------------------------------------------------------------
+
+def shadow_spec(**shadow):
+    return make_spec(mode="shadow", shadow={"passing_checks": 2, **shadow})
+
+
+def live_candidate_shares(actions):
+    return [a.traffic.weights.get(CANDIDATE, 0.0) for a in actions if isinstance(a, SetTraffic)]
+
+
+def passing(spec, state, now, requests=25):
+    return transition(state, Observation(now=now, verdict=verdict(spec), step_requests=requests))
+
+
+def test_shadow_mode_starts_by_mirroring_traffic_to_the_candidate_while_callers_stay_on_the_baseline():
+    state, actions = transition(started(shadow_spec()), Observation(now=101.0))
+    assert state.phase == Phase.SHADOWING and state.step_index == -1
+    assert traffic_of(actions).weights == {BASELINE: 1.0} and traffic_of(actions).shadow == CANDIDATE
+
+
+def test_shadow_mode_concludes_after_enough_passing_checks_saying_the_candidate_would_pass():
+    spec = shadow_spec()
+    once, first = passing(spec, progressing(spec), 101.5)
+    assert once.phase == Phase.SHADOWING and once.passed_checks == 1 and first == []
+    done, actions = passing(spec, once, 102.5)
+    assert done.phase == Phase.CONCLUDED and done.decision["outcome"] == "shadow_passed"
+    assert "would pass" in done.reason and done.decision["mirrored_requests"] == 25
+    assert traffic_of(actions).weights == {BASELINE: 1.0} and traffic_of(actions).shadow is None
+    assert not any(isinstance(a, MoveAlias) for a in actions)
+
+
+def test_shadow_mode_needs_min_requests_of_mirrored_traffic_as_well_as_the_passing_checks():
+    spec = shadow_spec(passing_checks=1)
+    new, actions = passing(spec, progressing(spec), 101.5, requests=spec.min_requests - 1)
+    assert new.phase == Phase.SHADOWING and actions == []
+
+
+def test_shadow_mode_can_go_on_into_the_canary_steps_without_the_mirror():
+    spec = shadow_spec(passing_checks=1, then="canary")
+    new, actions = passing(spec, progressing(spec), 101.5)
+    assert new.phase == Phase.PROGRESSING and new.step_index == 0
+    assert traffic_of(actions).weights == {BASELINE: 0.75, CANDIDATE: 0.25} and traffic_of(actions).shadow is None
+
+
+def test_a_breach_in_shadow_ends_the_run_failed_and_the_candidate_never_served_a_caller():
+    spec = shadow_spec()
+    state, actions = transition(started(spec), Observation(now=100.0))
+    seen = list(actions)
+    for now in (101.5, 102.5):
+        state, actions = transition(state, Observation(now=now, verdict=verdict(spec, cand_errors=20)))
+        seen += actions
+    assert state.phase == Phase.ROLLING_BACK and "error rate" in state.decision["reason"]
+    assert traffic_of(actions).shadow is None
+    state, actions = transition(state, Observation(now=103.0, traffic_settled=True))
+    assert state.phase == Phase.ROLLED_BACK
+    assert set(live_candidate_shares(seen + actions)) == {0.0}
+
+
+def test_pause_in_shadow_keeps_the_mirror_a_breach_still_rolls_back_and_resume_returns_to_shadowing():
+    spec = make_spec(mode="shadow", failed_checks_before_rollback=1, shadow={"passing_checks": 2})
+    paused, actions = transition(progressing(spec), Observation(now=101.0), Command("pause", "alice"))
+    assert paused.phase == Phase.PAUSED and paused.traffic.shadow == CANDIDATE and actions and not traffic_of(actions)
+    resumed, actions = transition(paused, Observation(now=102.0), Command("resume", "alice"))
+    assert resumed.phase == Phase.SHADOWING and traffic_of(actions).shadow == CANDIDATE
+    failed, _ = transition(paused, Observation(now=102.0, verdict=verdict(spec, cand_errors=20)))
+    assert failed.phase == Phase.ROLLING_BACK
+
+
+def test_promote_in_shadow_moves_into_the_first_canary_step():
+    spec = shadow_spec()
+    new, actions = transition(progressing(spec), Observation(now=101.0), Command("promote", "alice"))
+    assert new.phase == Phase.PROGRESSING and traffic_of(actions).weights == {BASELINE: 0.75, CANDIDATE: 0.25}
+
+
+def test_a_restarted_controller_restores_the_mirror_or_holds_and_then_resumes_shadowing():
+    spec = shadow_spec()
+    state = progressing(spec)
+    back, actions = transition(state, Observation(now=110.0), Command("restart"))
+    assert back.phase == Phase.SHADOWING and traffic_of(actions).shadow == CANDIDATE
+    held, actions = transition(state, Observation(now=100.0 + spec.stale_after_s + 1), Command("restart"))
+    assert held.phase == Phase.HELD and traffic_of(actions).shadow is None
+    resumed, actions = transition(held, Observation(now=300.0), Command("resume", "alice"))
+    assert resumed.phase == Phase.SHADOWING and traffic_of(actions).weights == {BASELINE: 1.0}

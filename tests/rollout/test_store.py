@@ -52,3 +52,21 @@ def test_no_rollout_yet_loads_none_and_unknown_ids_are_404(tmp_path):
 def test_path_traversal_in_ids_is_refused(tmp_path):
     with pytest.raises(RolloutError):
         RolloutStore(tmp_path, "iris").load("../../etc")
+
+
+def test_rollouts_of_the_serving_app_persist_in_one_folder_per_model_under_the_state_dir(tmp_path):
+    """`rayline serve deploy`, the demo and `canary start` build the app config the same way."""
+    from cluster.serving import app_config
+    from cluster.settings import load_settings
+
+    settings = load_settings(state_dir=tmp_path)
+    cfg = app_config(settings, "iris")
+    assert RolloutStore(cfg.state_dir, "iris").root == settings.state_dir.absolute() / "rollouts" / "iris"
+
+
+def test_history_left_in_the_old_doubled_folder_is_moved_to_the_one_folder(tmp_path):
+    state = progressing()
+    RolloutStore(tmp_path / "rollouts", "iris").save(state)   # what earlier releases wrote
+    store = RolloutStore(tmp_path, "iris")
+    assert store.root == tmp_path / "rollouts" / "iris" and store.load().rollout_id == state.rollout_id
+    assert not (tmp_path / "rollouts" / "rollouts").joinpath("iris").exists()
