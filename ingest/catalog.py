@@ -4,7 +4,8 @@ A run writes into a hidden staging directory, names the version by the hash of w
 then publishes with one ``rename`` (atomic on a POSIX filesystem) and moves ``LATEST`` with an
 atomic replace. Readers only ever see directories that have a ``manifest.json`` (written last,
 before the rename); a killed run leaves only a ``.staging-*`` directory, which readers ignore
-and the next run removes.
+and the next run removes. A run that fails because the disk is full or read-only removes its
+staging directory and raises :class:`StorageError`, one line that says the latest is untouched.
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ import json
 import os
 import shutil
 import uuid
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from ingest.errors import DatasetNotFound
+from ingest.errors import DatasetNotFound, StorageError
+from ingest.storage import describe, remedy, storage_errors
 
 if TYPE_CHECKING:
     import ray.data
@@ -126,8 +129,22 @@ class Catalog:
 
     # -- writing (used by the pipeline) ------------------------------------------------------
 
+    def writing(self, name: str) -> AbstractContextManager[None]:
+        """Around a run: a full or read-only filesystem becomes one StorageError line."""
+        return storage_errors(self.dataset_dir(name), lambda problem: self._write_error(name, problem))
+
+    def _write_error(self, name: str, problem: str) -> StorageError:
+        latest = self.latest_version(name) if self.dataset_dir(name).is_dir() else None
+        kept = f"latest is still {latest}" if latest else "the dataset has no version yet"
+        return StorageError(f"dataset {name!r}: cannot write a new version under {self.root}: "
+                            f"{describe(problem, self.dataset_dir(name))}; nothing was published ({kept}) — "
+                            f"{remedy(problem)}, or point --root / RAYLINE_DATASETS_ROOT at another disk")
+
     def stage(self, name: str) -> Path:
-        """A fresh private directory for one run; stale ones of dead runs are removed first."""
+        """A fresh private directory for one run; stale ones of dead runs are removed first.
+
+        Made before the expensive passes, so a read-only catalog fails at once (under ``writing``).
+        """
         directory = self.dataset_dir(name)
         directory.mkdir(parents=True, exist_ok=True)
         self.clean_stale(name)
@@ -145,16 +162,25 @@ class Catalog:
         return removed
 
     def publish(self, name: str, staging: Path, version: str, manifest: dict[str, Any]) -> DatasetVersion:
-        """Manifest last into staging, then one rename; an identical version already there is reused."""
+        """Manifest last into staging, then one rename; an identical version already there is reused.
+
+        The new LATEST is written aside before the rename, so once the version is in place only
+        renames remain: a disk that fills up cannot leave a published version LATEST misses.
+        """
         target = self.dataset_dir(name) / version
-        if (target / MANIFEST).is_file():
-            shutil.rmtree(staging, ignore_errors=True)
-            existing = self.get(name, version)
-        else:
-            _write_json(staging / MANIFEST, manifest)
-            os.replace(staging, target) if not target.exists() else _replace_dir(staging, target)
-            existing = DatasetVersion(name, version, str(target), manifest)
-        _write_json(self.dataset_dir(name) / LATEST, {"version": version})
+        pointer = _write_json_aside(self.dataset_dir(name) / LATEST, {"version": version})
+        try:
+            if (target / MANIFEST).is_file():
+                shutil.rmtree(staging, ignore_errors=True)
+                existing = self.get(name, version)
+            else:
+                _write_json(staging / MANIFEST, manifest)
+                os.replace(staging, target) if not target.exists() else _replace_dir(staging, target)
+                existing = DatasetVersion(name, version, str(target), manifest)
+        except BaseException:
+            pointer.unlink(missing_ok=True)
+            raise
+        os.replace(pointer, self.dataset_dir(name) / LATEST)
         return existing
 
 
@@ -165,12 +191,21 @@ def _replace_dir(staging: Path, target: Path) -> None:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
+    os.replace(_write_json_aside(path, data), path)
+
+
+def _write_json_aside(path: Path, data: dict[str, Any]) -> Path:
+    """``data`` written and synced to a hidden sibling of ``path`` (removed if the write fails)."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True, default=str)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(data, fh, indent=2, sort_keys=True, default=str)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
 
 
 def _alive(pid: int) -> bool:

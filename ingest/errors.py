@@ -29,3 +29,7 @@ class DatasetNotFound(IngestError):
 
 class AccountingError(IngestError):
     """rows_in != rows_out + rows_quarantined + rows_deduplicated: a bug, never published."""
+
+
+class StorageError(IngestError):
+    """The catalog's filesystem refused a write: it is full or read-only."""

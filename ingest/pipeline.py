@@ -32,6 +32,7 @@ from ingest.profile import Profiler
 from ingest.progress import Progress
 from ingest.rules import CHECK, COLUMN, FFILL_PREFIX, ROW, RULE, check_columns, validate
 from ingest.sources import SOURCE_COLUMN, SourceFile, resolve, scan, source_error, source_schema
+from ingest.storage import storage_problem
 
 BUCKET_BYTES = {"csv": 64 * 1024**2, "ndjson": 64 * 1024**2, "parquet": 16 * 1024**2}
 BUCKET = "_bucket"
@@ -53,12 +54,13 @@ def run_ingest(source: str | list[str], contract: str | Path | Contract, dataset
     schema = source_schema(lf, files)
     check_columns(spec, schema, files[0].path if len(files) == 1 else f"{len(files)} source files")
     parent = _parent(catalog, dataset)
-    staging = catalog.stage(dataset)
-    try:
-        version = _run(lf, schema, files, spec, dataset, catalog, staging, parent, progress)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with catalog.writing(dataset):  # a full or read-only disk: one line, after the cleanup below
+        staging = catalog.stage(dataset)
+        try:
+            version = _run(lf, schema, files, spec, dataset, catalog, staging, parent, progress)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     if log_to_mlflow:
         from ingest.lineage import log_ingest_run
 
@@ -211,6 +213,8 @@ def _validate(lf: pl.LazyFrame, schema: pl.Schema, files: list[SourceFile], spec
     try:
         results = pl.collect_all([target, rejected], engine="streaming")
     except (pl.exceptions.PolarsError, OSError) as exc:
+        if storage_problem(exc, work) is not None:
+            raise  # our own disk, not the source: Catalog.writing says so
         raise source_error([f.path for f in files], exc) from None
     parts: list[tuple[int, Bucket]] = [(0, results[0])] if in_memory else _bucket_files(work / "valid", buckets)
     stats = [_lazy([p]).select(pl.len().alias("n"), pl.col(ROW).max().alias("last")) for _, p in parts]
