@@ -12,7 +12,8 @@ Each rank writes into a fresh temporary directory and hands it to ``ray.train.re
 which uploads it and registers the checkpoint only once every rank reported. On load,
 every rank's manifest must be present and every digest must match, so a checkpoint
 interrupted mid-save (or damaged later) is refused with :class:`CheckpointError` instead
-of loading wrong.
+of loading wrong. A save that fails because the disk is full or read-only raises a
+one-line :class:`CheckpointError` saying so; the checkpoints saved before stay as they were.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import os
 import random
 import shutil
 import tempfile
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,9 +33,11 @@ import numpy as np
 import torch
 
 from cluster.errors import RaylineError
+from ingest.storage import describe, remedy, storage_errors
 
 STATE_FILE = "train_state.json"
 EXTRAS_FILE = "extras.pt"
+CHECKPOINT_PREFIX = "checkpoint_step"
 
 
 class CheckpointError(RaylineError):
@@ -86,20 +90,36 @@ def _digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def checkpoint_dir_name(step: int) -> str:
+    """Zero-padded, so the names sort in step order."""
+    return f"{CHECKPOINT_PREFIX}{step:08d}"
+
+
+def _storage(directory: Path) -> AbstractContextManager[None]:
+    """A full or read-only disk under ``directory`` as one CheckpointError line."""
+    def error(problem: str) -> CheckpointError:
+        return CheckpointError(f"checkpoint save to {directory} failed: {describe(problem, directory)}; "
+                               f"the previous checkpoint is kept — {remedy(problem)}, or point "
+                               f"checkpoints_root / TMPDIR at another disk")
+
+    return storage_errors(directory, error)
+
+
 def write_rank_files(directory: Path, rank: int, strategy: Any, state: TrainState,
                      extras: dict[str, Stateful]) -> None:
     """Write rank ``rank``'s part of a checkpoint into ``directory``, manifest last."""
-    names = list(strategy.save(directory, rank))
-    if rank == 0:
-        (directory / STATE_FILE).write_text(json.dumps(asdict(state)))
-        torch.save({k: v.state_dict() for k, v in extras.items()}, directory / EXTRAS_FILE)
-        names += [STATE_FILE, EXTRAS_FILE]
-    torch.save(rng_state(), directory / rng_file(rank))
-    names.append(rng_file(rank))
-    manifest = {name: _digest(directory / name) for name in names}
-    tmp = directory / f".{manifest_file(rank)}.tmp"
-    tmp.write_text(json.dumps(manifest, sort_keys=True))
-    os.replace(tmp, directory / manifest_file(rank))
+    with _storage(directory):
+        names = list(strategy.save(directory, rank))
+        if rank == 0:
+            (directory / STATE_FILE).write_text(json.dumps(asdict(state)))
+            torch.save({k: v.state_dict() for k, v in extras.items()}, directory / EXTRAS_FILE)
+            names += [STATE_FILE, EXTRAS_FILE]
+        torch.save(rng_state(), directory / rng_file(rank))
+        names.append(rng_file(rank))
+        manifest = {name: _digest(directory / name) for name in names}
+        tmp = directory / f".{manifest_file(rank)}.tmp"
+        tmp.write_text(json.dumps(manifest, sort_keys=True))
+        os.replace(tmp, directory / manifest_file(rank))
 
 
 def verify(directory: Path) -> TrainState:
@@ -107,7 +127,10 @@ def verify(directory: Path) -> TrainState:
     state_path = directory / STATE_FILE
     if not state_path.is_file():
         raise CheckpointError(f"checkpoint {directory} has no {STATE_FILE}: incomplete")
-    state = TrainState(**json.loads(state_path.read_text()))
+    try:  # a save cut short by a full disk can leave it empty or truncated
+        state = TrainState(**json.loads(state_path.read_text()))
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint {directory}: {STATE_FILE} is unreadable ({exc}): incomplete") from None
     for rank in range(state.world_size):
         manifest_path = directory / manifest_file(rank)
         if not manifest_path.is_file():
@@ -117,6 +140,21 @@ def verify(directory: Path) -> TrainState:
             if not path.is_file() or _digest(path) != digest:
                 raise CheckpointError(f"checkpoint {directory}: {name} is missing or does not match its digest")
     return state
+
+
+def latest_complete(run_dir: Path) -> Path | None:
+    """The newest checkpoint of a run that verifies, for restores outside Ray Train (inspection, export).
+
+    Ray Train registers a checkpoint only once every rank's upload finished; on disk, a save cut
+    short (full disk, killed node) leaves a directory without its manifests, which is skipped here.
+    """
+    for directory in sorted(Path(run_dir).glob(f"{CHECKPOINT_PREFIX}*"), reverse=True):
+        try:
+            verify(directory)
+        except CheckpointError:
+            continue
+        return directory
+    return None
 
 
 def read_state(directory: Path, rank: int, strategy: Any, extras: dict[str, Stateful]) -> TrainState:
@@ -143,11 +181,12 @@ class Checkpointer:
         import ray.train
 
         state.world_size = self.world_size
-        staging = Path(tempfile.mkdtemp(prefix="rayline-ckpt-"))
+        with _storage(Path(tempfile.gettempdir())):
+            staging = Path(tempfile.mkdtemp(prefix="rayline-ckpt-"))
         try:
             write_rank_files(staging, self.rank, strategy, state, extras)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(staging)),
-                             checkpoint_dir_name=f"checkpoint_step{state.step:08d}")
+                             checkpoint_dir_name=checkpoint_dir_name(state.step))
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
