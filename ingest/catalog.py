@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from cluster.storage import describe, remedy, storage_errors
 from ingest.errors import DatasetNotFound, StorageError
-from ingest.storage import describe, remedy, storage_errors
 
 if TYPE_CHECKING:
     import ray.data

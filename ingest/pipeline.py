@@ -24,6 +24,7 @@ from typing import Any
 import polars as pl
 
 from cluster.settings import Settings, load_settings
+from cluster.storage import storage_problem
 from ingest import cleaning, drift, quarantine
 from ingest.catalog import Catalog, DatasetVersion
 from ingest.contract import Contract, load_contract
@@ -32,7 +33,6 @@ from ingest.profile import Profiler
 from ingest.progress import Progress
 from ingest.rules import CHECK, COLUMN, FFILL_PREFIX, ROW, RULE, check_columns, validate
 from ingest.sources import SOURCE_COLUMN, SourceFile, resolve, scan, source_error, source_schema
-from ingest.storage import storage_problem
 
 BUCKET_BYTES = {"csv": 64 * 1024**2, "ndjson": 64 * 1024**2, "parquet": 16 * 1024**2}
 BUCKET = "_bucket"

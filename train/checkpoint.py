@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from cluster.errors import RaylineError
-from ingest.storage import describe, remedy, storage_errors
+from cluster.storage import describe, remedy, storage_errors
 
 STATE_FILE = "train_state.json"
 EXTRAS_FILE = "extras.pt"

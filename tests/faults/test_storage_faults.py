@@ -25,8 +25,8 @@ import pytest
 import torch
 import yaml
 
+from cluster.storage import space
 from ingest.catalog import Catalog
-from ingest.storage import space
 from tests.faults.figures import record
 from tests.ingest.conftest import contract, table, write_csv
 from tests.train.test_checkpoint import _save, _trained
