@@ -21,6 +21,7 @@ from ray import serve
 
 from cluster import metrics
 from cluster.errors import RegistryError
+from cluster.logs import configure_logging
 from deployments.contracts import BASELINE, CANDIDATE, TRAFFIC_POLL_S, Traffic, VariantWindow
 from deployments.rollout.analysis import Verdict, WindowLog, aggregate, evaluate, samples
 from deployments.rollout.errors import RolloutError
@@ -356,6 +357,7 @@ class RolloutController(Controller):
 
     def __init__(self, state_dir: str, model_name: str, tracking_uri: str | None = None,
                  versions: dict[str, str] | None = None) -> None:
+        configure_logging("rollout-controller", fmt="json")   # audit lines reach the replica's Serve log file
         super().__init__(state_dir, model_name, tracking_uri, versions)
         with contextlib.suppress(RuntimeError):   # no running loop yet: the first router poll starts it
             self._ensure_loop()

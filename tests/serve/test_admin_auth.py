@@ -1,8 +1,15 @@
-"""The admin API: bearer token required (401 JSON otherwise), errors as JSON 4xx, commands audited."""
+"""The admin API: bearer token required (401 JSON otherwise), errors as JSON 4xx; the predict token when set."""
 
 from __future__ import annotations
 
+import os
+import uuid
+
 import pytest
+
+from tests.serve.helpers import ADMIN_TOKEN, deploy_app, instance
+
+PREDICT_TOKEN = "test-predict-token"
 
 ADMIN_CALLS = [("GET", "/admin/rollout"), ("GET", "/admin/rollout/history"), ("GET", "/admin/traffic"),
                ("POST", "/admin/rollout/pause"), ("POST", "/admin/rollout/abort"), ("PUT", "/admin/traffic")]
@@ -35,3 +42,34 @@ def test_controller_refusals_and_bad_requests_are_json_4xx(static_app):
     assert unknown.status_code == 404
     bad = static_app.admin("PUT", "/admin/traffic", json={"weights": {"nope": 1}})
     assert bad.status_code == 400 and "unknown variants" in bad.json()["error"]["message"]
+
+
+@pytest.fixture(scope="module")
+def locked_app(serve_url, settings, registered_model):
+    """The baseline alone, with predict locked by a token read (at deploy time) from the env var the config names."""
+    from ray import serve
+
+    env = f"RAYLINE_TEST_PREDICT_TOKEN_{uuid.uuid4().hex[:6].upper()}"
+    os.environ[env] = PREDICT_TOKEN
+    try:
+        app = deploy_app(serve_url, settings, registered_model, app_name="locked", candidate=None,
+                         controller=False, predict_token_env=env)
+    finally:
+        del os.environ[env]
+    yield app
+    app.client.close()
+    serve.delete(app.name)
+
+
+def test_a_predict_token_locks_predict_to_that_token_alone(locked_app):
+    def predict(token):
+        return locked_app.predict([instance()], headers={"Authorization": f"Bearer {token}"} if token else None)
+
+    for token in (None, "wrong-token", ADMIN_TOKEN):
+        refused = predict(token)
+        assert refused.status_code == 401, (token, refused.text)
+        assert refused.json()["error"]["field"] == "authorization"
+        assert refused.headers["www-authenticate"] == "Bearer"
+    allowed = predict(PREDICT_TOKEN)
+    assert allowed.status_code == 200 and len(allowed.json()["predictions"]) == 1
+    assert locked_app.admin("GET", "/admin/traffic", token=PREDICT_TOKEN).status_code == 401

@@ -1,0 +1,61 @@
+"""Admin calls leave audit lines (who, what, why, status, trace id) in the router replica's Serve log file.
+
+That file (``<session>/logs/serve/replica_<app>_router_<id>.log``) is where an operator reads a
+deployment's logs; the lines are JSON, so ``grep '"audit": true'`` or ``jq`` finds them.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+from cluster.processes import wait_until
+from tests.serve.helpers import ADMIN_TOKEN, ServeApp
+
+
+def session_logs() -> Path:
+    """The running Ray session's log folder (``/tmp/ray/session_latest/logs`` for a default head)."""
+    import ray._private.worker as worker  # no public API names the local node's log folder
+
+    return Path(worker._global_node.get_logs_dir_path())
+
+
+def serve_log_records(app: str, deployment: str) -> list[dict[str, Any]]:
+    """The JSON lines in the Serve log files of ``deployment``'s replicas in ``app``."""
+    records = []
+    for path in (session_logs() / "serve").glob(f"replica_{app}_{deployment}_*.log"):
+        for line in path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                records.append(json.loads(line))
+    return records
+
+
+def audit_line(app: ServeApp, trace_id: str) -> dict[str, Any] | None:
+    found = [r for r in serve_log_records(app.name, "router") if r.get("audit") and r.get("trace_id") == trace_id]
+    return found[0] if found else None
+
+
+def admin_call(app: ServeApp, body: dict[str, Any], token: str | None) -> str:
+    """PUT /admin/traffic with a fresh W3C trace id; returns that id."""
+    trace_id = uuid.uuid4().hex
+    headers = {"traceparent": f"00-{trace_id}-{'1' * 16}-01"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    response = app.client.put(f"{app.url}/admin/traffic", json=body, headers=headers)
+    assert response.headers["x-rayline-trace-id"] == trace_id
+    return trace_id
+
+
+def test_a_state_change_and_a_refused_call_are_audited_with_who_what_why_status_and_trace_id(static_app):
+    changed = admin_call(static_app, {"weights": {"baseline": 1.0}, "actor": "alice", "reason": "ticket 7"},
+                         ADMIN_TOKEN)
+    refused = admin_call(static_app, {"weights": {"candidate": 1.0}, "actor": "mallory", "reason": "sneaky"},
+                         "wrong-token")
+    assert wait_until(lambda: audit_line(static_app, changed) and audit_line(static_app, refused), timeout_s=30)
+    ok, denied = audit_line(static_app, changed), audit_line(static_app, refused)
+    assert (ok["actor"], ok["command"], ok["reason"], ok["status"]) == ("alice", "set_traffic", "ticket 7", 200)
+    assert (denied["actor"], denied["command"], denied["status"]) == ("anonymous", "set_traffic", 401)
+    assert denied["reason"] == "sneaky"   # what was claimed is kept; the actor is not trusted without the token
+    assert static_app.admin("GET", "/admin/traffic").json()["weights"] == {"baseline": 1.0}
