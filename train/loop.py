@@ -74,7 +74,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                            seed=cfg.seed, device=device)
     fault = FaultPlan(**loop_config.get("fault", {}))
     logger = StepLogger(loop_config.get("tracking"), every=cfg.log_every) if rank == 0 else None
-    stats = _AttemptStats()
+    stats = _AttemptStats(resumed_from=state.step)
 
     def checkpoint() -> None:
         metrics = {**evaluate(strategy, task, val_data, cfg.eval_batches), **stats.summary(),
@@ -96,6 +96,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             step_time = time.perf_counter() - started
             state.step += 1
             state.batch_in_epoch += 1
+            fault.after_step(state.step, rank)
 
             comm = strategy.comm_bytes()
             stats.add(step_time, loss_value, comm.uncompressed, comm.sent)
@@ -140,9 +141,10 @@ def evaluate(strategy: Strategy, task: Any, data: RankBatches, limit: int | None
 
 
 class _AttemptStats:
-    """Per-attempt step statistics reported with each checkpoint (medians, bytes, ratio)."""
+    """Per-attempt step statistics reported with each checkpoint (medians, bytes, ratio, where it resumed)."""
 
-    def __init__(self) -> None:
+    def __init__(self, resumed_from: int = 0) -> None:
+        self.resumed_from = resumed_from
         self.step_times: list[float] = []
         self.losses: list[float] = []
         self.uncompressed = 0
@@ -159,7 +161,7 @@ class _AttemptStats:
     def summary(self) -> dict[str, float]:
         timed = self.step_times[WARMUP_STEPS_EXCLUDED:] or self.step_times
         out = {"train_loss": statistics.fmean(self.losses[-10:]) if self.losses else float("nan"),
-               "steps_this_attempt": len(self.step_times)}
+               "steps_this_attempt": len(self.step_times), "resumed_from_step": self.resumed_from}
         if timed:
             out["step_time_median_s"] = statistics.median(timed)
         if self.sent:
