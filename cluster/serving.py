@@ -2,7 +2,9 @@
 
 Connects as a Ray driver with the stack's token, starts Serve's HTTP proxy on the configured
 port, and runs the same application that ``deployments.app:build_app`` builds for
-``serve deploy`` YAML and the Helm chart's RayService.
+``serve deploy`` YAML and the Helm chart's RayService. :func:`deploy_ready` waits until every
+model version answers; :func:`ensure_serving` (re)deploys only when the running app does not
+already serve the versions a rollout needs.
 """
 
 from __future__ import annotations
@@ -12,10 +14,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from cluster.errors import RaylineError
+from cluster.processes import wait_until
 from cluster.settings import Settings
 
 APP_NAME = "rayline"
+READY_TIMEOUT_S = 180.0
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -54,7 +60,7 @@ def app_config(settings: Settings, model: str, baseline: str | None = None, cand
     return parse_config({
         "model_name": model, "baseline": baseline or f"models:/{model}@champion", "candidate": candidate,
         "tracking_uri": str(settings.mlflow_tracking_uri),
-        "state_dir": str((settings.state_dir / "rollouts").absolute()), **options,
+        "state_dir": str(settings.state_dir.absolute()), **options,   # the store adds rollouts/<model>
     })
 
 
@@ -76,3 +82,48 @@ def deploy(settings: Settings, cfg: Any, name: str = APP_NAME) -> str:
     except RuntimeError as exc:
         raise ServeError(f"deploying {name} failed: {str(exc).splitlines()[0]}") from None
     return serve_url(settings)
+
+
+def ready(url: str) -> bool:
+    """True when the router at ``url`` answers ``/readyz`` with 200 (every model version answers)."""
+    try:
+        return httpx.get(f"{url}/readyz", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def deploy_ready(settings: Settings, cfg: Any, name: str = APP_NAME, timeout_s: float = READY_TIMEOUT_S) -> str:
+    """:func:`deploy`, then wait until every model version answers; returns the base URL."""
+    url = deploy(settings, cfg, name)
+    if not wait_until(lambda: ready(url), timeout_s=timeout_s, interval_s=0.5):
+        raise ServeError(f"{name} at {url} was deployed but not ready within {timeout_s:.0f} s "
+                         f"(see `rayline serve status` and the Serve replica logs)")
+    return url
+
+
+def served_versions(url: str, model: str) -> dict[str, str] | None:
+    """{variant: version} that the router at ``url`` serves for ``model``; None when no app serves it there."""
+    try:
+        response = httpx.get(f"{url}/v1/models/{model}", timeout=10)
+    except httpx.HTTPError:
+        return None
+    return dict(response.json()["versions"]) if response.status_code == 200 else None
+
+
+def ensure_serving(settings: Settings, model: str, baseline: str, candidate: str, name: str = APP_NAME,
+                   **options: Any) -> tuple[str, bool]:
+    """Make the app serve ``baseline`` and ``candidate`` (``models:/`` URIs); (url, whether it was (re)deployed).
+
+    Both are resolved in the registry first and the app is redeployed, pinned to those versions, only
+    when it does not serve exactly them already: a running rollout's app is left alone.
+    """
+    from cluster.registry import Registry
+
+    registry = Registry(settings)
+    wanted = {"baseline": registry.resolve(baseline).version, "candidate": registry.resolve(candidate).version}
+    url = serve_url(settings)
+    if served_versions(url, model) == wanted:
+        return url, False
+    cfg = app_config(settings, model, f"models:/{model}/{wanted['baseline']}",
+                     f"models:/{model}/{wanted['candidate']}", **options)
+    return deploy_ready(settings, cfg, name), True

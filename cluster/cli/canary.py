@@ -20,16 +20,22 @@ from rich.table import Table
 
 from cluster.cli.context import settings_of
 from cluster.errors import RaylineError
+from cluster.serving import APP_NAME, ensure_serving, serve_url
 from cluster.settings import Settings
 from deployments.contracts import CANDIDATE
 from deployments.rollout.errors import RolloutError
-from deployments.rollout.spec import load_spec
+from deployments.rollout.spec import load_spec, ref_uri
 
 app = typer.Typer(help="Canary and A/B rollouts: start, watch, steer, report.", no_args_is_help=True)
 console = Console()
 
+TERMINAL = ("succeeded", "rolled_back", "concluded")
 UrlOpt = Annotated[str | None, typer.Option("--url", help="Router base URL (default http://HOST:SERVE_HTTP_PORT).")]
 ReasonOpt = Annotated[str, typer.Option("--reason", "-r", help="Why: recorded in the audit log.")]
+
+
+class AdminUnreachable(RaylineError):
+    """Nothing answers at the router's URL."""
 
 
 class AdminClient:
@@ -45,7 +51,7 @@ class AdminClient:
         try:
             resp = httpx.request(method, f"{self.base}{path}", json=body, headers=self.headers, timeout=self.timeout_s)
         except httpx.HTTPError as exc:
-            raise RaylineError(f"router admin API at {self.base} is not reachable ({exc}); "
+            raise AdminUnreachable(f"router admin API at {self.base} is not reachable ({exc}); "
                                f"is the app deployed (`rayline serve deploy`)?") from None
         if resp.status_code == 401:
             raise RaylineError("admin API refused the token: set RAYLINE_ADMIN_TOKEN (or admin_token in settings)")
@@ -68,21 +74,42 @@ def _client(ctx: typer.Context, url: str | None) -> AdminClient:
 
 @app.command()
 def start(ctx: typer.Context, spec_file: Annotated[Path, typer.Argument(help="Rollout spec YAML.")],
-          url: UrlOpt = None, reason: ReasonOpt = "") -> None:
-    """Validate SPEC.yaml and start the rollout (the app must already serve both variants)."""
+          url: UrlOpt = None, reason: ReasonOpt = "",
+          deploy: Annotated[bool, typer.Option(help="(Re)deploy the app when it does not serve baseline and "
+                                                    "candidate yet (local stack only).")] = True,
+          name: Annotated[str, typer.Option(help="Serve application name to deploy.")] = APP_NAME) -> None:
+    """Validate SPEC.yaml, make the app serve its baseline and candidate, and start the rollout."""
+    settings = settings_of(ctx)
     spec = load_spec(spec_file)
-    client = _client(ctx, url)
-    _require_variants_deployed(client, spec.model)
+    client = AdminClient(settings, url)
+    _check_app_free(client, spec.model)
+    if deploy and client.base == serve_url(settings):
+        with console.status(f"checking that {spec.model} serves {spec.baseline} and {spec.candidate}…"):
+            _, deployed = ensure_serving(settings, spec.model, ref_uri(spec.model, spec.baseline),
+                                         ref_uri(spec.model, spec.candidate), name)
+        if deployed:
+            console.print(f"deployed {spec.model}: baseline {spec.baseline}, candidate {spec.candidate}")
     status_ = client.command("start", spec=spec.model_dump(mode="json"), reason=reason)
     _print_status(status_)
 
 
-def _require_variants_deployed(client: AdminClient, model: str) -> None:
-    """The candidate is served by the app (``rayline serve deploy --candidate``); the controller only steers."""
-    status_ = client.call("GET", "/admin/rollout")
+def _check_app_free(client: AdminClient, model: str) -> None:
+    """Refuse before any redeploy: an app serving another model, or one in the middle of a rollout, stays as is."""
+    try:
+        status_ = client.call("GET", "/admin/rollout")
+    except AdminUnreachable:
+        return   # no Serve at all yet
+    except RolloutError as exc:
+        if exc.status_code == 404:
+            return   # Serve is up but no app answers on that route
+        raise
     if status_.get("model") not in (None, model):
         raise RolloutError(f"the deployed app rolls out {status_.get('model')!r}, not {model!r}; "
                            f"deploy {model} with `rayline serve deploy` first", 400)
+    rollout = status_.get("rollout") or {}
+    if rollout.get("phase") not in (None, *TERMINAL):
+        raise RolloutError(f"rollout {rollout['rollout_id']} of {model} is {rollout['phase']}; "
+                           f"`rayline canary abort` it or wait for it to end", 409)
 
 
 @app.command()
@@ -97,7 +124,7 @@ def status(ctx: typer.Context, url: UrlOpt = None,
             console.clear()
         _print_status(data)
         rollout = data.get("rollout") or {}
-        if not watch or rollout.get("phase") in (None, "succeeded", "rolled_back", "concluded"):
+        if not watch or rollout.get("phase") in (None, *TERMINAL):
             return
         time.sleep(1.0)
 
@@ -174,7 +201,7 @@ def _print_status(data: dict[str, Any]) -> None:
     table = Table(title=f"rollout {r['rollout_id']} ({r['spec']['mode']})")
     table.add_column("field")
     table.add_column("value")
-    steps = r["spec"]["steps"] if r["spec"]["mode"] == "canary" else [r["spec"]["ab"]["split"]]
+    steps = [r["spec"]["ab"]["split"]] if r["spec"]["mode"] == "ab" else r["spec"]["steps"]
     rows = [("phase", r["phase"]), ("baseline / candidate", f"v{r['baseline_version']} / v{r['candidate_version']}"),
             ("step", f"{r['step_index'] + 1}/{len(steps)} {steps}"),
             ("candidate traffic", f"{100 * traffic.get('weights', {}).get(CANDIDATE, 0.0):.0f}% "

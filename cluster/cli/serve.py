@@ -16,8 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cluster.cli.context import settings_of
-from cluster.serving import APP_NAME, ServeError, app_config, serve_url
-from cluster.serving import deploy as deploy_app
+from cluster.serving import APP_NAME, ServeError, app_config, deploy_ready, serve_url
 
 app = typer.Typer(help="Serve a registered model (baseline, optional candidate) behind the rollout router.",
                   no_args_is_help=True)
@@ -40,8 +39,7 @@ def deploy(
     cfg = app_config(settings, model, baseline, candidate, controller=controller, replicas=replicas,
                      num_cpus=num_cpus)
     with console.status(f"deploying {model} ({', '.join(cfg.variants)})…"):
-        deploy_app(settings, cfg, name)
-    url = serve_url(settings)
+        url = deploy_ready(settings, cfg, name)
     console.print(f"[green]serving[/] {model} at {url}/v1/models/{model}:predict")
     if settings.admin_token is None:
         console.print("[yellow]no admin token set (RAYLINE_ADMIN_TOKEN): the admin API answers 401 to everything[/]")

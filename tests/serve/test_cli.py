@@ -1,11 +1,18 @@
-"""``rayline serve status`` against a real running app (over HTTP, as a user runs it)."""
+"""``rayline serve status`` and ``rayline canary start`` against real running apps (over HTTP, as a user runs them)."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
 from typer.testing import CliRunner
 
 from cluster.cli.main import app as cli
-from tests.serve.helpers import ADMIN_TOKEN
+from cluster.serving import APP_NAME
+from tests.serve.helpers import ADMIN_TOKEN, register_test_model
 
 
 def test_serve_status_shows_readiness_and_traffic(static_app, monkeypatch):
@@ -20,3 +27,60 @@ def test_serve_status_without_the_token_says_so(static_app, monkeypatch):
     result = CliRunner().invoke(cli, ["serve", "status", "--url", static_app.url])
     assert result.exit_code == 0, result.output
     assert "admin token missing or wrong" in result.output
+
+
+def rayline(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """Run the real entrypoint (``rayline ARGS``) in-process: exit code, stdout, stderr."""
+    from cluster.cli.main import main
+
+    monkeypatch.setattr(sys, "argv", ["rayline", *args])
+    capsys.readouterr()   # only this command's output
+    with pytest.raises(SystemExit) as exited:
+        main()
+    out = capsys.readouterr()
+    return int(exited.value.code or 0), out.out, out.err
+
+
+def one_error_line(stderr: str) -> str:
+    """The CLI's error: exactly one ``rayline: error:`` line (Ray may stream replica logs beside it)."""
+    (line,) = [x for x in stderr.splitlines() if x.startswith("rayline: error:")]
+    return line
+
+
+@pytest.fixture
+def stack_env(monkeypatch, serve_url, settings, tmp_path):
+    """The CLI's settings point at the session's Serve, MLflow and a private state dir, as `rayline env` would."""
+    monkeypatch.setenv("RAYLINE_SERVE_HTTP_PORT", serve_url.rsplit(":", 1)[1])
+    monkeypatch.setenv("RAYLINE_MLFLOW_TRACKING_URI", str(settings.mlflow_tracking_uri))
+    monkeypatch.setenv("RAYLINE_ADMIN_TOKEN", ADMIN_TOKEN)
+    monkeypatch.setenv("RAYLINE_STATE_DIR", str(tmp_path))
+    return tmp_path
+
+
+def write_spec(folder: Path, model: str, candidate: str) -> Path:
+    path = folder / f"canary-{candidate}.yaml"
+    path.write_text(yaml.safe_dump({"model": model, "baseline": "champion", "candidate": candidate,
+                                    "steps": [50, 100], "interval_s": 1, "min_requests": 100_000}))
+    return path
+
+
+def test_canary_start_deploys_baseline_and_candidate_then_starts_and_leaves_a_running_rollout_alone(
+        stack_env, settings, serve_url, monkeypatch, capsys):
+    from ray import serve
+
+    model = register_test_model(settings)
+    code, _, err = rayline(monkeypatch, capsys, "canary", "start", str(write_spec(stack_env, model, "9")))
+    assert code != 0 and "9" in one_error_line(err), err
+    spec = str(write_spec(stack_env, model, "challenger"))
+    try:
+        code, out, err = rayline(monkeypatch, capsys, "canary", "start", spec)
+        assert code == 0, err
+        assert "deployed" in out
+        described = httpx.get(f"{serve_url}/v1/models/{model}", timeout=10).json()
+        assert described["versions"] == {"baseline": "1", "candidate": "2"}
+        assert (stack_env / "rollouts" / model / "current").exists()
+        code, _, err = rayline(monkeypatch, capsys, "canary", "start", spec)
+        assert code != 0 and "abort" in one_error_line(err), err
+        assert rayline(monkeypatch, capsys, "canary", "abort", "-r", "test over")[0] == 0
+    finally:
+        serve.delete(APP_NAME)
