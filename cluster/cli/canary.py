@@ -208,6 +208,10 @@ def _print_status(data: dict[str, Any]) -> None:
                                   f"(epoch {traffic.get('epoch')})"),
             ("failed checks", f"{r['failed_checks']}/{r['spec']['failed_checks_before_rollback']}"),
             ("reason", r["reason"])]
+    if r["spec"]["mode"] == "shadow":
+        rows.insert(3, ("shadow", f"mirrored to the candidate: {traffic.get('shadow') == CANDIDATE}; passing checks "
+                                  f"{r.get('passed_checks', 0)}/{r['spec']['shadow']['passing_checks']}, "
+                                  f"then {r['spec']['shadow']['then']}"))
     last = data.get("last_analysis")
     if last:
         for variant, s in last["stats"].items():
