@@ -103,19 +103,7 @@ def _deploy(ctx: DemoContext, candidate: str | None) -> str:
     from cluster import serving
 
     cfg = serving.app_config(ctx.settings, MODEL, f"models:/{MODEL}@champion", candidate)
-    url = serving.deploy(ctx.settings, cfg)
-    if not wait_until(lambda: _ready(url), timeout_s=180):
-        raise RuntimeError(f"serving app at {url} did not become ready")
-    return url
-
-
-def _ready(url: str) -> bool:
-    import httpx
-
-    try:
-        return httpx.get(f"{url}/readyz", timeout=5).status_code == 200
-    except httpx.HTTPError:
-        return False
+    return serving.deploy_ready(ctx.settings, cfg)
 
 
 def stage_serve_v1(ctx: DemoContext) -> str:
