@@ -15,6 +15,8 @@ from cluster.settings import load_settings
 from cluster.tracing import ensure_trace_id
 from jobs.entry import emit_result, entrypoint
 
+RESULT_METRICS = ("step", "epoch", "resumed_from_step", "steps_this_attempt")  # besides every val_*
+
 log = logging.getLogger("jobs.train")
 
 
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     outcome = train(config, settings)
     summary = {
         "job": "train", "trace_id": trace_id, "run_name": config.run_name, "run_id": outcome.run_id,
-        "metrics": {k: v for k, v in outcome.metrics.items() if k.startswith("val_") or k in ("step", "epoch")},
+        "metrics": {k: v for k, v in outcome.metrics.items() if k.startswith("val_") or k in RESULT_METRICS},
         "model_uri": outcome.model_uri, "gate": outcome.gate_reason,
         "registered": outcome.registered.uri if outcome.registered else None,
     }

@@ -19,7 +19,7 @@ from train.faults import FAIL_AT_STEP_ENV
 from train.strategy import MODEL_FILE
 from train.trainer import TrainingFailedError, run_dir, train
 
-TOTAL_STEPS = 16  # 2 epochs × 8 steps; checkpoints at 3, 6, 8 (epoch end), 11, 14, 16
+TOTAL_STEPS = 16  # 2 epochs × 8 steps; checkpoints at steps 3, 6, 8 (epoch end), 9, 12, 15, 16
 
 
 def _config(run_name: str, max_failures: int = 1):
