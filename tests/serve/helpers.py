@@ -7,7 +7,11 @@ in the session's MLflow server. Apps are real Serve applications reached over HT
 
 from __future__ import annotations
 
+import contextlib
+import os
+import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,6 +107,29 @@ def serve_http_url(port: int) -> str:
     return f"http://127.0.0.1:{port}"
 
 
+@contextlib.contextmanager
+def serve_running() -> Iterator[str]:
+    """Serve's base URL on the session's Ray: the running instance's, or one started here and shut down on exit.
+
+    For suites outside tests/serve, whose session ``serve_url`` fixture they cannot see: a second
+    ``serve.start`` would keep the first instance's port, so the port is read back from Serve.
+    """
+    from ray import serve
+    from ray.serve.context import _get_global_client
+
+    from cluster.processes import free_port
+
+    running = _get_global_client(raise_if_no_controller_running=False) is not None
+    if not running:
+        serve.start(http_options={"host": "127.0.0.1", "port": free_port()},
+                    logging_config={"log_level": "WARNING", "enable_access_log": False})
+    try:
+        yield serve_http_url(_get_global_client().http_config.port)
+    finally:
+        if not running:
+            serve.shutdown()
+
+
 def deploy_app(base_url: str, settings: Settings, model: str, app_name: str | None = None,
                **config: Any) -> ServeApp:
     """Deploy ``deployments.app`` for ``model`` (baseline @champion, candidate @challenger unless overridden).
@@ -136,3 +163,47 @@ def wait_for_traffic(app: ServeApp, epoch: int, timeout_s: float = 30.0) -> None
 
     if not wait_until(seen, timeout_s=timeout_s, interval_s=0.1):
         raise TimeoutError(f"router of {app.name} did not pick up traffic epoch {epoch}")
+
+
+# ---- rollouts through the admin API (the rollout and fault suites) ----------------------------------------
+
+TERMINAL = {"succeeded", "rolled_back", "concluded"}
+
+
+def spec(app: ServeApp, **overrides: Any) -> dict[str, Any]:
+    """A rollout spec for ``app``: challenger over champion in 25/50/100 % steps, checked every second."""
+    return {"model": app.model, "baseline": "champion", "candidate": "challenger", "steps": [25, 50, 100],
+            "interval_s": 1, "min_requests": 15, "failed_checks_before_rollback": 2, "keep_old_warm_s": 60,
+            "thresholds": {"max_error_rate": 0.05, "min_requests_per_check": 5}, **overrides}
+
+
+def admin_ok(app: ServeApp, method: str, path: str, body: Any = None) -> dict[str, Any]:
+    """An admin call that must answer 200; its JSON body."""
+    r = app.admin(method, path, json=body)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float = 90.0, every_s: float = 0.1) -> Any:
+    """The first truthy value of ``predicate``; AssertionError when none comes within ``timeout_s``."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise AssertionError("condition not reached in time")
+
+
+def phase(app: ServeApp) -> str | None:
+    """The phase of the app's current rollout (None before the first)."""
+    rollout = admin_ok(app, "GET", "/admin/rollout")["rollout"]
+    return rollout["phase"] if rollout else None
+
+
+def champion_version(app: ServeApp) -> str:
+    """The version the registry's ``champion`` alias points at now (read through MLflow)."""
+    from cluster.settings import load_settings
+
+    return Registry(load_settings(mlflow_tracking_uri=os.environ["MLFLOW_TRACKING_URI"])).by_alias(
+        app.model, "champion").version

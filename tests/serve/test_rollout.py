@@ -7,24 +7,25 @@ authenticated admin API, as ``rayline canary`` does.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from typing import Any
 
 import pytest
 
-from cluster.registry import Registry
 from deployments.contracts import CANDIDATE, HEADER_VARIANT
-from tests.serve.helpers import ServeApp, deploy_app, instance, register_test_model
-
-TERMINAL = {"succeeded", "rolled_back", "concluded"}
-
-
-def spec(app: ServeApp, **overrides: Any) -> dict[str, Any]:
-    return {"model": app.model, "baseline": "champion", "candidate": "challenger", "steps": [25, 50, 100],
-            "interval_s": 1, "min_requests": 15, "failed_checks_before_rollback": 2, "keep_old_warm_s": 60,
-            "thresholds": {"max_error_rate": 0.05, "min_requests_per_check": 5}, **overrides}
+from tests.serve.helpers import (
+    TERMINAL,
+    ServeApp,
+    admin_ok,
+    champion_version,
+    deploy_app,
+    instance,
+    phase,
+    register_test_model,
+    spec,
+    wait_for,
+)
 
 
 class Load:
@@ -58,27 +59,6 @@ class Load:
             t.join(timeout=30)
 
 
-def admin_ok(app: ServeApp, method: str, path: str, body: Any = None) -> dict[str, Any]:
-    r = app.admin(method, path, json=body)
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
-def wait_for(predicate, timeout_s: float = 90.0, every_s: float = 0.1):
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every_s)
-    raise AssertionError("condition not reached in time")
-
-
-def phase(app: ServeApp) -> str | None:
-    rollout = admin_ok(app, "GET", "/admin/rollout")["rollout"]
-    return rollout["phase"] if rollout else None
-
-
 @pytest.fixture(scope="module")
 def faulty_app(serve_url, settings):
     """v1 healthy @champion, v2 @challenger that raises on 20% of calls."""
@@ -109,13 +89,6 @@ def test_a_candidate_failing_20_percent_is_rolled_back_and_gets_no_request_after
     events = history["rollouts"][-1]["events"]
     assert [e["to"] for e in events][-2:] == ["rolling_back", "rolled_back"]
     assert champion_version(app) == app.versions["baseline"]
-
-
-def champion_version(app: ServeApp) -> str:
-    from cluster.settings import load_settings
-
-    return Registry(load_settings(mlflow_tracking_uri=os.environ["MLFLOW_TRACKING_URI"])).by_alias(
-        app.model, "champion").version
 
 
 def test_a_healthy_candidate_is_promoted_step_by_step_and_the_champion_alias_moves(serve_app):
