@@ -19,7 +19,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.report import MIN_REPEATS, Report, summarize  # noqa: E402
+from benchmarks.serving_stack import serving_stack  # noqa: E402
 
 
 # ---------------------------------------------------------------- load client (separate process)
@@ -66,47 +66,6 @@ def run_client(url: str, concurrency: int, duration_s: float, warmup_s: float) -
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-# ---------------------------------------------------------------- server side
-def start_stack(tmp: Path):
-    """A private MLflow server and Ray instance; returns (settings, mlflow process)."""
-    import ray
-
-    from cluster.processes import free_port
-    from cluster.settings import load_settings
-    from cluster.stack import start_mlflow
-
-    settings = load_settings(state_dir=tmp, mlflow_port=free_port(), log_format="text", log_level="WARNING")
-    proc = start_mlflow(settings, tmp / "mlflow.log", timeout_s=120)
-    os.environ["MLFLOW_TRACKING_URI"] = str(settings.mlflow_tracking_uri)
-    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="WARNING",
-             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
-    return settings, proc
-
-
-def deploy(settings, port: int, args: argparse.Namespace) -> tuple[str, str, str]:
-    """Register the model, deploy ``direct`` and ``routed``; returns (model, direct url, routed url)."""
-    from ray import serve
-
-    from cluster.registry import Registry
-    from deployments.app import build, model_server
-    from deployments.serve_config import parse_config
-    from tests.serve.helpers import register_test_model
-
-    model = register_test_model(settings, "bench")
-    serve.start(http_options={"host": "127.0.0.1", "port": port},
-                logging_config={"log_level": "WARNING", "enable_access_log": False})
-    cfg = parse_config({"model_name": model, "baseline": f"models:/{model}@champion",
-                        "tracking_uri": str(settings.mlflow_tracking_uri), "controller": False,
-                        "num_cpus": 0.5, "router_num_cpus": 0.5, "max_ongoing_requests": 64,
-                        "batch_max_size": args.batch_max_size})
-    info = Registry(settings).resolve(cfg.baseline)
-    serve.run(model_server(cfg, "baseline", info.uri, info.version, str(settings.mlflow_tracking_uri)),
-              name="direct", route_prefix="/direct")
-    serve.run(build(cfg, admin_token="bench"), name="routed", route_prefix="/routed")
-    base = f"http://127.0.0.1:{port}"
-    return model, f"{base}/direct/v1/models/{model}:predict", f"{base}/routed/v1/models/{model}:predict"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=MIN_REPEATS)
@@ -122,15 +81,9 @@ def main() -> None:
     if args.repeats < MIN_REPEATS:
         parser.error(f"--repeats must be >= {MIN_REPEATS}")
 
-    import ray
-    from ray import serve
-
-    from cluster.processes import free_port, session_members, terminate
-
-    tmp = Path(tempfile.mkdtemp(prefix="serve-bench-"))
-    settings, mlflow_proc = start_stack(tmp)
-    try:
-        model, direct_url, routed_url = deploy(settings, free_port(), args)
+    with serving_stack(args.batch_max_size) as endpoints:
+        model = endpoints.model
+        direct_url, routed_url = endpoints.predict_url("direct"), endpoints.predict_url("routed")
         report = Report("serve-router", f"tiny TabularMLP ({model}), 1 instance per request, "
                         f"{args.duration:g} s per run after {args.warmup:g} s warm-up, concurrency "
                         f"{args.concurrency}, {args.repeats} repeats alternating direct/routed; client in its "
@@ -152,10 +105,6 @@ def main() -> None:
         out = report.write(" ".join(["python", "benchmarks/serve_router_bench.py", *sys.argv[1:]]))
         print(report.table(rows))
         print(f"report: {out}")
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        terminate(session_members(mlflow_proc.pid), grace_s=5)
 
 
 def _summary_rows(rows: list[dict], concurrencies: list[int]) -> list[dict]:

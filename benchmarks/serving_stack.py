@@ -1,0 +1,91 @@
+"""The serving benchmarks' stack: a private MLflow + Ray, one registered tiny model, served two ways.
+
+``direct``: the model deployment is the ingress. ``routed``: router ingress → the same model
+deployment, 100 % baseline, no rollout controller. Same replicas, same CPU shares, so the
+difference between the two paths is the router. Used by ``serve_router_bench`` (closed-loop
+concurrency) and ``load_curve_bench`` (open-loop rates).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from subprocess import Popen
+
+from cluster.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+PATHS = ("direct", "routed")
+REPLICA_CPUS = 0.5
+
+
+@dataclass
+class Endpoints:
+    """Where each path answers: ``base_urls[path]`` is the app's route prefix."""
+
+    model: str
+    base_urls: dict[str, str]
+
+    def predict_url(self, path: str) -> str:
+        return f"{self.base_urls[path]}/v1/models/{self.model}:predict"
+
+
+def start_stack(tmp: Path) -> tuple[Settings, Popen]:
+    """A private MLflow server and Ray instance; returns (settings, mlflow process)."""
+    import ray
+
+    from cluster.processes import free_port
+    from cluster.settings import load_settings
+    from cluster.stack import start_mlflow
+
+    settings = load_settings(state_dir=tmp, mlflow_port=free_port(), log_format="text", log_level="WARNING")
+    proc = start_mlflow(settings, tmp / "mlflow.log", timeout_s=120)
+    os.environ["MLFLOW_TRACKING_URI"] = str(settings.mlflow_tracking_uri)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="WARNING",
+             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    return settings, proc
+
+
+def deploy(settings: Settings, port: int, batch_max_size: int) -> Endpoints:
+    """Register the model, deploy ``direct`` and ``routed`` on Serve at ``port``."""
+    from ray import serve
+
+    from cluster.registry import Registry
+    from deployments.app import build, model_server
+    from deployments.serve_config import parse_config
+    from tests.serve.helpers import register_test_model
+
+    model = register_test_model(settings, "bench")
+    serve.start(http_options={"host": "127.0.0.1", "port": port},
+                logging_config={"log_level": "WARNING", "enable_access_log": False})
+    cfg = parse_config({"model_name": model, "baseline": f"models:/{model}@champion",
+                        "tracking_uri": str(settings.mlflow_tracking_uri), "controller": False,
+                        "num_cpus": REPLICA_CPUS, "router_num_cpus": REPLICA_CPUS, "max_ongoing_requests": 64,
+                        "batch_max_size": batch_max_size})
+    info = Registry(settings).resolve(cfg.baseline)
+    serve.run(model_server(cfg, "baseline", info.uri, info.version, str(settings.mlflow_tracking_uri)),
+              name="direct", route_prefix="/direct")
+    serve.run(build(cfg, admin_token="bench"), name="routed", route_prefix="/routed")
+    base = f"http://127.0.0.1:{port}"
+    return Endpoints(model, {path: f"{base}/{path}" for path in PATHS})
+
+
+@contextmanager
+def serving_stack(batch_max_size: int) -> Iterator[Endpoints]:
+    """Both paths up for the ``with`` block; Serve, Ray and MLflow stopped after it, whatever happened."""
+    import ray
+    from ray import serve
+
+    from cluster.processes import free_port, session_members, terminate
+
+    settings, mlflow_proc = start_stack(Path(tempfile.mkdtemp(prefix="serve-bench-")))
+    try:
+        yield deploy(settings, free_port(), batch_max_size)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        terminate(session_members(mlflow_proc.pid), grace_s=5)
