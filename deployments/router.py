@@ -20,6 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import SecretStr
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
@@ -47,6 +48,7 @@ audit_log = logging.getLogger("rayline.audit")
 
 COMMANDS = ("start", "promote", "pause", "resume", "abort", "rollback", "report")  # report: read-only timeline
 CONTROLLER_TIMEOUT_S = 10.0
+REPLICA_DEATH_RETRIES = 1   # a model call whose replica died before answering is sent once more
 
 api = FastAPI(title="rayline serve", description="Predict with canary/A-B routing; rollout admin API.")
 
@@ -196,23 +198,42 @@ class Router:
         key = sticky_key(request.headers.get(HEADER_STICKY), instances, self.options.get("sticky_field"))
         return choose(weights, key, salt=self.model_name)
 
-    async def _call(self, variant: str, instances: list[dict[str, Any]]) -> tuple[int, dict[str, Any]]:
-        """One model call → (status, body); every failure becomes a status, never an exception."""
-        response = self._predict[variant].remote(instances)
+    async def _call(self, variant: str, instances: list[dict[str, Any]], retries: int = REPLICA_DEATH_RETRIES,
+                    deadline: float | None = None) -> tuple[int, dict[str, Any]]:
+        """One model call → (status, body); every failure becomes a status, never an exception.
+
+        A replica that died before answering is retried once, within the same deadline: Serve sends the
+        retry to a live replica, and predictions are idempotent. Answers (4xx included) and timeouts are
+        never retried.
+        """
+        deadline = deadline or time.monotonic() + self.options["request_timeout_s"]
         try:
-            result = await asyncio.wait_for(_awaited(response), self.options["request_timeout_s"])
+            result = await self._call_once(variant, instances, deadline)
+        except RayActorError as exc:   # ActorDiedError, ActorUnavailableError: the replica is gone
+            if retries > 0 and time.monotonic() < deadline:
+                logger.warning("replica of %s died before answering (%s); retrying", variant, type(exc).__name__)
+                return await self._call(variant, instances, retries - 1, deadline)
+            return 503, _error(503, f"{variant} replica failed: {type(exc).__name__}")
         except TimeoutError:
-            response.cancel()
             return 504, _error(504, f"{variant} did not answer within {self.options['request_timeout_s']} s")
         except BackPressureError as exc:
             return 503, _error(503, f"{variant} is overloaded: {exc}")
         except DeploymentUnavailableError as exc:
             return 503, _error(503, f"{variant} is unavailable: {exc}")
-        except Exception as exc:  # a dead replica is a 503 for this request, not a router crash
+        except Exception as exc:  # any other failure is a 503 for this request, not a router crash
             logger.warning("call to %s failed: %s", variant, exc)
             return 503, _error(503, f"{variant} replica failed: {type(exc).__name__}")
         status = int(result.pop("status"))
         return status, result
+
+    async def _call_once(self, variant: str, instances: list[dict[str, Any]], deadline: float) -> dict[str, Any]:
+        """One attempt at the model call, cancelled when ``deadline`` (monotonic) passes."""
+        response = self._predict[variant].remote(instances)
+        try:
+            return await asyncio.wait_for(_awaited(response), max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            response.cancel()
+            raise
 
     def _send_shadow(self, variant: str, instances: list[dict[str, Any]]) -> None:
         """Copy the request to ``variant`` in the background; its response is recorded, then dropped."""

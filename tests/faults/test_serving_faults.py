@@ -1,0 +1,241 @@
+"""Serving faults on the real app (router + model replicas over HTTP): a replica killed, MLflow stopped.
+
+Nothing is mocked: the load comes from ``cluster.loadgen`` (a separate process for the
+replica kill, its background thread during the rollout), the replica dies by SIGKILL of its
+real worker process, and MLflow is the session's real server, stopped and started again.
+Each test records what it measured through ``tests.faults.figures``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cluster.loadgen import BackgroundLoad, LoadResult
+from cluster.processes import session_members, start_detached, terminate
+from tests.faults.figures import record
+from tests.serve.helpers import (
+    TERMINAL,
+    ServeApp,
+    admin_ok,
+    champion_version,
+    deploy_app,
+    instance,
+    phase,
+    register_test_model,
+    serve_running,
+    spec,
+    wait_for,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL_DEPLOYMENT = "model-baseline"      # deployments.app names model deployments model-<variant>
+RATE_PER_S = 50
+LOAD_S = 60
+KILL_AFTER_S = 15
+MAX_FAILURE_RATE = 0.005
+REPLACE_TIMEOUT_S = 90
+FREEZE_S = 1.0                            # the victim is stopped this long before SIGKILL: requests are in flight
+ROLLOUT_RATE_PER_S = 10                   # enough for 15 candidate requests per step within seconds
+PAUSED_HOLD_S = 3                         # MLflow stays down this long after the rollout paused
+
+
+@pytest.fixture(scope="module")
+def serve_url(ray_cluster: None) -> Iterator[str]:
+    """Serve's base URL (the serve suite's session fixture is not visible from tests/faults)."""
+    with serve_running() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def model(settings) -> str:
+    """A registered model: v1 @champion, healthy v2 @challenger."""
+    return register_test_model(settings)
+
+
+# ---- a model replica killed under steady load ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Replica:
+    actor_id: str
+    pid: int
+
+
+def live_replicas(app_name: str, deployment: str) -> list[Replica]:
+    """The deployment's ALIVE replica actors and their worker pids, from Ray's GCS actor table.
+
+    ``ray.util.state.list_actors`` needs the dashboard, which the test Ray runs without.
+    """
+    from ray._private import state
+
+    wanted = f"ServeReplica:{app_name}:{deployment}"
+    return [Replica(a["ActorID"], a["Pid"]) for a in state.actors(actor_state_name="ALIVE").values()
+            if a["ActorClassName"] == wanted]
+
+
+def serving_replicas(app_name: str, deployment: str) -> tuple[str, int]:
+    """Serve's own view of the deployment: (status, RUNNING replicas)."""
+    from ray import serve
+
+    overview = serve.status().applications[app_name].deployments[deployment]
+    return str(overview.status), overview.replica_states.get("RUNNING", 0)
+
+
+def replaced(app_name: str, victim: Replica, replicas: int) -> bool:
+    """True once ``victim`` is gone and Serve runs ``replicas`` healthy replicas again."""
+    alive = live_replicas(app_name, MODEL_DEPLOYMENT)
+    status, running = serving_replicas(app_name, MODEL_DEPLOYMENT)
+    return (victim.actor_id not in {r.actor_id for r in alive} and len(alive) == replicas
+            and running == replicas and status.endswith("HEALTHY"))
+
+
+def kill_mid_request(pid: int) -> None:
+    """SIGKILL a replica while requests are in flight on it: a kill between two requests would prove nothing.
+
+    At a few milliseconds per request a replica is idle most of the time, so it is frozen first
+    (SIGSTOP, as in a long GC pause or swap) and killed while the requests sent to it wait.
+    """
+    os.kill(pid, signal.SIGSTOP)
+    time.sleep(FREEZE_S)
+    os.kill(pid, signal.SIGKILL)
+
+
+def start_loadgen(app: ServeApp, workdir: Path, rate_per_s: float, duration_s: float) -> subprocess.Popen:
+    """``python -m cluster.loadgen`` against the app, in its own process session."""
+    records = workdir / "records.json"
+    records.write_text(json.dumps([instance(i) for i in range(100)]))
+    cmd = [sys.executable, "-m", "cluster.loadgen", "--url", app.url, "--model", app.model,
+           "--records", str(records), "--rate", str(rate_per_s), "--duration", str(duration_s),
+           "--out", str(workdir / "load.json")]
+    return start_detached(cmd, workdir / "loadgen.log", env={"PYTHONPATH": str(ROOT)})
+
+
+def loadgen_result(proc: subprocess.Popen, workdir: Path, timeout_s: float) -> dict[str, Any]:
+    """Wait for the load generator to finish and read the result it wrote."""
+    rc = proc.wait(timeout=timeout_s)
+    log = (workdir / "loadgen.log").read_text()[-2000:]
+    assert rc == 0, f"loadgen exited {rc}: {log}"
+    return json.loads((workdir / "load.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def two_replica_app(serve_url: str, settings, model: str) -> Iterator[ServeApp]:
+    """Router + the champion's model deployment with 2 replicas (static traffic, no candidate)."""
+    from ray import serve
+
+    app = deploy_app(serve_url, settings, model, candidate=None, controller=False, replicas=2)
+    yield app
+    app.client.close()
+    serve.delete(app.name)
+
+
+def test_a_model_replica_killed_under_steady_load_fails_at_most_half_a_percent_and_is_replaced(
+        two_replica_app: ServeApp, tmp_path: Path) -> None:
+    app = two_replica_app
+    before = wait_for(lambda: len(live_replicas(app.name, MODEL_DEPLOYMENT)) == 2
+                      and live_replicas(app.name, MODEL_DEPLOYMENT), timeout_s=60)
+    loadgen = start_loadgen(app, tmp_path, RATE_PER_S, LOAD_S)
+    try:
+        time.sleep(KILL_AFTER_S)
+        victim = before[0]
+        kill_mid_request(victim.pid)
+        killed_at = time.monotonic()
+        wait_for(lambda: replaced(app.name, victim, replicas=2), timeout_s=REPLACE_TIMEOUT_S, every_s=0.25)
+        replaced_after_s = time.monotonic() - killed_at
+        result = loadgen_result(loadgen, tmp_path, timeout_s=4 * LOAD_S)
+    finally:
+        terminate(session_members(loadgen.pid), grace_s=5)
+    record("replica_killed_under_load", rate_per_s=RATE_PER_S, duration_s=LOAD_S, frozen_before_kill_s=FREEZE_S,
+           sent=result["sent"],
+           failed=result["failed"], failure_rate=round(result["failure_rate"], 5),
+           status_counts=result["status_counts"], replica_replaced_s=round(replaced_after_s, 2))
+    assert result["failure_rate"] <= MAX_FAILURE_RATE, result["status_counts"]
+
+
+# ---- MLflow stopped during a rollout ------------------------------------------------------------------------
+
+def registry_alias(db: Path, model: str, alias: str) -> str | None:
+    """The alias as MLflow's own SQLite store holds it (readable while the server is down)."""
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        row = conn.execute("SELECT version FROM registered_model_aliases WHERE name = ? AND alias = ?",
+                           (model, alias)).fetchone()
+    return str(row[0]) if row else None
+
+
+def paused_for_registry(app: ServeApp) -> dict[str, Any] | None:
+    """The rollout when the controller paused it because the registry could not be reached."""
+    rollout = admin_ok(app, "GET", "/admin/rollout")["rollout"]
+    if rollout["phase"] == "paused" and rollout["paused_from"] == "promoting":
+        return rollout
+    return None
+
+
+def served_between(result: LoadResult, start_s: float, end_s: float) -> list[int]:
+    """HTTP statuses of the requests the load generator completed in [start_s, end_s] of its run."""
+    return [status for at, _, status in result.timeline if start_s <= at <= end_s]
+
+
+def promoted_at(app: ServeApp) -> float:
+    """When the controller recorded the promotion (the ``succeeded`` event)."""
+    events = admin_ok(app, "GET", "/admin/rollout/history")["rollouts"][-1]["events"]
+    return next(e["at"] for e in events if e["to"] == "succeeded")
+
+
+@pytest.fixture
+def rollout_app(serve_url: str, settings, model: str) -> Iterator[ServeApp]:
+    """The model's champion and challenger served with the rollout controller."""
+    from ray import serve
+
+    app = deploy_app(serve_url, settings, model)
+    yield app
+    app.client.close()
+    serve.delete(app.name)
+
+
+def test_mlflow_stopped_during_a_rollout_pauses_it_serving_continues_and_it_promotes_once_mlflow_is_back(
+        rollout_app: ServeApp, mlflow_server) -> None:
+    app = rollout_app
+    db = mlflow_server.state_dir / "mlflow.db"
+    load = BackgroundLoad(app.url, app.model, [instance(i) for i in range(100)], ROLLOUT_RATE_PER_S)
+    load_t0 = time.perf_counter()
+    load.start()
+    try:
+        admin_ok(app, "POST", "/admin/rollout/start", {"spec": spec(app), "actor": "ci"})
+        try:
+            mlflow_server.stop()
+            down_at = time.perf_counter()
+            assert phase(app) in ("pending", "progressing"), "MLflow must go down before the promotion"
+            paused = wait_for(lambda: paused_for_registry(app), timeout_s=90)
+            time.sleep(PAUSED_HOLD_S)
+            still = admin_ok(app, "GET", "/admin/rollout")["rollout"]
+            alias_while_down = registry_alias(db, app.model, "champion")
+        finally:
+            mlflow_server.start()
+        up_at, up_wall = time.perf_counter(), time.time()
+        wait_for(lambda: phase(app) in TERMINAL, timeout_s=90)
+    finally:
+        result = load.stop()
+    down = served_between(result, down_at - load_t0, up_at - load_t0)
+    failed_down = sum(status != 200 for status in down)
+    record("mlflow_stopped_during_rollout", mlflow_down_s=round(up_at - down_at, 2), served_while_down=len(down),
+           failed_while_down=failed_down, failure_rate_while_down=round(failed_down / max(len(down), 1), 5),
+           statuses_while_down=dict(Counter(down)), promoted_after_mlflow_back_s=round(promoted_at(app) - up_wall, 2))
+    assert "registry unreachable" in paused["reason"]
+    assert still["phase"] == "paused", "no promotion while MLflow is down"
+    assert alias_while_down == app.versions["baseline"]
+    assert down and failed_down == 0, "predictions keep answering 200 while MLflow is down"
+    assert phase(app) == "succeeded"
+    assert promoted_at(app) >= up_wall
+    assert champion_version(app) == app.versions["candidate"]
