@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +61,14 @@ class PrometheusServer:
         resp.raise_for_status()
         return resp.json()["data"]["result"]
 
+    def query_range(self, promql: str, start: float, end: float, step_s: float = 1.0) -> list[dict[str, Any]]:
+        """Each series' ``[(unix time, value), ...]`` between ``start`` and ``end`` (what a Grafana panel plots)."""
+        resp = httpx.get(f"{self.url}/api/v1/query_range",
+                         params={"query": promql, "start": start, "end": end, "step": step_s}, timeout=10)
+        resp.raise_for_status()
+        return [{"metric": s["metric"], "values": [(float(t), float(v)) for t, v in s["values"]]}
+                for s in resp.json()["data"]["result"]]
+
     def metric_names(self) -> set[str]:
         resp = httpx.get(f"{self.url}/api/v1/label/__name__/values", timeout=10)
         resp.raise_for_status()
@@ -78,3 +88,15 @@ class PrometheusServer:
         resp = httpx.get(f"{self.url}/api/v1/targets", timeout=10)
         resp.raise_for_status()
         return {t["scrapeUrl"]: t["health"] for t in resp.json()["data"]["activeTargets"]}
+
+
+@contextmanager
+def scraping(workdir: Path, targets: dict[str, list[str]],
+             scrape_interval_s: float = 1.0) -> Iterator[PrometheusServer]:
+    """A started server for the ``with`` block, stopped (with its whole process session) after it."""
+    server = PrometheusServer(workdir, targets, scrape_interval_s)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
