@@ -82,13 +82,23 @@ class Compression:
         self.state = state
 
     def counting_hook(self):
-        """The function DDP calls per bucket (a plain function: DDP reads its name and annotations)."""
+        """The function DDP calls per bucket (a plain function: DDP reads its name and annotations).
+
+        PowerSGD issues its second all-reduce (Q) from a callback of the first (P); on gloo those
+        callbacks can run in a different bucket order on each rank, and the ranks then exchange
+        mismatched collectives ("Received data size doesn't match expected size", an abort a few
+        dozen steps in). So on gloo each bucket's chain is finished before the next bucket's starts.
+        """
         inner = self.hook
+        in_order = self.kind == "powersgd" and dist.is_initialized() and dist.get_backend() == "gloo"
 
         def rayline_counting_hook(state, bucket):
             buffer = bucket.buffer()
             COUNTER.add(uncompressed=buffer.numel() * buffer.element_size())  # a plain allreduce's bytes
-            return inner(state, bucket)
+            future = inner(state, bucket)
+            if in_order:
+                future.wait()
+            return future
 
         return rayline_counting_hook
 
