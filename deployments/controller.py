@@ -285,6 +285,7 @@ class Controller:
                               "reason": event["reason"], "rollout_id": event["rollout_id"], "model": self.model,
                               "from_phase": event["from"], "to_phase": event["to"], "epoch": event["epoch"],
                               "weights": event["weights"]})
+        self._publish_metrics()  # the phase gauge follows every persisted change, not only traffic changes
 
     async def _commit(self, new: RolloutState, actions: list[Action]) -> None:
         """Persist first, then act. Alias results are fed straight back into the state machine."""
