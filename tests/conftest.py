@@ -72,7 +72,23 @@ def settings(mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFacto
 
 
 RAY_METRICS_PORT = free_port()
+METRICS_REPORT_INTERVAL_MS = 2000  # Ray's default is 10 s: the Prometheus tests would wait that long per change
 RAY_START_ATTEMPTS = 2
+
+
+@pytest.fixture(scope="session")
+def serve_url(ray_cluster: None) -> Iterator[str]:
+    """Serve on a free port of the session's Ray, one instance for every suite; its base URL.
+
+    Suites deploy their own named apps on it and delete them when done.
+    """
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port},
+                logging_config={"log_level": "WARNING", "enable_access_log": False})
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
 
 
 @pytest.fixture(scope="session")
@@ -107,6 +123,7 @@ def _start_ray() -> None:
         num_cpus=RAY_TEST_CPUS,
         include_dashboard=False,
         object_store_memory=512 * 1024**2,
+        _system_config={"metrics_report_interval_ms": METRICS_REPORT_INTERVAL_MS},
         runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
                                   "TORCH_EXTENSIONS_DIR": os.environ["TORCH_EXTENSIONS_DIR"],
                                   "PYTHONPATH": str(ROOT)}},

@@ -35,7 +35,6 @@ from tests.serve.helpers import (
     instance,
     phase,
     register_test_model,
-    serve_running,
     spec,
     wait_for,
 )
@@ -50,13 +49,6 @@ REPLACE_TIMEOUT_S = 90
 FREEZE_S = 1.0                            # the victim is stopped this long before SIGKILL: requests are in flight
 ROLLOUT_RATE_PER_S = 10                   # enough for 15 candidate requests per step within seconds
 PAUSED_HOLD_S = 3                         # MLflow stays down this long after the rollout paused
-
-
-@pytest.fixture(scope="module")
-def serve_url(ray_cluster: None) -> Iterator[str]:
-    """Serve's base URL (the serve suite's session fixture is not visible from tests/faults)."""
-    with serve_running() as url:
-        yield url
 
 
 @pytest.fixture(scope="module")

@@ -12,20 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cluster.processes import free_port
-from tests.serve.helpers import ServeApp, deploy_app, register_test_model, serve_http_url, wait_for_traffic
-
-
-@pytest.fixture(scope="session")
-def serve_url(ray_cluster: None) -> Iterator[str]:
-    """Serve started on a free port of the session's Ray; its base URL."""
-    from ray import serve
-
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port},
-                logging_config={"log_level": "WARNING", "enable_access_log": False})
-    yield serve_http_url(port)
-    serve.shutdown()
+from tests.serve.helpers import ServeApp, deploy_app, register_test_model, wait_for_traffic
 
 
 @pytest.fixture(scope="session")

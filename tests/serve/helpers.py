@@ -7,11 +7,10 @@ in the session's MLflow server. Apps are real Serve applications reached over HT
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,33 +100,6 @@ class ServeApp:
     def admin(self, method: str, path: str, json: Any = None, token: str | None = ADMIN_TOKEN) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return self.client.request(method, f"{self.url}{path}", json=json, headers=headers)
-
-
-def serve_http_url(port: int) -> str:
-    return f"http://127.0.0.1:{port}"
-
-
-@contextlib.contextmanager
-def serve_running() -> Iterator[str]:
-    """Serve's base URL on the session's Ray: the running instance's, or one started here and shut down on exit.
-
-    For suites outside tests/serve, whose session ``serve_url`` fixture they cannot see: a second
-    ``serve.start`` would keep the first instance's port, so the port is read back from Serve.
-    """
-    from ray import serve
-    from ray.serve.context import _get_global_client
-
-    from cluster.processes import free_port
-
-    running = _get_global_client(raise_if_no_controller_running=False) is not None
-    if not running:
-        serve.start(http_options={"host": "127.0.0.1", "port": free_port()},
-                    logging_config={"log_level": "WARNING", "enable_access_log": False})
-    try:
-        yield serve_http_url(_get_global_client().http_config.port)
-    finally:
-        if not running:
-            serve.shutdown()
 
 
 def deploy_app(base_url: str, settings: Settings, model: str, app_name: str | None = None,
