@@ -27,6 +27,8 @@ import httpx
 
 from deployments.contracts import HEADER_STICKY, HEADER_VARIANT
 
+CLIENT_TIMEOUT_S = 30.0  # above the router's request_timeout_s: overload shows up as the server's 504, not a give-up
+
 
 @dataclass
 class LoadResult:
@@ -138,7 +140,7 @@ async def _drive(url: str, model: str, records: list[dict[str, Any]], rate: floa
 
 def run_load(url: str, model: str, records: list[dict[str, Any]], rate_per_s: float, duration_s: float,
              stop: threading.Event | None = None, headers: dict[str, str] | None = None,
-             timeout_s: float = 10.0, max_in_flight: int = 256) -> LoadResult:
+             timeout_s: float = CLIENT_TIMEOUT_S, max_in_flight: int = 256) -> LoadResult:
     """Send ``rate_per_s`` requests per second for ``duration_s`` (or until ``stop`` is set)."""
     if not records:
         raise ValueError("no records to send")
@@ -178,9 +180,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate", type=float, required=True, help="requests per second")
     parser.add_argument("--duration", type=float, required=True, help="seconds")
     parser.add_argument("--out", required=True, help="where to write the JSON result")
+    parser.add_argument("--timeout", type=float, default=CLIENT_TIMEOUT_S,
+                        help="client timeout per request, seconds (keep it above the router's request_timeout_s, "
+                             "so an overloaded server is seen as its own 504, not a client give-up)")
     args = parser.parse_args(argv)
     records = json.loads(Path(args.records).read_text())
-    result = run_load(args.url, args.model, records, args.rate, args.duration)
+    result = run_load(args.url, args.model, records, args.rate, args.duration, timeout_s=args.timeout)
     Path(args.out).write_text(json.dumps(result.to_dict()))
 
 
