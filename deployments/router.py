@@ -230,7 +230,8 @@ class Router:
         """One attempt at the model call, cancelled when ``deadline`` (monotonic) passes."""
         response = self._predict[variant].remote(instances)
         try:
-            return await asyncio.wait_for(_awaited(response), max(0.0, deadline - time.monotonic()))
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                return await response  # no wrapper task per call (wait_for would create one)
         except TimeoutError:
             response.cancel()
             raise
