@@ -97,6 +97,20 @@ def test_plain_ray_job_submit_works_with_rayline_env(stack_env: dict[str, str]) 
     assert "RAYLINE_RESULT" in proc.stdout
 
 
+def test_ingest_submitted_as_a_ray_job_writes_a_version_into_the_catalog(stack_env: dict[str, str]) -> None:
+    root = Path(stack_env["RAYLINE_STATE_DIR"]) / "datasets"
+    proc = rayline(stack_env, "ingest", "--submit", "--follow", "--source", "examples/data/customers.csv",
+                   "--contract", "examples/contracts/customers.yaml", "--dataset", "customers", "--root", str(root))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(next(line for line in proc.stdout.splitlines()
+                             if line.startswith("RAYLINE_RESULT ")).removeprefix("RAYLINE_RESULT "))
+    assert Path(result["path"]).is_relative_to(root) and result["dataset"] == "customers"
+    manifest = json.loads((Path(result["path"]) / "manifest.json").read_text())
+    assert manifest["counts"]["rows_in"] == 3000
+    assert manifest["counts"]["rows_in"] == (manifest["counts"]["rows_out"] + manifest["counts"]["rows_quarantined"]
+                                             + manifest["counts"]["rows_deduplicated"])
+
+
 def test_mlflow_logs_a_run_through_the_started_server(stack_env: dict[str, str]) -> None:
     code = (
         "import mlflow, sys\n"
