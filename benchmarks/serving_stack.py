@@ -40,12 +40,11 @@ def start_stack(tmp: Path) -> tuple[Settings, Popen]:
 
     from cluster.processes import free_port
     from cluster.settings import load_settings
-    from cluster.stack import SERVE_DATA_PLANE_ENV, start_mlflow
+    from cluster.stack import start_mlflow
 
     settings = load_settings(state_dir=tmp, mlflow_port=free_port(), log_format="text", log_level="WARNING")
     proc = start_mlflow(settings, tmp / "mlflow.log", timeout_s=120)
     os.environ["MLFLOW_TRACKING_URI"] = str(settings.mlflow_tracking_uri)
-    os.environ.update(SERVE_DATA_PLANE_ENV)  # the platform's Serve settings, as `rayline up` and the chart set them
     ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="WARNING",
              runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
     return settings, proc

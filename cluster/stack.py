@@ -186,18 +186,6 @@ def start_mlflow(settings: Settings, log_file: Path, timeout_s: float = MLFLOW_S
     return proc
 
 
-# Ray Serve data-plane settings for every Ray process of the platform (local stack, tests, the
-# chart's pods): calls between deployments (router → model) over gRPC, and user code plus the
-# handle's router on the replica's own event loop instead of extra threads. Measured side by side
-# (benchmarks/serve_router_bench.py, 2 cores): the router's added p50 7.1 → 3.8 ms at concurrency 1,
-# direct and routed throughput +14 % at concurrency 8.
-SERVE_DATA_PLANE_ENV = {
-    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
-    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
-    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
-}
-
-
 def ray_env(settings: Settings) -> dict[str, str]:
     """Environment for Ray processes and clients of this stack (token auth on).
 
@@ -210,7 +198,6 @@ def ray_env(settings: Settings) -> dict[str, str]:
         "RAY_AUTH_TOKEN_PATH": str(Path(str(settings.ray_auth_token_path)).absolute()),
         "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
-        **SERVE_DATA_PLANE_ENV,
     }
 
 

@@ -22,9 +22,7 @@ os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".tools" / "torch_exten
 
 from cluster.processes import free_port, session_members, terminate  # noqa: E402
 from cluster.settings import Settings, load_settings  # noqa: E402
-from cluster.stack import SERVE_DATA_PLANE_ENV, mlflow_healthy, start_mlflow  # noqa: E402
-
-os.environ.update(SERVE_DATA_PLANE_ENV)  # before Ray starts: its processes inherit the platform's Serve settings
+from cluster.stack import mlflow_healthy, start_mlflow  # noqa: E402
 
 RAY_TEST_CPUS = 4  # logical CPUs: 2 train workers + Ray Data / Serve replicas on a 2-core box
 

@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 import yaml
 
-from cluster.stack import SERVE_DATA_PLANE_ENV
 from deployments.rollout.spec import parse_spec, ref_uri
 from deployments.serve_config import parse_config
 from tests.helm.conftest import EXAMPLES, ROOT, Manifest, env_of, one, parse_manifest, run_helm, template_args
@@ -112,14 +111,6 @@ def test_serve_app_reaches_the_in_cluster_mlflow_and_gets_secrets_only_by_env_na
         else:
             assert args["predict_token_env"] not in env
     assert not [k for k in args if "token" in k and not k.endswith("_env")], "a token value in the serve config"
-
-
-@pytest.mark.parametrize("example", list(EXAMPLES))
-def test_serving_pods_get_the_platforms_serve_data_plane_settings(rendered: dict[str, Manifest], example: str) -> None:
-    """The chart's Ray pods run Serve as the local stack and the benchmarks do (cluster.stack)."""
-    for _pod, container in serving_containers(rendered[example]):
-        env = env_of(container)
-        assert {k: env.get(k, {}).get("value") for k in SERVE_DATA_PLANE_ENV} == SERVE_DATA_PLANE_ENV
 
 
 @pytest.mark.parametrize("example", list(EXAMPLES))

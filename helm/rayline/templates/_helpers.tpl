@@ -143,13 +143,6 @@ Call with a dict: {"root": $, "rayAddress": "..."}.
   value: {{ $root.Values.settings.mlflowExperiment | quote }}
 - name: RAYLINE_STATE_DIR
   value: /tmp/rayline
-{{- /* Ray Serve data plane: the same values as cluster.stack.SERVE_DATA_PLANE_ENV (tests/helm checks) */}}
-- name: RAY_SERVE_USE_GRPC_BY_DEFAULT
-  value: "1"
-- name: RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD
-  value: "0"
-- name: RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP
-  value: "0"
 - name: RAYLINE_DATASETS_ROOT
   value: {{ printf "%s/datasets" (include "rayline.storageRoot" $root) | quote }}
 - name: RAYLINE_CHECKPOINTS_ROOT
