@@ -31,10 +31,10 @@ from tests.serve.helpers import (
     ServeApp,
     admin_ok,
     champion_version,
-    deploy_app,
     instance,
     phase,
     register_test_model,
+    running_app,
     spec,
     wait_for,
 )
@@ -125,12 +125,8 @@ def loadgen_result(proc: subprocess.Popen, workdir: Path, timeout_s: float) -> d
 @pytest.fixture(scope="module")
 def two_replica_app(serve_url: str, settings, model: str) -> Iterator[ServeApp]:
     """Router + the champion's model deployment with 2 replicas (static traffic, no candidate)."""
-    from ray import serve
-
-    app = deploy_app(serve_url, settings, model, candidate=None, controller=False, replicas=2)
-    yield app
-    app.client.close()
-    serve.delete(app.name)
+    with running_app(serve_url, settings, model, candidate=None, controller=False, replicas=2) as app:
+        yield app
 
 
 def test_a_model_replica_killed_under_steady_load_fails_at_most_half_a_percent_and_is_replaced(
@@ -188,12 +184,8 @@ def promoted_at(app: ServeApp) -> float:
 @pytest.fixture
 def rollout_app(serve_url: str, settings, model: str) -> Iterator[ServeApp]:
     """The model's champion and challenger served with the rollout controller."""
-    from ray import serve
-
-    app = deploy_app(serve_url, settings, model)
-    yield app
-    app.client.close()
-    serve.delete(app.name)
+    with running_app(serve_url, settings, model) as app:
+        yield app
 
 
 def test_mlflow_stopped_during_a_rollout_pauses_it_serving_continues_and_it_promotes_once_mlflow_is_back(

@@ -29,10 +29,10 @@ from tests.serve.helpers import (
     TERMINAL,
     ServeApp,
     admin_ok,
-    deploy_app,
     instance,
     phase,
     register_test_model,
+    running_app,
     spec,
     wait_for,
 )
@@ -76,14 +76,8 @@ def prometheus(ray_metrics_port: int, tmp_path_factory: pytest.TempPathFactory) 
 @pytest.fixture(scope="module")
 def rollout(serve_url: str, settings, prometheus: PrometheusServer) -> Iterator[RolloutRun]:
     """A fresh model's canary 25 → 50 → 100 % under 20 req/s, driven to its end."""
-    from ray import serve
-
-    app = deploy_app(serve_url, settings, register_test_model(settings))
-    try:
+    with running_app(serve_url, settings, register_test_model(settings)) as app:
         yield run_rollout(app, prometheus)
-    finally:
-        app.client.close()
-        serve.delete(app.name)
 
 
 def run_rollout(app: ServeApp, prometheus: PrometheusServer) -> RolloutRun:

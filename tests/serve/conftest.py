@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.serve.helpers import ServeApp, deploy_app, register_test_model, wait_for_traffic
+from tests.serve.helpers import ServeApp, register_test_model, running_app, wait_for_traffic
 
 
 @pytest.fixture(scope="session")
@@ -24,12 +24,8 @@ def registered_model(settings) -> str:
 @pytest.fixture(scope="module")
 def serve_app(serve_url: str, settings, registered_model: str) -> Iterator[ServeApp]:
     """A running app: baseline models:/M@champion (v1), candidate models:/M@challenger (v2), admin token set."""
-    from ray import serve
-
-    app = deploy_app(serve_url, settings, registered_model)
-    yield app
-    app.client.close()
-    serve.delete(app.name)
+    with running_app(serve_url, settings, registered_model) as app:
+        yield app
 
 
 @pytest.fixture(scope="session")
@@ -38,12 +34,8 @@ def static_app(serve_url: str, settings, registered_model: str) -> Iterator[Serv
 
     Shared by the data-plane suites; a test that changes the split puts 100 % baseline back.
     """
-    from ray import serve
-
-    app = deploy_app(serve_url, settings, registered_model, app_name="static", controller=False)
-    yield app
-    app.client.close()
-    serve.delete(app.name)
+    with running_app(serve_url, settings, registered_model, app_name="static", controller=False) as app:
+        yield app
 
 
 @pytest.fixture

@@ -7,10 +7,11 @@ in the session's MLflow server. Apps are real Serve applications reached over HT
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,6 +124,20 @@ def deploy_app(base_url: str, settings: Settings, model: str, app_name: str | No
     versions = {v: registry.resolve(cfg.ref(v)).version for v in cfg.variants}
     client = httpx.Client(timeout=30, limits=httpx.Limits(max_connections=64))
     return ServeApp(name=app_name, model=model, url=f"{base_url}/{app_name}", versions=versions, client=client)
+
+
+@contextlib.contextmanager
+def running_app(base_url: str, settings: Settings, model: str, app_name: str | None = None,
+                **config: Any) -> Iterator[ServeApp]:
+    """:func:`deploy_app` for a ``with`` block (a module fixture's life): client closed, app deleted after it."""
+    from ray import serve
+
+    app = deploy_app(base_url, settings, model, app_name, **config)
+    try:
+        yield app
+    finally:
+        app.client.close()
+        serve.delete(app.name)
 
 
 def wait_for_traffic(app: ServeApp, epoch: int, timeout_s: float = 30.0) -> None:

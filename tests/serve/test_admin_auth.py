@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from tests.serve.helpers import ADMIN_TOKEN, deploy_app, instance
+from tests.serve.helpers import ADMIN_TOKEN, instance, running_app
 
 PREDICT_TOKEN = "test-predict-token"
 
@@ -47,18 +47,15 @@ def test_controller_refusals_and_bad_requests_are_json_4xx(static_app):
 @pytest.fixture(scope="module")
 def locked_app(serve_url, settings, registered_model):
     """The baseline alone, with predict locked by a token read (at deploy time) from the env var the config names."""
-    from ray import serve
-
     env = f"RAYLINE_TEST_PREDICT_TOKEN_{uuid.uuid4().hex[:6].upper()}"
     os.environ[env] = PREDICT_TOKEN
     try:
-        app = deploy_app(serve_url, settings, registered_model, app_name="locked", candidate=None,
-                         controller=False, predict_token_env=env)
+        with running_app(serve_url, settings, registered_model, app_name="locked", candidate=None,
+                         controller=False, predict_token_env=env) as app:
+            os.environ.pop(env)  # read once, at deploy time
+            yield app
     finally:
-        del os.environ[env]
-    yield app
-    app.client.close()
-    serve.delete(app.name)
+        os.environ.pop(env, None)
 
 
 def test_a_predict_token_locks_predict_to_that_token_alone(locked_app):

@@ -10,25 +10,21 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.serve.helpers import ServeApp, deploy_app, instance, register_version, tiny_model
+from tests.serve.helpers import instance, register_version, running_app, tiny_model
 
 
 @pytest.fixture(scope="module")
 def slow_app(serve_url, settings, registered_model):
-    from ray import serve
 
     from cluster.registry import Registry
     from models.faulty import FaultyModel
 
     version = register_version(settings, registered_model, FaultyModel(tiny_model(3), 0.0, extra_latency_s=1.0))
     Registry(settings).set_alias(registered_model, "slow", version)
-    app: ServeApp = deploy_app(serve_url, settings, registered_model, app_name="slow", controller=False,
-                               baseline=f"models:/{registered_model}@slow", candidate=None,
-                               max_ongoing_requests=1, max_queued_requests=1, request_timeout_s=0.5,
-                               retry_after_s=2)
-    yield app
-    app.client.close()
-    serve.delete(app.name)
+    with running_app(serve_url, settings, registered_model, app_name="slow", controller=False,
+                     baseline=f"models:/{registered_model}@slow", candidate=None,
+                     max_ongoing_requests=1, max_queued_requests=1, request_timeout_s=0.5, retry_after_s=2) as app:
+        yield app
 
 
 def test_a_call_past_the_deadline_is_504_json(slow_app):

@@ -23,6 +23,7 @@ from tests.serve.helpers import (
     instance,
     phase,
     register_test_model,
+    running_app,
     spec,
     wait_for,
 )
@@ -62,12 +63,8 @@ class Load:
 @pytest.fixture(scope="module")
 def faulty_app(serve_url, settings):
     """v1 healthy @champion, v2 @challenger that raises on 20% of calls."""
-    from ray import serve
-
-    app = deploy_app(serve_url, settings, register_test_model(settings, candidate_failure_rate=0.2))
-    yield app
-    app.client.close()
-    serve.delete(app.name)
+    with running_app(serve_url, settings, register_test_model(settings, candidate_failure_rate=0.2)) as app:
+        yield app
 
 
 def test_a_candidate_failing_20_percent_is_rolled_back_and_gets_no_request_after_the_router_takes_the_decision(

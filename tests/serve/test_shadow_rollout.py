@@ -19,10 +19,10 @@ from tests.serve.helpers import (
     TERMINAL,
     ServeApp,
     admin_ok,
-    deploy_app,
     instance,
     phase,
     register_test_model,
+    running_app,
     spec,
     wait_for,
 )
@@ -34,12 +34,8 @@ LOAD_RPS = 20.0
 @pytest.fixture(scope="module")
 def shadowed_app(serve_url, settings):
     """v1 healthy @champion, v2 @challenger that raises on 50 % of calls."""
-    from ray import serve
-
-    app = deploy_app(serve_url, settings, register_test_model(settings, candidate_failure_rate=0.5))
-    yield app
-    app.client.close()
-    serve.delete(app.name)
+    with running_app(serve_url, settings, register_test_model(settings, candidate_failure_rate=0.5)) as app:
+        yield app
 
 
 def mirrored_to_candidate(app: ServeApp) -> float:
