@@ -21,10 +21,22 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".tools" / "torch_extensions"))
 
 from cluster.processes import free_port, session_members, terminate  # noqa: E402
-from cluster.settings import Settings, load_settings  # noqa: E402
+from cluster.settings import CONFIG_ENV, Settings, load_settings  # noqa: E402
 from cluster.stack import mlflow_healthy, start_mlflow  # noqa: E402
 
 RAY_TEST_CPUS = 4  # logical CPUs: 2 train workers + Ray Data / Serve replicas on a 2-core box
+
+
+@pytest.fixture(autouse=True)
+def _config_file_does_not_leak() -> Iterator[None]:
+    """``load_settings(config_file)`` exports the file's path for child processes (jobs, the CLI);
+    a test that passes one must not leave every later test reading that file's settings."""
+    before = os.environ.get(CONFIG_ENV)
+    yield
+    if before is None:
+        os.environ.pop(CONFIG_ENV, None)
+    else:
+        os.environ[CONFIG_ENV] = before
 
 
 class MlflowServer:
