@@ -86,10 +86,9 @@ def deploy(settings: Settings, cfg: Any, name: str = APP_NAME) -> str:
 
 def ready(url: str) -> bool:
     """True when the router at ``url`` answers ``/readyz`` with 200 (every model version answers)."""
-    try:
-        return httpx.get(f"{url}/readyz", timeout=5).status_code == 200
-    except httpx.HTTPError:
-        return False
+    from cluster.stack import http_ok
+
+    return http_ok(f"{url}/readyz", timeout_s=5.0)[0]
 
 
 def deploy_ready(settings: Settings, cfg: Any, name: str = APP_NAME, timeout_s: float = READY_TIMEOUT_S) -> str:

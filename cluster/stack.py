@@ -174,7 +174,7 @@ MLFLOW_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 def mlflow_healthy(tracking_uri: str) -> bool:
-    return _http_ok(f"{tracking_uri}/health")[0]
+    return http_ok(f"{tracking_uri}/health")[0]
 
 
 def start_mlflow(settings: Settings, log_file: Path, timeout_s: float = MLFLOW_START_TIMEOUT_S) -> subprocess.Popen:
@@ -265,9 +265,10 @@ def _tail(path: Path, lines: int = 3) -> str:
         return "(no log)"
 
 
-def _http_ok(url: str, headers: dict[str, str] | None = None) -> tuple[bool, str]:
+def http_ok(url: str, headers: dict[str, str] | None = None, timeout_s: float = 3.0) -> tuple[bool, str]:
+    """(answered 200, one line saying what it answered): the health probe of every rayline check."""
     try:
-        resp = httpx.get(url, headers=headers, timeout=3.0)
+        resp = httpx.get(url, headers=headers, timeout=timeout_s)
     except httpx.HTTPError as exc:
         return False, f"{url}: {type(exc).__name__}"
     return resp.status_code == 200, f"{url}: HTTP {resp.status_code}"
@@ -282,14 +283,14 @@ def status(settings: Settings) -> list[Health]:
     checks.append(Health("ray", "ray-gcs", gcs_ok, f"{settings.ray_address} {reach}"))
     token = settings.ray_token()
     headers = {"Authorization": f"Bearer {token}"} if token else None
-    ok, detail = _http_ok(f"{settings.ray_dashboard_url}/api/jobs/", headers)
+    ok, detail = http_ok(f"{settings.ray_dashboard_url}/api/jobs/", headers)
     checks.append(Health("ray", "ray-job-api", ok, detail))
     if _is_local(settings):
         # Jobs are handed to the head node's agent; until it answers, submissions fail
         # with "No available agent", so a stack is not up before the agent is.
-        ok, detail = _http_ok(f"http://{settings.host}:{settings.ray_agent_port}/api/healthz", headers)
+        ok, detail = http_ok(f"http://{settings.host}:{settings.ray_agent_port}/api/healthz", headers)
         checks.append(Health("ray", "ray-job-agent", ok, detail))
-    ok, detail = _http_ok(f"{settings.mlflow_tracking_uri}/health")
+    ok, detail = http_ok(f"{settings.mlflow_tracking_uri}/health")
     checks.append(Health("mlflow", "mlflow-health", ok, detail))
     return checks
 
