@@ -4,11 +4,14 @@ Connects as a Ray driver with the stack's token, starts Serve's HTTP proxy on th
 port, and runs the same application that ``deployments.app:build_app`` builds for
 ``serve deploy`` YAML and the Helm chart's RayService. :func:`deploy_ready` waits until every
 model version answers; :func:`ensure_serving` (re)deploys only when the running app does not
-already serve the versions a rollout needs.
+already serve the versions a rollout needs, and then keeps how the app was last deployed
+(replicas, CPUs, limits: recorded under ``<state_dir>/serve/<name>.json``), changing only
+the versions.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -22,6 +25,8 @@ from cluster.settings import Settings
 
 APP_NAME = "rayline"
 READY_TIMEOUT_S = 180.0
+# What a rollout's redeploy sets itself rather than carrying over from the last deploy.
+NOT_CARRIED = ("model_name", "baseline", "candidate", "tracking_uri", "state_dir", "controller", "traffic", "shadow")
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -81,7 +86,25 @@ def deploy(settings: Settings, cfg: Any, name: str = APP_NAME) -> str:
         serve.run(build(cfg, admin_token=admin, predict_token=predict), name=name, route_prefix="/")
     except RuntimeError as exc:
         raise ServeError(f"deploying {name} failed: {str(exc).splitlines()[0]}") from None
+    record = _deployed_record(settings, name)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(cfg.model_dump(mode="json"), indent=1))
     return serve_url(settings)
+
+
+def _deployed_record(settings: Settings, name: str) -> Path:
+    return settings.state_dir / "serve" / f"{name}.json"
+
+
+def deployed_options(settings: Settings, model: str, name: str = APP_NAME) -> dict[str, Any]:
+    """How ``name`` was last deployed for ``model`` (replicas, CPUs, limits…), without its versions; {} if unknown."""
+    try:
+        record = json.loads(_deployed_record(settings, name).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(record, dict) or record.get("model_name") != model:
+        return {}
+    return {key: value for key, value in record.items() if key not in NOT_CARRIED}
 
 
 def ready(url: str) -> bool:
@@ -114,7 +137,8 @@ def ensure_serving(settings: Settings, model: str, baseline: str, candidate: str
     """Make the app serve ``baseline`` and ``candidate`` (``models:/`` URIs); (url, whether it was (re)deployed).
 
     Both are resolved in the registry first and the app is redeployed, pinned to those versions, only
-    when it does not serve exactly them already: a running rollout's app is left alone.
+    when it does not serve exactly them already: a running rollout's app is left alone. A redeploy
+    keeps the options the app was last deployed with (``options`` override them).
     """
     from cluster.registry import Registry
 
@@ -124,5 +148,5 @@ def ensure_serving(settings: Settings, model: str, baseline: str, candidate: str
     if served_versions(url, model) == wanted:
         return url, False
     cfg = app_config(settings, model, f"models:/{model}/{wanted['baseline']}",
-                     f"models:/{model}/{wanted['candidate']}", **options)
+                     f"models:/{model}/{wanted['candidate']}", **{**deployed_options(settings, model, name), **options})
     return deploy_ready(settings, cfg, name), True

@@ -64,11 +64,24 @@ def write_spec(folder: Path, model: str, candidate: str) -> Path:
     return path
 
 
+def deployed_cpus(deployment: str) -> float:
+    """CPUs a replica of ``deployment`` (in the rayline app) is given, as the Serve controller runs it
+    (the details behind the Ray dashboard's Serve page)."""
+    from ray.serve.context import _get_global_client
+
+    details = _get_global_client().get_serve_details()
+    config = details["applications"][APP_NAME]["deployments"][deployment]["deployment_config"]
+    return float(config["ray_actor_options"]["num_cpus"])
+
+
 def test_canary_start_deploys_baseline_and_candidate_then_starts_and_leaves_a_running_rollout_alone(
         stack_env, settings, serve_url, monkeypatch, capsys):
+    """The redeploy keeps how the app was deployed (here 0.2 CPU a replica), changing only the versions."""
     from ray import serve
 
     model = register_test_model(settings)
+    code, _, err = rayline(monkeypatch, capsys, "serve", "deploy", model, "--num-cpus", "0.2")
+    assert code == 0, err
     code, _, err = rayline(monkeypatch, capsys, "canary", "start", str(write_spec(stack_env, model, "9")))
     assert code != 0 and "9" in one_error_line(err), err
     spec = str(write_spec(stack_env, model, "challenger"))
@@ -78,6 +91,7 @@ def test_canary_start_deploys_baseline_and_candidate_then_starts_and_leaves_a_ru
         assert "deployed" in out
         described = httpx.get(f"{serve_url}/v1/models/{model}", timeout=10).json()
         assert described["versions"] == {"baseline": "1", "candidate": "2"}
+        assert deployed_cpus("model-candidate") == deployed_cpus("model-baseline") == 0.2
         assert (stack_env / "rollouts" / model / "current").exists()
         code, _, err = rayline(monkeypatch, capsys, "canary", "start", spec)
         assert code != 0 and "abort" in one_error_line(err), err
