@@ -22,6 +22,7 @@ HEADER_VERSION = "x-rayline-model-version"    # response: registered model versi
 HEADER_TRACE = "x-rayline-trace-id"           # response: trace id (also in traceparent)
 HEADER_FORCE = "x-rayline-force-variant"      # request: force a variant (testing, QA)
 HEADER_STICKY = "x-rayline-user"              # request: sticky assignment key
+HEADER_ACTOR = "x-rayline-actor"             # admin request: who, for the audit line (a body "actor" wins)
 
 
 @dataclass

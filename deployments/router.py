@@ -29,6 +29,7 @@ from cluster.logs import configure_logging
 from cluster.tracing import make_traceparent, new_trace_id, parse_traceparent
 from deployments.contracts import (
     BASELINE,
+    HEADER_ACTOR,
     HEADER_FORCE,
     HEADER_STICKY,
     HEADER_TRACE,
@@ -327,7 +328,8 @@ class Router:
             except ValueError:
                 body = None  # type: ignore[assignment]
         authorised = self.admin_token is not None and _bearer_ok(request, self.admin_token)
-        actor = str((body or {}).get("actor") or "unknown") if authorised else "anonymous"
+        claimed = (body or {}).get("actor") or request.headers.get(HEADER_ACTOR) or "unknown"
+        actor = str(claimed) if authorised else "anonymous"
         reason = str((body or {}).get("reason") or "")
         if not authorised:
             response = json_error(401, "authorization",

@@ -22,7 +22,7 @@ from cluster.cli.context import settings_of
 from cluster.errors import RaylineError
 from cluster.serving import APP_NAME, ensure_serving, serve_url
 from cluster.settings import Settings
-from deployments.contracts import CANDIDATE
+from deployments.contracts import CANDIDATE, HEADER_ACTOR
 from deployments.rollout.errors import RolloutError
 from deployments.rollout.spec import load_spec, ref_uri
 
@@ -44,7 +44,7 @@ class AdminClient:
     def __init__(self, settings: Settings, url: str | None = None, timeout_s: float = 30.0) -> None:
         self.base = (url or f"http://{settings.host}:{settings.serve_http_port}").rstrip("/")
         token = settings.admin_token.get_secret_value() if settings.admin_token else None
-        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.headers = {HEADER_ACTOR: getpass.getuser(), **({"Authorization": f"Bearer {token}"} if token else {})}
         self.timeout_s = timeout_s
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:

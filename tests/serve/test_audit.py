@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.processes import wait_until
+from deployments.contracts import HEADER_ACTOR
 from tests.serve.helpers import ADMIN_TOKEN, ServeApp
 
 
@@ -37,13 +38,14 @@ def audit_line(app: ServeApp, trace_id: str) -> dict[str, Any] | None:
     return found[0] if found else None
 
 
-def admin_call(app: ServeApp, body: dict[str, Any], token: str | None) -> str:
-    """PUT /admin/traffic with a fresh W3C trace id; returns that id."""
+def admin_call(app: ServeApp, body: dict[str, Any] | None, token: str | None, **headers: str) -> str:
+    """PUT /admin/traffic (GET without a body) with a fresh W3C trace id; returns that id."""
     trace_id = uuid.uuid4().hex
-    headers = {"traceparent": f"00-{trace_id}-{'1' * 16}-01"}
+    headers = {**headers, "traceparent": f"00-{trace_id}-{'1' * 16}-01"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    response = app.client.put(f"{app.url}/admin/traffic", json=body, headers=headers)
+    response = app.client.request("GET" if body is None else "PUT", f"{app.url}/admin/traffic", json=body,
+                                  headers=headers)
     assert response.headers["x-rayline-trace-id"] == trace_id
     return trace_id
 
@@ -53,8 +55,10 @@ def test_a_state_change_and_a_refused_call_are_audited_with_who_what_why_status_
                          ADMIN_TOKEN)
     refused = admin_call(static_app, {"weights": {"candidate": 1.0}, "actor": "mallory", "reason": "sneaky"},
                          "wrong-token")
-    assert wait_until(lambda: audit_line(static_app, changed) and audit_line(static_app, refused), timeout_s=30)
+    read = admin_call(static_app, None, ADMIN_TOKEN, **{HEADER_ACTOR: "bob"})   # a GET names its actor in a header
+    assert wait_until(lambda: all(audit_line(static_app, t) for t in (changed, refused, read)), timeout_s=30)
     ok, denied = audit_line(static_app, changed), audit_line(static_app, refused)
+    assert (audit_line(static_app, read)["actor"], audit_line(static_app, read)["command"]) == ("bob", "traffic")
     assert (ok["actor"], ok["command"], ok["reason"], ok["status"]) == ("alice", "set_traffic", "ticket 7", 200)
     assert (denied["actor"], denied["command"], denied["status"]) == ("anonymous", "set_traffic", 401)
     assert denied["reason"] == "sneaky"   # what was claimed is kept; the actor is not trusted without the token
