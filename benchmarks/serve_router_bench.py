@@ -1,11 +1,13 @@
 """Router overhead: requests/s and p50/p99 through the router vs the same model deployment called directly.
 
 One script, one machine, side by side: a private MLflow server and Ray instance, one
-registered tiny model, two Serve apps with identical model replicas — ``direct`` (the
-model deployment is the ingress) and ``routed`` (router ingress → model deployment,
-100 % baseline, no rollout running). A load client runs in a separate process per run
-(so it does not share the server's interpreter) and the two paths alternate, repeated
-``--repeats`` times; the report gives medians over repeats.
+registered tiny model, three Serve apps with identical model replicas — ``direct`` (the
+model deployment is the ingress), ``routed`` (router ingress → model deployment, 100 %
+baseline, no rollout running) and ``hop`` (a bare pass-through ingress → model
+deployment: what one extra Serve deployment hop costs by itself, so ``routed − hop`` is
+the router's own code). A load client runs in a separate process per run (so it does not
+share the server's interpreter) and the paths alternate, repeated ``--repeats`` times;
+the report gives medians over repeats.
 
     python benchmarks/serve_router_bench.py --repeats 5 --duration 8
 """
@@ -26,7 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.report import MIN_REPEATS, Report, summarize  # noqa: E402
-from benchmarks.serving_stack import serving_stack  # noqa: E402
+from benchmarks.serving_stack import FLOOR, serving_stack  # noqa: E402
+
+ORDER = ("direct", FLOOR, "routed")
 
 
 # ---------------------------------------------------------------- load client (separate process)
@@ -83,15 +87,14 @@ def main() -> None:
 
     with serving_stack(args.batch_max_size) as endpoints:
         model = endpoints.model
-        direct_url, routed_url = endpoints.predict_url("direct"), endpoints.predict_url("routed")
         report = Report("serve-router", f"tiny TabularMLP ({model}), 1 instance per request, "
                         f"{args.duration:g} s per run after {args.warmup:g} s warm-up, concurrency "
-                        f"{args.concurrency}, {args.repeats} repeats alternating direct/routed; client in its "
-                        f"own process; model and router replicas 0.5 CPU each")
+                        f"{args.concurrency}, {args.repeats} repeats alternating {'/'.join(ORDER)}; client in "
+                        f"its own process; model, router and pass-through replicas 0.5 CPU each")
         for concurrency in args.concurrency:
             for repeat in range(args.repeats):
-                for path, url in (("direct", direct_url), ("routed", routed_url)):
-                    result = run_client(url, concurrency, args.duration, args.warmup)
+                for path in ORDER:
+                    result = run_client(endpoints.predict_url(path), concurrency, args.duration, args.warmup)
                     lat = summarize(result["latencies_ms"])
                     report.add(concurrency=concurrency, repeat=repeat, path=path,
                                rps=len(result["latencies_ms"]) / result["duration_s"], errors=result["errors"],
@@ -101,7 +104,9 @@ def main() -> None:
         rows = _summary_rows(report.rows, args.concurrency)
         report.section("Results (medians over repeats)", report.table(rows))
         report.section("Targets", "Router overhead target: <= 1 ms added at p50 and >= 90 % of direct throughput. "
-                       "Medians of per-run p50/p99/throughput; `added_p50_ms` = routed − direct.")
+                       "Medians of per-run p50/p99/throughput; `added_p50_ms` = routed − direct, of which "
+                       "`hop_added_p50_ms` (hop − direct) is Serve's extra deployment hop alone and "
+                       "`router_code_p50_ms` (routed − hop) is the router's own work.")
         out = report.write(" ".join(["python", "benchmarks/serve_router_bench.py", *sys.argv[1:]]))
         print(report.table(rows))
         print(f"report: {out}")
@@ -111,11 +116,14 @@ def _summary_rows(rows: list[dict], concurrencies: list[int]) -> list[dict]:
     out = []
     for c in concurrencies:
         med = {p: {k: statistics.median(r[k] for r in rows if r["concurrency"] == c and r["path"] == p)
-                   for k in ("rps", "p50_ms", "p99_ms")} for p in ("direct", "routed")}
+                   for k in ("rps", "p50_ms", "p99_ms")} for p in ORDER}
         out.append({"concurrency": c, "direct_rps": med["direct"]["rps"], "routed_rps": med["routed"]["rps"],
                     "throughput_ratio": med["routed"]["rps"] / med["direct"]["rps"],
+                    "hop_throughput_ratio": med[FLOOR]["rps"] / med["direct"]["rps"],
                     "direct_p50_ms": med["direct"]["p50_ms"], "routed_p50_ms": med["routed"]["p50_ms"],
                     "added_p50_ms": med["routed"]["p50_ms"] - med["direct"]["p50_ms"],
+                    "hop_added_p50_ms": med[FLOOR]["p50_ms"] - med["direct"]["p50_ms"],
+                    "router_code_p50_ms": med["routed"]["p50_ms"] - med[FLOOR]["p50_ms"],
                     "direct_p99_ms": med["direct"]["p99_ms"], "routed_p99_ms": med["routed"]["p99_ms"]})
     return out
 

@@ -2,8 +2,11 @@
 
 ``direct``: the model deployment is the ingress. ``routed``: router ingress → the same model
 deployment, 100 % baseline, no rollout controller. Same replicas, same CPU shares, so the
-difference between the two paths is the router. Used by ``serve_router_bench`` (closed-loop
-concurrency) and ``load_curve_bench`` (open-loop rates).
+difference between the two paths is the router. ``hop``: a bare pass-through ingress → the
+same model deployment (read the body, one handle call, answer): the cost of the extra Serve
+deployment hop itself, the floor of any ingress-in-front design, so the router's own cost is
+``routed − hop``. Used by ``serve_router_bench`` (closed-loop concurrency) and
+``load_curve_bench`` (open-loop rates).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from cluster.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 PATHS = ("direct", "routed")
+FLOOR = "hop"
 REPLICA_CPUS = 0.5
 
 
@@ -70,8 +74,37 @@ def deploy(settings: Settings, port: int, batch_max_size: int) -> Endpoints:
     serve.run(model_server(cfg, "baseline", info.uri, info.version, str(settings.mlflow_tracking_uri)),
               name="direct", route_prefix="/direct")
     serve.run(build(cfg, admin_token="bench"), name="routed", route_prefix="/routed")
+    hop = _passthrough().options(ray_actor_options=cfg.actor_options(REPLICA_CPUS),   # as the router's
+                                 logging_config=cfg.logging_config)
+    serve.run(hop.bind(model_server(cfg, "baseline", info.uri, info.version, str(settings.mlflow_tracking_uri)),
+                       cfg.max_body_bytes, cfg.max_instances), name=FLOOR, route_prefix=f"/{FLOOR}")
     base = f"http://127.0.0.1:{port}"
-    return Endpoints(model, {path: f"{base}/{path}" for path in PATHS})
+    return Endpoints(model, {path: f"{base}/{path}" for path in (*PATHS, FLOOR)})
+
+
+def _passthrough():
+    """The ``hop`` ingress: nothing but body → one ``predict`` handle call → JSON (no routing, no metrics)."""
+    from ray import serve
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+
+    from deployments.payload import PayloadError, parse_instances
+
+    @serve.deployment(name="hop", max_ongoing_requests=64)
+    class Passthrough:
+        def __init__(self, model, max_body_bytes: int, max_instances: int) -> None:
+            self.predict = model.options(method_name="predict")
+            self.limits = (max_body_bytes, max_instances)
+
+        async def __call__(self, request: Request) -> JSONResponse:
+            try:
+                instances = parse_instances(await request.body(), *self.limits)
+            except PayloadError as exc:
+                return JSONResponse(exc.body(), status_code=exc.status)
+            result = await self.predict.remote(instances)
+            return JSONResponse(result, status_code=result.pop("status"))
+
+    return Passthrough
 
 
 @contextmanager
