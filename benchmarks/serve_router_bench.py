@@ -5,7 +5,8 @@ registered tiny model, three Serve apps with identical model replicas — ``dire
 model deployment is the ingress), ``routed`` (router ingress → model deployment, 100 %
 baseline, no rollout running) and ``hop`` (a bare pass-through ingress → model
 deployment: what one extra Serve deployment hop costs by itself, so ``routed − hop`` is
-the router's own code). A load client runs in a separate process per run (so it does not
+the router's own code) and ``colocated`` (the router with the model inside its replicas,
+``colocate: true``: no hop). A load client runs in a separate process per run (so it does not
 share the server's interpreter) and the paths alternate, repeated ``--repeats`` times;
 the report gives medians over repeats.
 
@@ -28,9 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.report import MIN_REPEATS, Report, summarize  # noqa: E402
-from benchmarks.serving_stack import FLOOR, serving_stack  # noqa: E402
+from benchmarks.serving_stack import COLOCATED, FLOOR, serving_stack  # noqa: E402
 
-ORDER = ("direct", FLOOR, "routed")
+ORDER = ("direct", FLOOR, "routed", COLOCATED)
 
 
 # ---------------------------------------------------------------- load client (separate process)
@@ -106,7 +107,8 @@ def main() -> None:
         report.section("Targets", "Router overhead target: <= 1 ms added at p50 and >= 90 % of direct throughput. "
                        "Medians of per-run p50/p99/throughput; `added_p50_ms` = routed − direct, of which "
                        "`hop_added_p50_ms` (hop − direct) is Serve's extra deployment hop alone and "
-                       "`router_code_p50_ms` (routed − hop) is the router's own work.")
+                       "`router_code_p50_ms` (routed − hop) is the router's own work; `colocated_*` is the router "
+                       "with the model in its own replicas (`colocate: true`), against the same direct path.")
         out = report.write(" ".join(["python", "benchmarks/serve_router_bench.py", *sys.argv[1:]]))
         print(report.table(rows))
         print(f"report: {out}")
@@ -124,6 +126,8 @@ def _summary_rows(rows: list[dict], concurrencies: list[int]) -> list[dict]:
                     "added_p50_ms": med["routed"]["p50_ms"] - med["direct"]["p50_ms"],
                     "hop_added_p50_ms": med[FLOOR]["p50_ms"] - med["direct"]["p50_ms"],
                     "router_code_p50_ms": med["routed"]["p50_ms"] - med[FLOOR]["p50_ms"],
+                    "colocated_throughput_ratio": med[COLOCATED]["rps"] / med["direct"]["rps"],
+                    "colocated_added_p50_ms": med[COLOCATED]["p50_ms"] - med["direct"]["p50_ms"],
                     "direct_p99_ms": med["direct"]["p99_ms"], "routed_p99_ms": med["routed"]["p99_ms"]})
     return out
 

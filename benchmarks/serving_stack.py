@@ -5,7 +5,8 @@ deployment, 100 % baseline, no rollout controller. Same replicas, same CPU share
 difference between the two paths is the router. ``hop``: a bare pass-through ingress → the
 same model deployment (read the body, one handle call, answer): the cost of the extra Serve
 deployment hop itself, the floor of any ingress-in-front design, so the router's own cost is
-``routed − hop``. Used by ``serve_router_bench`` (closed-loop concurrency) and
+``routed − hop``. ``colocated``: the router with the model loaded inside its replicas
+(``colocate: true``), the same router code without the hop. Used by ``serve_router_bench`` (closed-loop concurrency) and
 ``load_curve_bench`` (open-loop rates).
 """
 
@@ -24,6 +25,7 @@ from cluster.settings import Settings
 ROOT = Path(__file__).resolve().parent.parent
 PATHS = ("direct", "routed")
 FLOOR = "hop"
+COLOCATED = "colocated"
 REPLICA_CPUS = 0.5
 
 
@@ -78,8 +80,10 @@ def deploy(settings: Settings, port: int, batch_max_size: int) -> Endpoints:
                                  logging_config=cfg.logging_config)
     serve.run(hop.bind(model_server(cfg, "baseline", info.uri, info.version, str(settings.mlflow_tracking_uri)),
                        cfg.max_body_bytes, cfg.max_instances), name=FLOOR, route_prefix=f"/{FLOOR}")
+    serve.run(build(cfg.model_copy(update={"colocate": True}), admin_token="bench"), name=COLOCATED,
+              route_prefix=f"/{COLOCATED}")
     base = f"http://127.0.0.1:{port}"
-    return Endpoints(model, {path: f"{base}/{path}" for path in (*PATHS, FLOOR)})
+    return Endpoints(model, {path: f"{base}/{path}" for path in (*PATHS, FLOOR, COLOCATED)})
 
 
 def _passthrough():

@@ -36,6 +36,13 @@ def controller_available() -> bool:
     return importlib.util.find_spec(CONTROLLER_MODULE) is not None
 
 
+def model_args(cfg: ServeAppConfig, variant: str, uri: str, version: str, tracking_uri: str) -> dict[str, Any]:
+    """``ModelServer``'s constructor arguments for one variant (its own deployment, or inside the router)."""
+    return {"model_uri": uri, "variant": variant, "version": version, "tracking_uri": tracking_uri,
+            "batch_max_size": cfg.batch_max_size, "batch_wait_timeout_s": cfg.batch_wait_timeout_s,
+            "max_body_bytes": cfg.max_body_bytes, "max_instances": cfg.max_instances}
+
+
 def model_server(cfg: ServeAppConfig, variant: str, uri: str, version: str, tracking_uri: str) -> Application:
     """The bound model deployment of one variant (also deployable alone: the benchmark's direct path)."""
     return ModelServer.options(
@@ -46,9 +53,7 @@ def model_server(cfg: ServeAppConfig, variant: str, uri: str, version: str, trac
         max_queued_requests=cfg.max_queued_requests,
         backpressure_config={"retry_after_s": cfg.retry_after_s},
         logging_config=cfg.logging_config,
-    ).bind(uri, variant, version, tracking_uri, batch_max_size=cfg.batch_max_size,
-           batch_wait_timeout_s=cfg.batch_wait_timeout_s, max_body_bytes=cfg.max_body_bytes,
-           max_instances=cfg.max_instances)
+    ).bind(**model_args(cfg, variant, uri, version, tracking_uri))
 
 
 def build(cfg: ServeAppConfig, admin_token: str | None = None, predict_token: str | None = None) -> Application:
@@ -56,14 +61,15 @@ def build(cfg: ServeAppConfig, admin_token: str | None = None, predict_token: st
     settings = load_settings(mlflow_tracking_uri=cfg.tracking_uri)
     tracking_uri = str(settings.mlflow_tracking_uri)
     registry = Registry(settings)
-    servers: dict[str, Application] = {}
+    servers: dict[str, Application | dict[str, Any]] = {}   # colocated: the args the router loads it with
     versions: dict[str, str] = {}
     for variant in cfg.variants:
         info = registry.resolve(cfg.ref(variant))
         if info.name != cfg.model_name:
             raise ConfigError(f"{variant} {cfg.ref(variant)} is not a version of {cfg.model_name!r}")
         versions[variant] = info.version
-        servers[variant] = model_server(cfg, variant, info.uri, info.version, tracking_uri)
+        servers[variant] = (model_args if cfg.colocate else model_server)(cfg, variant, info.uri, info.version,
+                                                                          tracking_uri)
     managed = cfg.controller
     if managed:
         if not controller_available():
@@ -91,9 +97,12 @@ def build(cfg: ServeAppConfig, admin_token: str | None = None, predict_token: st
         "retry_after_s": cfg.retry_after_s,
         "log_level": settings.log_level,
     }
+    # Colocated, the router's replicas are the model replicas: sized and limited as those.
+    sizing = ({"num_replicas": cfg.replicas, "ray_actor_options": cfg.actor_options(cfg.num_cpus),
+               "max_ongoing_requests": cfg.max_ongoing_requests} if cfg.colocate else
+              {"num_replicas": cfg.router_replicas, "ray_actor_options": cfg.actor_options(cfg.router_num_cpus)})
     return Router.options(
-        num_replicas=cfg.router_replicas,
-        ray_actor_options=cfg.actor_options(cfg.router_num_cpus),
+        **sizing,
         max_queued_requests=cfg.max_queued_requests,
         backpressure_config={"retry_after_s": cfg.retry_after_s},
         logging_config=cfg.logging_config,

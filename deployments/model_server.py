@@ -6,7 +6,8 @@ and a bad input is a 422 naming the field, never an exception in the replica. Mo
 failures come back as a result with status 500 (the rollout controller counts them);
 the replica itself stays up.
 
-Called by the router through a handle (``predict``), or over HTTP directly when deployed
+Called by the router through a handle (``predict``), in-process inside the router's replicas
+when the app is colocated (``deployments.colocated``), or over HTTP directly when deployed
 as its own app (``__call__``; the benchmark's "direct" path).
 """
 

@@ -5,6 +5,11 @@ response names the variant, version and trace id. Traffic comes from the control
 (polled every ``TRAFFIC_POLL_S``; the last known split is kept when it does not answer);
 what was served goes back to it every ``REPORT_INTERVAL_S``. The admin API is a thin,
 token-checked, audited pass-through to the controller.
+
+Topologies: by default each version is its own deployment (its own replica set) and the router
+calls it through a Serve handle, one extra hop. With ``colocate: true`` every router replica
+loads the versions itself (``deployments.colocated``) and calls them in-process: the same
+routing code, no second hop.
 """
 
 
@@ -27,6 +32,7 @@ from ray.serve.handle import DeploymentHandle
 from cluster import metrics
 from cluster.logs import configure_logging
 from cluster.tracing import make_traceparent, new_trace_id, parse_traceparent
+from deployments.colocated import LocalHandle, load_local
 from deployments.contracts import (
     BASELINE,
     HEADER_ACTOR,
@@ -99,13 +105,14 @@ def _replica_id() -> str:
 @serve.deployment(name="router", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=256)
 @serve.ingress(api)
 class Router:
-    def __init__(self, model_name: str, servers: dict[str, DeploymentHandle], versions: dict[str, str],
+    def __init__(self, model_name: str, servers: dict[str, DeploymentHandle | dict[str, Any]], versions: dict[str, str],
                  controller: DeploymentHandle, options: dict[str, Any],
                  admin_token: SecretStr | None = None, predict_token: SecretStr | None = None) -> None:
         configure_logging("serve-router", level=options.get("log_level", "INFO"), fmt="json")
         self.model_name = model_name
-        self.servers = servers
-        self._predict = {v: h.options(method_name="predict") for v, h in servers.items()}  # one handle per call path
+        # A handle per variant, or (colocated) the model's args: loaded here and called in-process.
+        self.servers = {v: load_local(s) if isinstance(s, dict) else s for v, s in servers.items()}
+        self._predict = {v: h.options(method_name="predict") for v, h in self.servers.items()}  # one per call path
         self.versions = versions
         self.controller = controller
         self.options = options
@@ -154,6 +161,9 @@ class Router:
 
     async def check_health(self) -> None:
         self._ensure_loops()
+        for server in self.servers.values():
+            if isinstance(server, LocalHandle):
+                server.check_health()   # a colocated replica without its models is restarted
 
     # ---------------------------------------------------------------- predict
     @api.post("/v1/models/{name}:predict")

@@ -76,6 +76,7 @@ deployments/serve_config.py ServeAppConfig (extra fields fail the deployment).
   "predict_token_env" "RAYLINE_SERVE_PREDICT_TOKEN"
   "state_dir" (include "rayline.serveStateDir" .)
   "controller" $app.controller
+  "colocate" $app.colocate
   "sticky_field" (default nil $app.stickyField)
   "replicas" $app.replicas
   "num_cpus" $app.numCpus
