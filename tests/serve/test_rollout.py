@@ -60,10 +60,12 @@ class Load:
             t.join(timeout=30)
 
 
-@pytest.fixture(scope="module")
-def faulty_app(serve_url, settings):
-    """v1 healthy @champion, v2 @challenger that raises on 20% of calls."""
-    with running_app(serve_url, settings, register_test_model(settings, candidate_failure_rate=0.2)) as app:
+@pytest.fixture(scope="module", params=["separate", "colocated"])
+def faulty_app(request, serve_url, settings):
+    """v1 healthy @champion, v2 @challenger that raises on 20% of calls; each version its own replica set,
+    or both loaded inside the router's replicas (``colocate: true``)."""
+    with running_app(serve_url, settings, register_test_model(settings, candidate_failure_rate=0.2),
+                     colocate=request.param == "colocated") as app:
         yield app
 
 
