@@ -91,7 +91,7 @@ def main() -> None:
         report = Report("serve-router", f"tiny TabularMLP ({model}), 1 instance per request, "
                         f"{args.duration:g} s per run after {args.warmup:g} s warm-up, concurrency "
                         f"{args.concurrency}, {args.repeats} repeats alternating {'/'.join(ORDER)}; client in "
-                        f"its own process; model, router and pass-through replicas 0.5 CPU each")
+                        f"its own process; every replica (model, router, pass-through, colocated) 0.5 CPU")
         for concurrency in args.concurrency:
             for repeat in range(args.repeats):
                 for path in ORDER:

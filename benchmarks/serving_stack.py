@@ -6,8 +6,8 @@ difference between the two paths is the router. ``hop``: a bare pass-through ing
 same model deployment (read the body, one handle call, answer): the cost of the extra Serve
 deployment hop itself, the floor of any ingress-in-front design, so the router's own cost is
 ``routed − hop``. ``colocated``: the router with the model loaded inside its replicas
-(``colocate: true``), the same router code without the hop. Used by ``serve_router_bench`` (closed-loop concurrency) and
-``load_curve_bench`` (open-loop rates).
+(``colocate: true``), the same router code without the hop. Used by ``serve_router_bench``
+(closed-loop concurrency) and ``load_curve_bench`` (open-loop rates).
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ from collections.abc import Callable
 from typing import Any
 
 
-async def _value(value: Any) -> Any:
+async def resolved(value: Any) -> Any:
+    """``value`` as an awaitable, for call paths that expect one."""
     return value
 
 
@@ -30,7 +31,7 @@ class LocalMethod:
 
     def remote(self, *args: Any, **kwargs: Any) -> asyncio.Future:
         result = self._fn(*args, **kwargs)
-        return asyncio.ensure_future(result if inspect.isawaitable(result) else _value(result))
+        return asyncio.ensure_future(result if inspect.isawaitable(result) else resolved(result))
 
 
 class LocalHandle:

@@ -32,7 +32,7 @@ from ray.serve.handle import DeploymentHandle
 from cluster import metrics
 from cluster.logs import configure_logging
 from cluster.tracing import make_traceparent, new_trace_id, parse_traceparent
-from deployments.colocated import LocalHandle, load_local
+from deployments.colocated import LocalHandle, load_local, resolved
 from deployments.contracts import (
     BASELINE,
     HEADER_ACTOR,
@@ -85,10 +85,6 @@ def _bearer_ok(request: Request, token: SecretStr) -> bool:
 
 async def _awaited(response: Any) -> Any:
     return await response
-
-
-async def _ready(value: Any) -> Any:
-    return value
 
 
 async def _refuse(message: str) -> Any:
@@ -315,7 +311,7 @@ class Router:
 
     @api.get("/admin/traffic")
     async def get_traffic(self, request: Request) -> Response:
-        return await self._admin(request, "traffic", lambda body: _ready(self.traffic.to_dict()))
+        return await self._admin(request, "traffic", lambda body: resolved(self.traffic.to_dict()))
 
     @api.put("/admin/traffic")
     async def set_traffic(self, request: Request) -> Response:

@@ -42,7 +42,7 @@ class AdminClient:
     """The admin API of the serving router, with the bearer token from settings."""
 
     def __init__(self, settings: Settings, url: str | None = None, timeout_s: float = 30.0) -> None:
-        self.base = (url or f"http://{settings.host}:{settings.serve_http_port}").rstrip("/")
+        self.base = serve_url(settings, url)
         token = settings.admin_token.get_secret_value() if settings.admin_token else None
         self.headers = {HEADER_ACTOR: getpass.getuser(), **({"Authorization": f"Bearer {token}"} if token else {})}
         self.timeout_s = timeout_s
