@@ -15,13 +15,7 @@ import pytest
 from cluster.processes import free_port, session_members
 from cluster.settings import load_settings
 from cluster.stack import load_state
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def rayline(env: dict[str, str], *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cluster.cli", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+from tests.cluster.helpers import ROOT, rayline
 
 
 @pytest.fixture(scope="module")

@@ -28,8 +28,8 @@ import yaml
 from cluster.storage import space
 from ingest.catalog import Catalog
 from tests.faults.figures import record
-from tests.ingest.conftest import contract, table, write_csv
-from tests.train.test_checkpoint import _save, _trained
+from tests.ingest.helpers import contract, table, write_csv
+from tests.train.helpers import save_tabular_mlp_checkpoint, trained_tabular_mlp
 from train.checkpoint import (
     Checkpointer,
     CheckpointError,
@@ -190,8 +190,8 @@ def assert_restores_step_3(run_dir: Path) -> Path:
     """The newest complete checkpoint is step 3's, and it brings back step 3's exact weights."""
     latest = latest_complete(run_dir)
     assert latest is not None and latest.name == checkpoint_dir_name(3)
-    expected, _ = _trained(3)
-    strategy, scheduler = _trained(0)
+    expected, _ = trained_tabular_mlp(3)
+    strategy, scheduler = trained_tabular_mlp(0)
     state = read_state(latest, 0, strategy, {"scheduler": scheduler})
     assert state.step == 3
     for key, value in expected.raw_model.state_dict().items():
@@ -202,7 +202,7 @@ def assert_restores_step_3(run_dir: Path) -> Path:
 def save_into(run_dir: Path, step: int) -> Path:
     directory = run_dir / checkpoint_dir_name(step)
     directory.mkdir(parents=True, exist_ok=True)
-    _save(directory, step)
+    save_tabular_mlp_checkpoint(directory, step)
     return directory
 
 
@@ -216,7 +216,7 @@ def test_checkpoint_save_on_a_full_disk_fails_clearly_and_the_previous_one_resto
     with pytest.raises(CheckpointError) as direct:
         save_into(run_dir, 6)
     monkeypatch.setattr(tempfile, "tempdir", str(disk.view))  # Checkpointer stages under TMPDIR
-    strategy, scheduler = _trained(6)
+    strategy, scheduler = trained_tabular_mlp(6)
     with pytest.raises(CheckpointError) as staged:
         Checkpointer(0, 1).save(strategy, TrainState(step=6), {"scheduler": scheduler}, {})
 
@@ -241,7 +241,7 @@ def test_checkpoint_save_on_a_read_only_disk_fails_clearly_and_the_previous_one_
     disk.remount_read_only()
 
     monkeypatch.setattr(tempfile, "tempdir", str(disk.view))
-    strategy, scheduler = _trained(6)
+    strategy, scheduler = trained_tabular_mlp(6)
     with pytest.raises(CheckpointError) as staged:
         Checkpointer(0, 1).save(strategy, TrainState(step=6), {"scheduler": scheduler}, {})
 

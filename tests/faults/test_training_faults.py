@@ -30,10 +30,9 @@ from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAM
 from cluster.jobs_client import JobsClient, parse_result
 from cluster.processes import free_port, process_alive, wait_until
 from cluster.settings import Settings, load_settings
-from tests.cluster.test_stack import rayline
+from tests.cluster.helpers import rayline
 from tests.faults.figures import record
-from tests.train.test_resume import TOTAL_STEPS
-from tests.train.test_resume import _config as tiny_gpt_config
+from tests.train.helpers import TOTAL_STEPS, tiny_gpt_config
 from train.faults import HOLD_AT_STEP_ENV, Progress, read_progress
 from train.tracking import RUN_ID_FILE
 from train.trainer import run_dir, train

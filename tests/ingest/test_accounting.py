@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ingest.pipeline import run_ingest
-from tests.ingest.conftest import CUSTOMERS_CONTRACT, CUSTOMERS_CSV, contract
+from tests.ingest.helpers import CUSTOMERS_CONTRACT, CUSTOMERS_CSV, contract
 
 cells = {
     "id": st.one_of(st.sampled_from(["K1", "K2", "K3", "K10", "bad", ""]), st.integers(0, 25).map(lambda i: f"K{i}")),

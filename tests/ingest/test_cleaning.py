@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from ingest.pipeline import run_ingest
-from tests.ingest.conftest import contract, table, write_csv
+from tests.ingest.helpers import contract, table, write_csv
 
 
 def _step(version, name: str) -> dict:

@@ -11,7 +11,7 @@ from ingest.catalog import Catalog
 from ingest.contract import load_contract
 from ingest.errors import ContractError, DatasetNotFound
 from ingest.pipeline import run_ingest
-from tests.ingest.conftest import CUSTOMERS_CONTRACT, contract, table, write_csv
+from tests.ingest.helpers import CUSTOMERS_CONTRACT, contract, table, write_csv
 
 
 def test_shipped_contract_loads_with_key_target_and_features() -> None:

@@ -11,7 +11,7 @@ from ingest.catalog import Catalog
 from ingest.drift import psi
 from ingest.errors import DriftError
 from ingest.pipeline import run_ingest
-from tests.ingest.conftest import contract, table, write_csv
+from tests.ingest.helpers import contract, table, write_csv
 
 
 def test_psi_is_zero_for_identical_and_large_for_disjoint_distributions() -> None:

@@ -13,7 +13,7 @@ from cluster.cli.main import app
 from cluster.logs import configure_logging
 from ingest.progress import Progress
 from jobs import ingest as job
-from tests.ingest.conftest import CUSTOMERS_CONTRACT, CUSTOMERS_CSV
+from tests.ingest.helpers import CUSTOMERS_CONTRACT, CUSTOMERS_CSV
 
 
 def test_job_prints_one_result_line_with_version_and_counts(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 from cluster.settings import Settings
 from ingest.lineage import log_dataset_input
 from ingest.pipeline import run_ingest
-from tests.ingest.conftest import CUSTOMERS_CONTRACT, CUSTOMERS_CSV
+from tests.ingest.helpers import CUSTOMERS_CONTRACT, CUSTOMERS_CSV
 
 
 def test_ingest_run_and_training_run_record_the_dataset_version(settings: Settings, tmp_path: Path) -> None:

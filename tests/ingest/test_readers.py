@@ -8,7 +8,7 @@ import pytest
 
 from ingest.catalog import Catalog
 from ingest.pipeline import run_ingest
-from tests.ingest.conftest import CUSTOMERS_CONTRACT, CUSTOMERS_CSV
+from tests.ingest.helpers import CUSTOMERS_CONTRACT, CUSTOMERS_CSV
 
 
 def test_latest_version_reads_as_ray_dataset_and_matches_polars(ray_cluster: None, root: str) -> None:

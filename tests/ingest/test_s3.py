@@ -16,7 +16,7 @@ from cluster.processes import free_port
 from cluster.settings import load_settings
 from ingest.errors import SourceError
 from ingest.pipeline import run_ingest
-from tests.ingest.conftest import contract, table, write_csv
+from tests.ingest.helpers import contract, table, write_csv
 
 BUCKET = "raw"
 

@@ -9,7 +9,7 @@ import pytest
 
 from ingest.errors import SourceError
 from ingest.pipeline import run_ingest
-from tests.ingest.conftest import CUSTOMERS_CONTRACT, CUSTOMERS_CSV, contract, table, write_csv
+from tests.ingest.helpers import CUSTOMERS_CONTRACT, CUSTOMERS_CSV, contract, table, write_csv
 
 
 def test_parquet_ndjson_and_csv_give_the_same_version(tmp_path: Path, root: str) -> None:

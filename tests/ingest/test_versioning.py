@@ -16,7 +16,7 @@ import pytest
 from ingest.catalog import STAGING_PREFIX, Catalog
 from ingest.errors import DatasetNotFound
 from ingest.pipeline import run_ingest
-from tests.ingest.conftest import ROOT, contract, table, write_csv
+from tests.ingest.helpers import ROOT, contract, table, write_csv
 
 
 def test_rerun_on_same_input_gives_the_same_version(tmp_path: Path, root: str) -> None:
@@ -66,7 +66,7 @@ def test_missing_dataset_or_version_names_what_is_missing(tmp_path: Path, root: 
 KILLABLE = """
 import sys
 from ingest.pipeline import run_ingest
-from tests.ingest.conftest import contract
+from tests.ingest.helpers import contract
 run_ingest(sys.argv[1], contract(), "ds", sys.argv[2])
 """
 

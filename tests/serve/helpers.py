@@ -3,16 +3,19 @@
 Models are real: a tiny ``TabularMLP`` logged with ``models.packaging.log_model`` and a
 hand-built :class:`Preprocessing` (three numeric fields and one categorical), registered
 in the session's MLflow server. Apps are real Serve applications reached over HTTP.
+Their replicas' JSON log lines are read back from the Ray session's Serve log files.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -194,3 +197,22 @@ def champion_version(app: ServeApp) -> str:
 
     return Registry(load_settings(mlflow_tracking_uri=os.environ["MLFLOW_TRACKING_URI"])).by_alias(
         app.model, "champion").version
+
+
+# ---- the replicas' Serve log files (the audit and shadow rollout suites) --------------------------------
+
+def session_logs() -> Path:
+    """The running Ray session's log folder (``/tmp/ray/session_latest/logs`` for a default head)."""
+    import ray._private.worker as worker  # no public API names the local node's log folder
+
+    return Path(worker._global_node.get_logs_dir_path())
+
+
+def serve_log_records(app: str, deployment: str) -> list[dict[str, Any]]:
+    """The JSON lines in the Serve log files of ``deployment``'s replicas in ``app``."""
+    records = []
+    for path in (session_logs() / "serve").glob(f"replica_{app}_{deployment}_*.log"):
+        for line in path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                records.append(json.loads(line))
+    return records

@@ -6,31 +6,12 @@ deployment's logs; the lines are JSON, so ``grep '"audit": true'`` or ``jq`` fin
 
 from __future__ import annotations
 
-import json
 import uuid
-from pathlib import Path
 from typing import Any
 
 from cluster.processes import wait_until
 from deployments.contracts import HEADER_ACTOR
-from tests.serve.helpers import ADMIN_TOKEN, ServeApp
-
-
-def session_logs() -> Path:
-    """The running Ray session's log folder (``/tmp/ray/session_latest/logs`` for a default head)."""
-    import ray._private.worker as worker  # no public API names the local node's log folder
-
-    return Path(worker._global_node.get_logs_dir_path())
-
-
-def serve_log_records(app: str, deployment: str) -> list[dict[str, Any]]:
-    """The JSON lines in the Serve log files of ``deployment``'s replicas in ``app``."""
-    records = []
-    for path in (session_logs() / "serve").glob(f"replica_{app}_{deployment}_*.log"):
-        for line in path.read_text(errors="replace").splitlines():
-            if line.startswith("{"):
-                records.append(json.loads(line))
-    return records
+from tests.serve.helpers import ADMIN_TOKEN, ServeApp, serve_log_records
 
 
 def audit_line(app: ServeApp, trace_id: str) -> dict[str, Any] | None:

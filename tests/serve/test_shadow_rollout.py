@@ -23,10 +23,10 @@ from tests.serve.helpers import (
     phase,
     register_test_model,
     running_app,
+    serve_log_records,
     spec,
     wait_for,
 )
-from tests.serve.test_audit import serve_log_records
 
 LOAD_RPS = 20.0
 

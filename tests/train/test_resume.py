@@ -14,23 +14,10 @@ import mlflow
 import pytest
 import torch
 
-from train.config import parse_config
+from tests.train.helpers import TOTAL_STEPS, tiny_gpt_config
 from train.faults import FAIL_AT_STEP_ENV
 from train.strategy import MODEL_FILE
 from train.trainer import TrainingFailedError, run_dir, train
-
-TOTAL_STEPS = 16  # 2 epochs × 8 steps; checkpoints at steps 3, 6, 8 (epoch end), 9, 12, 15, 16
-
-
-def _config(run_name: str, max_failures: int = 1):
-    return parse_config({
-        "run_name": run_name, "seed": 7,
-        "model": {"name": "gpt", "params": {"n_layer": 1, "n_embd": 32, "n_head": 2, "dropout": 0.1}},
-        "data": {"synthetic_tokens": {"vocab_size": 32, "seq_len": 16, "train_sequences": 256,
-                                      "validation_sequences": 32}},
-        "batch_size": 16, "epochs": 2, "schedule": {"name": "cosine", "warmup_steps": 2},
-        "checkpoint": {"every_steps": 3, "keep": 2}, "failure": {"max_failures": max_failures}, "log_every": 1,
-    })
 
 
 def _weights(checkpoint: str) -> dict[str, torch.Tensor]:
@@ -46,7 +33,7 @@ def _assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) ->
 @pytest.fixture(scope="module")
 def uninterrupted(ray_cluster, settings, monkeypatch_module):
     monkeypatch_module.delenv(FAIL_AT_STEP_ENV, raising=False)
-    return train(_config("resume-reference"), settings, register=False)
+    return train(tiny_gpt_config("resume-reference"), settings, register=False)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +43,7 @@ def monkeypatch_module():
 
 
 def test_uninterrupted_run_keeps_the_best_n_and_the_latest_checkpoint(uninterrupted, settings):
-    on_disk = sorted(p.name for p in run_dir(_config("resume-reference"), settings).glob("checkpoint_step*"))
+    on_disk = sorted(p.name for p in run_dir(tiny_gpt_config("resume-reference"), settings).glob("checkpoint_step*"))
     history = mlflow.MlflowClient(settings.mlflow_tracking_uri).get_metric_history(uninterrupted.run_id, "val_loss")
     by_step = {m.step: m.value for m in history}
     best_two = sorted(by_step, key=lambda s: (by_step[s], s))[:2]
@@ -68,8 +55,8 @@ def test_uninterrupted_run_keeps_the_best_n_and_the_latest_checkpoint(uninterrup
 
 def test_worker_killed_mid_run_resumes_and_ends_with_identical_weights(uninterrupted, settings, monkeypatch):
     monkeypatch.setenv(FAIL_AT_STEP_ENV, "10")
-    outcome = train(_config("resume-killed"), settings, register=False)
-    assert (run_dir(_config("resume-killed"), settings) / ".injected_failure_step10").exists()
+    outcome = train(tiny_gpt_config("resume-killed"), settings, register=False)
+    assert (run_dir(tiny_gpt_config("resume-killed"), settings) / ".injected_failure_step10").exists()
     assert outcome.metrics["steps_this_attempt"] < TOTAL_STEPS  # the second attempt started from a checkpoint
     _assert_identical(_weights(outcome.checkpoint), _weights(uninterrupted.checkpoint))
 
@@ -77,9 +64,9 @@ def test_worker_killed_mid_run_resumes_and_ends_with_identical_weights(uninterru
 def test_resubmitting_a_failed_run_name_resumes_from_its_checkpoint(uninterrupted, settings, monkeypatch):
     monkeypatch.setenv(FAIL_AT_STEP_ENV, "7")
     with pytest.raises(TrainingFailedError):
-        train(_config("resume-resubmit", max_failures=0), settings, register=False)
+        train(tiny_gpt_config("resume-resubmit", max_failures=0), settings, register=False)
     monkeypatch.delenv(FAIL_AT_STEP_ENV)
-    outcome = train(_config("resume-resubmit", max_failures=0), settings, register=False)
+    outcome = train(tiny_gpt_config("resume-resubmit", max_failures=0), settings, register=False)
     assert 0 < outcome.metrics["steps_this_attempt"] < TOTAL_STEPS  # resumed from a checkpoint before step 7
     assert re.search(r"checkpoint_step00000016$", outcome.checkpoint)
     _assert_identical(_weights(outcome.checkpoint), _weights(uninterrupted.checkpoint))
