@@ -79,7 +79,8 @@ def deploy(settings: Settings, port: int, batch_max_size: int) -> Endpoints:
     hop = _passthrough().options(ray_actor_options=cfg.actor_options(REPLICA_CPUS),   # as the router's
                                  logging_config=cfg.logging_config)
     serve.run(hop.bind(model_server(cfg, "baseline", info.uri, info.version, str(settings.mlflow_tracking_uri)),
-                       cfg.max_body_bytes, cfg.max_instances), name=FLOOR, route_prefix=f"/{FLOOR}")
+                       cfg.max_body_bytes, cfg.max_instances, cfg.model_call_options),
+              name=FLOOR, route_prefix=f"/{FLOOR}")
     serve.run(build(cfg.model_copy(update={"colocate": True}), admin_token="bench"), name=COLOCATED,
               route_prefix=f"/{COLOCATED}")
     base = f"http://127.0.0.1:{port}"
@@ -96,8 +97,8 @@ def _passthrough():
 
     @serve.deployment(name="hop", max_ongoing_requests=64)
     class Passthrough:
-        def __init__(self, model, max_body_bytes: int, max_instances: int) -> None:
-            self.predict = model.options(method_name="predict")
+        def __init__(self, model, max_body_bytes: int, max_instances: int, call_options: dict) -> None:
+            self.predict = model.options(method_name="predict", **call_options)   # the router's transport
             self.limits = (max_body_bytes, max_instances)
 
         async def __call__(self, request: Request) -> JSONResponse:

@@ -91,6 +91,7 @@ def build(cfg: ServeAppConfig, admin_token: str | None = None, predict_token: st
                                                  "shadow": cfg.shadow},
         "sticky_field": cfg.sticky_field,
         "request_timeout_s": cfg.request_timeout_s,
+        "model_call_options": cfg.model_call_options,
         "max_body_bytes": cfg.max_body_bytes,
         "max_instances": cfg.max_instances,
         "max_shadow_in_flight": cfg.max_shadow_in_flight,

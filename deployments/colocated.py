@@ -42,7 +42,8 @@ class LocalHandle:
         self.predict = LocalMethod(server.predict)
         self.ready = LocalMethod(server.ready)
 
-    def options(self, method_name: str) -> LocalMethod:
+    def options(self, method_name: str, **transport: Any) -> LocalMethod:
+        """The method; transport options (``_by_reference``…) mean nothing in-process."""
         return getattr(self, method_name)
 
     def check_health(self) -> None:

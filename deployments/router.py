@@ -108,7 +108,8 @@ class Router:
         self.model_name = model_name
         # A handle per variant, or (colocated) the model's args: loaded here and called in-process.
         self.servers = {v: load_local(s) if isinstance(s, dict) else s for v, s in servers.items()}
-        self._predict = {v: h.options(method_name="predict") for v, h in self.servers.items()}  # one per call path
+        self._predict = {v: h.options(method_name="predict", **options.get("model_call_options", {}))
+                         for v, h in self.servers.items()}  # one per call path
         self.versions = versions
         self.controller = controller
         self.options = options

@@ -34,12 +34,14 @@ def deploy(
     controller: Annotated[bool, typer.Option(help="Deploy the rollout controller.")] = True,
     colocate: Annotated[bool, typer.Option(help="Load the versions inside the router's replicas (no extra hop; "
                                                  "small models).")] = False,
+    model_calls: Annotated[str, typer.Option(help="Router → model transport: grpc (by value, faster) or actor.")
+                           ] = "grpc",
     name: Annotated[str, typer.Option(help="Serve application name.")] = APP_NAME,
 ) -> None:
     """Deploy MODEL's baseline (and candidate) behind the router on the local stack's Serve."""
     settings = settings_of(ctx)
     cfg = app_config(settings, model, baseline, candidate, controller=controller, replicas=replicas,
-                     num_cpus=num_cpus, colocate=colocate)
+                     num_cpus=num_cpus, colocate=colocate, model_calls=model_calls)
     with console.status(f"deploying {model} ({', '.join(cfg.variants)})…"):
         url = deploy_ready(settings, cfg, name)
     console.print(f"[green]serving[/] {model} at {url}/v1/models/{model}:predict")

@@ -32,9 +32,12 @@ def serve_app(serve_url: str, settings, registered_model: str) -> Iterator[Serve
 def static_app(serve_url: str, settings, registered_model: str) -> Iterator[ServeApp]:
     """The same two versions without a rollout controller: traffic is set by hand (PUT /admin/traffic).
 
-    Shared by the data-plane suites; a test that changes the split puts 100 % baseline back.
+    Shared by the data-plane suites; a test that changes the split puts 100 % baseline back. Its model
+    calls go as Ray actor calls (``model_calls: actor``), so the data-plane tests cover that transport
+    while the rollout suites run on the default (gRPC).
     """
-    with running_app(serve_url, settings, registered_model, app_name="static", controller=False) as app:
+    with running_app(serve_url, settings, registered_model, app_name="static", controller=False,
+                     model_calls="actor") as app:
         yield app
 
 

@@ -28,3 +28,11 @@ def test_a_bad_argument_is_one_line_naming_it():
         parse_config({"model_name": "m", "baseline": "iris@champion"})
     with pytest.raises(ConfigError, match="shadow"):
         parse_config({"model_name": "m", "baseline": "models:/m@champion", "shadow": "candidate"})
+    with pytest.raises(ConfigError, match="'model_calls'"):
+        parse_config({"model_name": "m", "baseline": "models:/m@champion", "model_calls": "http"})
+
+
+def test_router_model_calls_go_by_value_over_grpc_unless_actor_is_chosen():
+    base = {"model_name": "m", "baseline": "models:/m@champion"}
+    assert parse_config(base).model_call_options == {"_by_reference": False}
+    assert parse_config({**base, "model_calls": "actor"}).model_call_options == {}

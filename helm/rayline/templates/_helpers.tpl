@@ -77,6 +77,7 @@ deployments/serve_config.py ServeAppConfig (extra fields fail the deployment).
   "state_dir" (include "rayline.serveStateDir" .)
   "controller" $app.controller
   "colocate" $app.colocate
+  "model_calls" $app.modelCalls
   "sticky_field" (default nil $app.stickyField)
   "replicas" $app.replicas
   "num_cpus" $app.numCpus
