@@ -2,8 +2,9 @@
 
 Open-loop load (``cluster.loadgen``: request ``i`` is due at ``i / rate``; latency counts from that
 due time) at increasing offered rates, from a separate client process per run, against the two
-paths of ``benchmarks.serving_stack``: ``direct`` (model deployment as ingress) and ``routed``
-(router → the same model deployment). Paths alternate within every repeat; a path stops
+paths of ``benchmarks.serving_stack``: ``direct`` (model deployment as ingress), ``routed``
+(router → the same model deployment) and ``colocated`` (the router with the model inside its
+replicas). Paths alternate within every repeat; a path stops
 climbing once its throughput stops rising or its p99 / error rate blows up. Per rate and path the
 report gives the medians over repeats of achieved throughput, p50/p95/p99 and error rate, the
 saturation point (defined in the summary), a CSV of the curve and a PNG plot.
@@ -29,7 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.report import MIN_REPEATS, Report, summarize  # noqa: E402
-from benchmarks.serving_stack import PATHS, REPLICA_CPUS, Endpoints, serving_stack  # noqa: E402
+from benchmarks.serving_stack import COLOCATED, PATHS, REPLICA_CPUS, Endpoints, serving_stack  # noqa: E402
+
+CURVE_PATHS = (*PATHS, COLOCATED)   # direct, routed (separate replica sets), routed colocated
 
 RATES = [10, 20, 40, 80, 120, 160, 200, 240, 320, 400]
 MIN_ACHIEVED_SHARE = 0.95      # saturated below this share of the offered rate
@@ -102,10 +105,10 @@ def sweep(endpoints: Endpoints, args: argparse.Namespace, report: Report, work: 
     records = work / "records.json"
     records.write_text(json.dumps(_records()))
     bounds = Bounds(args.p99_bound_ms)
-    for path in PATHS:   # warm both paths (connections, replicas' first batches) before anything is measured
+    for path in CURVE_PATHS:   # warm every path (connections, replicas' first batches) before anything is measured
         run_load(endpoints, path, records, args.rates[0], args.warmup, work / "warmup.json")
     curve: list[dict[str, Any]] = []
-    climbing = list(PATHS)
+    climbing = list(CURVE_PATHS)
     for rate in args.rates:
         if not climbing:
             break
@@ -149,7 +152,7 @@ def plot(curve: list[dict[str, Any]], saturations: list[dict[str, Any]], bounds:
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     rates = sorted({p["offered_rps"] for p in curve})
     left.plot(rates, rates, color="grey", linestyle=":", label="offered = achieved")
-    for color, path in zip(("tab:blue", "tab:orange"), PATHS, strict=True):
+    for color, path in zip(("tab:blue", "tab:orange", "tab:green"), CURVE_PATHS, strict=True):
         points = sorted((p for p in curve if p["path"] == path), key=lambda p: p["offered_rps"])
         offered = [p["offered_rps"] for p in points]
         left.plot(offered, [p["achieved_rps"] for p in points], marker="o", color=color, label=path)
@@ -188,7 +191,7 @@ def main() -> None:
     with serving_stack(args.batch_max_size) as endpoints:
         report = Report("load-curve", _workload(endpoints, args), out_dir=args.out_dir)
         curve = sweep(endpoints, args, report, Path(tempfile.mkdtemp(prefix="load-curve-")))
-    saturations = [saturation(curve, path, bounds) for path in PATHS]
+    saturations = [saturation(curve, path, bounds) for path in CURVE_PATHS]
     report.section("Curve (medians over repeats)", report.table(curve))
     report.section("Saturation point", _definition(bounds) + "\n\n" + report.table(saturations))
     report.section("Plot", f"![throughput and latency against offered rate]({PLOT})\n\nThe curve as CSV: `{CURVE}`.")
@@ -203,7 +206,7 @@ def _workload(endpoints: Endpoints, args: argparse.Namespace) -> str:
     return (f"tiny TabularMLP ({endpoints.model}), 1 instance per request; open-loop load (`cluster.loadgen`, "
             f"latency from each request's due time, 10 s client timeout) from its own process, {args.duration:g} s "
             f"per run after a {args.warmup:g} s warm-up per path; offered rates {[f'{r:g}' for r in args.rates]} "
-            f"req/s, {args.repeats} repeats per rate alternating {' / '.join(PATHS)}; model and router replicas "
+            f"req/s, {args.repeats} repeats per rate alternating {' / '.join(CURVE_PATHS)}; model and router replicas "
             f"{REPLICA_CPUS} CPU each, batch max size {args.batch_max_size}; client and server share the machine")
 
 

@@ -5,8 +5,9 @@ registered tiny model, three Serve apps with identical model replicas — ``dire
 model deployment is the ingress), ``routed`` (router ingress → model deployment, 100 %
 baseline, no rollout running) and ``hop`` (a bare pass-through ingress → model
 deployment: what one extra Serve deployment hop costs by itself, so ``routed − hop`` is
-the router's own code) and ``colocated`` (the router with the model inside its replicas,
-``colocate: true``: no hop). A load client runs in a separate process per run (so it does not
+the router's own code), ``colocated`` (the router with the model inside its replicas,
+``colocate: true``: no hop) and ``routed-actor`` (``routed`` with Ray actor calls instead of
+gRPC between router and model, ``model_calls: actor``). A load client runs in a separate process per run (so it does not
 share the server's interpreter) and the paths alternate, repeated ``--repeats`` times;
 the report gives medians over repeats.
 
@@ -29,9 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.report import MIN_REPEATS, Report, summarize  # noqa: E402
-from benchmarks.serving_stack import COLOCATED, FLOOR, serving_stack  # noqa: E402
+from benchmarks.serving_stack import ACTOR_CALLS, COLOCATED, FLOOR, serving_stack  # noqa: E402
 
-ORDER = ("direct", FLOOR, "routed", COLOCATED)
+ORDER = ("direct", FLOOR, "routed", COLOCATED, ACTOR_CALLS)
 
 
 # ---------------------------------------------------------------- load client (separate process)
@@ -91,7 +92,8 @@ def main() -> None:
         report = Report("serve-router", f"tiny TabularMLP ({model}), 1 instance per request, "
                         f"{args.duration:g} s per run after {args.warmup:g} s warm-up, concurrency "
                         f"{args.concurrency}, {args.repeats} repeats alternating {'/'.join(ORDER)}; client in "
-                        f"its own process; every replica (model, router, pass-through, colocated) 0.5 CPU")
+                        f"its own process; every replica (model, router, pass-through, colocated) 0.5 CPU; routed "
+                        f"and hop call the model over gRPC")
         for concurrency in args.concurrency:
             for repeat in range(args.repeats):
                 for path in ORDER:
@@ -108,7 +110,9 @@ def main() -> None:
                        "Medians of per-run p50/p99/throughput; `added_p50_ms` = routed − direct, of which "
                        "`hop_added_p50_ms` (hop − direct) is Serve's extra deployment hop alone and "
                        "`router_code_p50_ms` (routed − hop) is the router's own work; `colocated_*` is the router "
-                       "with the model in its own replicas (`colocate: true`), against the same direct path.")
+                       "with the model in its own replicas (`colocate: true`), against the same direct path; "
+                       "`actor_calls_*` is `routed` with Ray actor calls to the model instead of gRPC "
+                       "(`model_calls: actor`).")
         out = report.write(" ".join(["python", "benchmarks/serve_router_bench.py", *sys.argv[1:]]))
         print(report.table(rows))
         print(f"report: {out}")
@@ -128,6 +132,8 @@ def _summary_rows(rows: list[dict], concurrencies: list[int]) -> list[dict]:
                     "router_code_p50_ms": med["routed"]["p50_ms"] - med[FLOOR]["p50_ms"],
                     "colocated_throughput_ratio": med[COLOCATED]["rps"] / med["direct"]["rps"],
                     "colocated_added_p50_ms": med[COLOCATED]["p50_ms"] - med["direct"]["p50_ms"],
+                    "actor_calls_throughput_ratio": med[ACTOR_CALLS]["rps"] / med["direct"]["rps"],
+                    "actor_calls_added_p50_ms": med[ACTOR_CALLS]["p50_ms"] - med["direct"]["p50_ms"],
                     "direct_p99_ms": med["direct"]["p99_ms"], "routed_p99_ms": med["routed"]["p99_ms"]})
     return out
 

@@ -6,8 +6,9 @@ difference between the two paths is the router. ``hop``: a bare pass-through ing
 same model deployment (read the body, one handle call, answer): the cost of the extra Serve
 deployment hop itself, the floor of any ingress-in-front design, so the router's own cost is
 ``routed − hop``. ``colocated``: the router with the model loaded inside its replicas
-(``colocate: true``), the same router code without the hop. Used by ``serve_router_bench``
-(closed-loop concurrency) and ``load_curve_bench`` (open-loop rates).
+(``colocate: true``), the same router code without the hop. ``routed-actor``: ``routed`` with its
+model calls sent as Ray actor calls (``model_calls: actor``) instead of by value over gRPC.
+Used by ``serve_router_bench`` (closed-loop concurrency) and ``load_curve_bench`` (open-loop rates).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PATHS = ("direct", "routed")
 FLOOR = "hop"
 COLOCATED = "colocated"
+ACTOR_CALLS = "routed-actor"
 REPLICA_CPUS = 0.5
 
 
@@ -51,7 +53,7 @@ def start_stack(tmp: Path) -> tuple[Settings, Popen]:
     settings = load_settings(state_dir=tmp, mlflow_port=free_port(), log_format="text", log_level="WARNING")
     proc = start_mlflow(settings, tmp / "mlflow.log", timeout_s=120)
     os.environ["MLFLOW_TRACKING_URI"] = str(settings.mlflow_tracking_uri)
-    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="WARNING",
+    ray.init(address="local", num_cpus=6, include_dashboard=False, logging_level="WARNING",
              runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
     return settings, proc
 
@@ -83,8 +85,10 @@ def deploy(settings: Settings, port: int, batch_max_size: int) -> Endpoints:
               name=FLOOR, route_prefix=f"/{FLOOR}")
     serve.run(build(cfg.model_copy(update={"colocate": True}), admin_token="bench"), name=COLOCATED,
               route_prefix=f"/{COLOCATED}")
+    serve.run(build(cfg.model_copy(update={"model_calls": "actor"}), admin_token="bench"), name=ACTOR_CALLS,
+              route_prefix=f"/{ACTOR_CALLS}")
     base = f"http://127.0.0.1:{port}"
-    return Endpoints(model, {path: f"{base}/{path}" for path in (*PATHS, FLOOR, COLOCATED)})
+    return Endpoints(model, {path: f"{base}/{path}" for path in (*PATHS, FLOOR, COLOCATED, ACTOR_CALLS)})
 
 
 def _passthrough():

@@ -45,8 +45,8 @@ class ServeAppConfig(BaseModel):
                            "and fate; for small models. Replicas, CPUs and limits are then the model's settings")
     model_calls: Literal["grpc", "actor"] = Field(
         "grpc", description="transport of router → model calls (separate replica sets): 'grpc' sends them by value "
-                            "over gRPC between replicas (Serve's fast path: measured -1.5 ms and +10 % throughput on "
-                            "2 cores), 'actor' as Ray actor calls through the object store")
+                            "over gRPC between replicas (Serve's fast path; 5-10 % more throughput on 2 cores), "
+                            "'actor' as Ray actor calls")
     replicas: int = Field(1, ge=1, description="replicas per model version (colocated: router replicas)")
     num_cpus: float = Field(0.25, gt=0, description="CPUs per model replica (fractional on small machines)")
     router_replicas: int = Field(1, ge=1)
