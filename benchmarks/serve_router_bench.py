@@ -1,7 +1,7 @@
 """Router overhead: requests/s and p50/p99 through the router vs the same model deployment called directly.
 
 One script, one machine, side by side: a private MLflow server and Ray instance, one
-registered tiny model, three Serve apps with identical model replicas — ``direct`` (the
+registered tiny model, five Serve apps with identical model replicas — ``direct`` (the
 model deployment is the ingress), ``routed`` (router ingress → model deployment, 100 %
 baseline, no rollout running) and ``hop`` (a bare pass-through ingress → model
 deployment: what one extra Serve deployment hop costs by itself, so ``routed − hop`` is

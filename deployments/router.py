@@ -7,9 +7,9 @@ what was served goes back to it every ``REPORT_INTERVAL_S``. The admin API is a 
 token-checked, audited pass-through to the controller.
 
 Topologies: by default each version is its own deployment (its own replica set) and the router
-calls it through a Serve handle, one extra hop. With ``colocate: true`` every router replica
-loads the versions itself (``deployments.colocated``) and calls them in-process: the same
-routing code, no second hop.
+calls it through a Serve handle, one extra hop (by value over gRPC unless ``model_calls: actor``).
+With ``colocate: true`` every router replica loads the versions itself (``deployments.colocated``)
+and calls them in-process: the same routing code, no second hop.
 """
 
 
