@@ -24,7 +24,7 @@ TOOLS_BIN = ROOT / ".tools" / "bin"
 HELM = TOOLS_BIN / "helm"
 CHECKOV = TOOLS_BIN / "checkov"
 HADOLINT = TOOLS_BIN / "hadolint"
-CRD_DIR = ROOT.parent / "shared" / "schemas" / "kuberay-crds"
+CRD_DIR = ROOT / "third_party" / "kuberay-crds"  # vendored KubeRay v1.7.0 CRDs (see its README)
 
 RELEASE = "rl"
 NAMESPACE = "rayline"

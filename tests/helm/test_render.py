@@ -1,13 +1,14 @@
 """The chart lints, renders, and every object is valid for Kubernetes and KubeRay v1.7.0.
 
 Nothing is mocked: a real helm binary renders; objects are validated against the
-Kubernetes OpenAPI schemas (kubernetes-validate) and the KubeRay CRD OpenAPI schemas in
-../shared/schemas/kuberay-crds, since no API server is available here.
+Kubernetes OpenAPI schemas (kubernetes-validate) and the KubeRay v1.7.0 CRD OpenAPI schemas
+vendored in third_party/kuberay-crds, since no API server is available here.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 from functools import cache
 from typing import Any
 
@@ -89,9 +90,12 @@ def crd_errors(doc: dict[str, Any]) -> list[str]:
     return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors]
 
 
-def test_kuberay_crd_schemas_are_present() -> None:
-    for name in ("rayclusters", "rayjobs", "rayservices"):
-        assert (CRD_DIR / f"ray.io_{name}.yaml").is_file(), f"missing KubeRay CRD {name} in {CRD_DIR}"
+def test_vendored_kuberay_crds_are_the_unmodified_v1_7_0_files() -> None:
+    sums = dict(line.split()[::-1] for line in (CRD_DIR / "SHA256SUMS").read_text().splitlines())
+    assert set(sums) == {f"ray.io_{n}.yaml" for n in ("rayclusters", "rayjobs", "rayservices")}
+    for name, digest in sums.items():
+        assert hashlib.sha256((CRD_DIR / name).read_bytes()).hexdigest() == digest, f"{name} was modified"
+    assert "v1.7.0" in (CRD_DIR / "README.md").read_text() and "Apache" in (CRD_DIR / "README.md").read_text()
 
 
 @pytest.mark.parametrize("example", list(EXAMPLES))
