@@ -33,6 +33,10 @@ EXAMPLES = {
     "laptop": CHART / "examples" / "laptop.yaml",
     "single-gpu": CHART / "examples" / "single-gpu.yaml",
     "production": CHART / "examples" / "production.yaml",
+    "gcs-ft": CHART / "examples" / "gcs-ft.yaml",
+    "incremental-upgrade": CHART / "examples" / "incremental-upgrade.yaml",
+    "dedicated-jobs": CHART / "examples" / "dedicated-jobs.yaml",
+    "irsa-s3": CHART / "examples" / "irsa-s3.yaml",
 }
 
 Manifest = list[dict[str, Any]]

@@ -35,7 +35,8 @@ def test_helm_lint_strict_passes(example: str) -> None:
 @pytest.mark.parametrize("example", list(EXAMPLES))
 def test_every_example_renders_the_whole_stack(rendered: dict[str, Manifest], example: str) -> None:
     kinds = {d["kind"] for d in rendered[example]}
-    assert {"RayCluster", "RayService", "Deployment", "Service", "ServiceAccount", "NetworkPolicy"} <= kinds
+    ray = {"RayJob"} if example == "dedicated-jobs" else {"RayCluster"}  # jobs bring their own clusters
+    assert ray | {"RayService", "Deployment", "Service", "ServiceAccount", "NetworkPolicy"} <= kinds
     assert "Secret" not in kinds, "the chart must only reference secrets, never create them"
     for doc in rendered[example]:
         assert doc["metadata"]["namespace"] == NAMESPACE, doc["metadata"]["name"]
@@ -101,7 +102,7 @@ def test_vendored_kuberay_crds_are_the_unmodified_v1_7_0_files() -> None:
 @pytest.mark.parametrize("example", list(EXAMPLES))
 def test_kuberay_objects_validate_against_v1_7_crds(rendered: dict[str, Manifest], example: str) -> None:
     docs = [d for d in rendered[example] if d["kind"] in KUBERAY_KINDS]
-    assert {d["kind"] for d in docs} >= {"RayCluster", "RayService"}
+    assert {d["kind"] for d in docs} >= ({"RayJob"} if example == "dedicated-jobs" else {"RayCluster"}) | {"RayService"}
     for doc in docs:
         assert doc["apiVersion"] == "ray.io/v1"
         errors = crd_errors(doc)

@@ -33,9 +33,19 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
 {{- define "rayline.labels" -}}
-{{ include "rayline.selectorLabels" . }}
+{{ include "rayline.podLabels" . }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- end -}}
+
+{{/*
+Labels of Ray pod templates: no chart or app version. KubeRay hashes the whole cluster spec,
+pod labels included, to decide whether a RayService needs a new cluster (and a RayCluster with
+upgradeStrategy Recreate new pods), so a chart version in them would rebuild serving on every
+chart bump. The versions stay on the KubeRay objects themselves.
+*/}}
+{{- define "rayline.podLabels" -}}
+{{ include "rayline.selectorLabels" . }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: rayline
 {{- end -}}
@@ -213,6 +223,9 @@ Call with a dict: {"root": $, "rayAddress": "..."}.
 {{- with $root.Values.settings.extraEnv }}
 {{ toYaml . }}
 {{- end }}
+{{- with .group.extraEnv }}
+{{ toYaml . }}
+{{- end }}
 {{- end -}}
 
 {{/* Volumes every Ray pod mounts: writable /tmp, /dev/shm for the object store, shared storage. */}}
@@ -222,11 +235,16 @@ Call with a dict: {"root": $, "rayAddress": "..."}.
 - name: dshm
   emptyDir:
     medium: Memory
-    sizeLimit: {{ .shmSize }}
+    {{- with .shmSize }}
+    sizeLimit: {{ . }}
+    {{- end }}
 {{- if eq .root.Values.storage.type "pvc" }}
 - name: shared
   persistentVolumeClaim:
     claimName: {{ include "rayline.storagePVCName" .root }}
+{{- end }}
+{{- with .group.extraVolumes }}
+{{ toYaml . }}
 {{- end }}
 {{- end -}}
 
@@ -235,9 +253,12 @@ Call with a dict: {"root": $, "rayAddress": "..."}.
   mountPath: /tmp
 - name: dshm
   mountPath: /dev/shm
-{{- if eq .Values.storage.type "pvc" }}
+{{- if eq .root.Values.storage.type "pvc" }}
 - name: shared
-  mountPath: {{ .Values.storage.pvc.mountPath }}
+  mountPath: {{ .root.Values.storage.pvc.mountPath }}
+{{- end }}
+{{- with .group.extraVolumeMounts }}
+{{ toYaml . }}
 {{- end }}
 {{- end -}}
 
@@ -254,6 +275,77 @@ Call with a dict: {"root": $, "rayAddress": "..."}.
 {{- define "rayline.rayPorts" -}}
 - name: metrics
   containerPort: {{ .Values.monitoring.rayMetricsPort }}
+{{- end -}}
+
+{{/* A Ray pod template: metadata, scheduling and extension points of one group. Call with
+{"root": $, "group": <head or worker group values>, "component": ..., "extraLabels": {...},
+"automount": bool, "container": <the Ray container, YAML>, "shmSize": ...}. */}}
+{{- define "rayline.rayPodTemplate" -}}
+{{- $root := .root -}}
+{{- $g := .group -}}
+metadata:
+  labels:
+    {{- include "rayline.podLabels" $root | nindent 4 }}
+    app.kubernetes.io/component: {{ .component }}
+    {{- with .extraLabels }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+    {{- with $g.podLabels }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  {{- with $g.podAnnotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+spec:
+  serviceAccountName: {{ include "rayline.raySAName" $root }}
+  automountServiceAccountToken: {{ .automount }}
+  securityContext:
+    {{- toYaml $root.Values.podSecurityContext | nindent 4 }}
+  {{- with $root.Values.imagePullSecrets }}
+  imagePullSecrets:
+    {{- range . }}
+    - name: {{ . }}
+    {{- end }}
+  {{- end }}
+  {{- with $g.priorityClassName }}
+  priorityClassName: {{ . }}
+  {{- end }}
+  {{- with $g.runtimeClassName }}
+  runtimeClassName: {{ . }}
+  {{- end }}
+  {{- with $g.nodeSelector }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $g.tolerations }}
+  tolerations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $g.affinity }}
+  affinity:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $g.topologySpreadConstraints }}
+  topologySpreadConstraints:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  containers:
+    - {{- .container | nindent 6 }}
+      image: {{ include "rayline.image" $root }}
+      imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+      securityContext:
+        {{- toYaml $root.Values.containerSecurityContext | nindent 8 }}
+      {{- with (concat ($root.Values.settings.envFrom | default list) ($g.envFrom | default list)) }}
+      envFrom:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      env:
+        {{- include "rayline.rayEnv" (dict "root" $root "rayAddress" .rayAddress "group" $g) | nindent 8 }}
+      volumeMounts:
+        {{- include "rayline.rayVolumeMounts" (dict "root" $root "group" $g) | nindent 8 }}
+  volumes:
+    {{- include "rayline.rayVolumes" (dict "root" $root "shmSize" $g.shmSize "group" $g) | nindent 4 }}
 {{- end -}}
 
 {{/*
@@ -288,6 +380,24 @@ autoscalerOptions:
     - name: tmp
       mountPath: /tmp
 {{- end }}
+{{- with $cfg.gcsFaultTolerance }}{{ if .enabled }}
+gcsFaultToleranceOptions:
+  redisAddress: {{ required "serving.gcsFaultTolerance.redisAddress is required when GCS fault tolerance is enabled" .redisAddress | quote }}
+  {{- with .redisPasswordSecret }}
+  redisPassword:
+    valueFrom:
+      secretKeyRef:
+        name: {{ . }}
+        key: {{ $cfg.gcsFaultTolerance.redisPasswordKey }}
+  {{- end }}
+  {{- with .externalStorageNamespace }}
+  externalStorageNamespace: {{ . | quote }}
+  {{- end }}
+{{- end }}{{ end }}
+{{- if eq .component "ray-cluster" }}
+upgradeStrategy:
+  type: {{ $cfg.upgradeStrategy }}
+{{- end }}
 headGroupSpec:
   rayStartParams:
     dashboard-host: "0.0.0.0"
@@ -295,61 +405,9 @@ headGroupSpec:
     {{- with $cfg.head.rayStartParams }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
+  {{- $headContainer := include "rayline.rayHeadContainer" . }}
   template:
-    metadata:
-      labels:
-        {{- include "rayline.labels" $root | nindent 8 }}
-        app.kubernetes.io/component: {{ .component }}
-    spec:
-      serviceAccountName: {{ include "rayline.raySAName" $root }}
-      {{- /* The autoscaler sidecar in the head pod talks to the API server. */}}
-      automountServiceAccountToken: {{ $cfg.autoscaling.enabled }}
-      securityContext:
-        {{- toYaml $root.Values.podSecurityContext | nindent 8 }}
-      {{- with $root.Values.imagePullSecrets }}
-      imagePullSecrets:
-        {{- range . }}
-        - name: {{ . }}
-        {{- end }}
-      {{- end }}
-      {{- with $cfg.head.nodeSelector }}
-      nodeSelector:
-        {{- toYaml . | nindent 8 }}
-      {{- end }}
-      {{- with $cfg.head.tolerations }}
-      tolerations:
-        {{- toYaml . | nindent 8 }}
-      {{- end }}
-      {{- with $cfg.head.affinity }}
-      affinity:
-        {{- toYaml . | nindent 8 }}
-      {{- end }}
-      containers:
-        - name: ray-head
-          image: {{ include "rayline.image" $root }}
-          imagePullPolicy: {{ $root.Values.image.pullPolicy }}
-          securityContext:
-            {{- toYaml $root.Values.containerSecurityContext | nindent 12 }}
-          resources:
-            {{- toYaml $cfg.head.resources | nindent 12 }}
-          ports:
-            - name: gcs-server
-              containerPort: 6379
-            - name: dashboard
-              containerPort: 8265
-            - name: client
-              containerPort: 10001
-            {{- if eq .component "ray-serve" }}
-            - name: serve
-              containerPort: 8000
-            {{- end }}
-            {{- include "rayline.rayPorts" $root | nindent 12 }}
-          env:
-            {{- include "rayline.rayEnv" (dict "root" $root "rayAddress" .rayAddress) | nindent 12 }}
-          volumeMounts:
-            {{- include "rayline.rayVolumeMounts" $root | nindent 12 }}
-      volumes:
-        {{- include "rayline.rayVolumes" (dict "root" $root "shmSize" $cfg.head.shmSize) | nindent 8 }}
+    {{- include "rayline.rayPodTemplate" (dict "root" $root "group" $cfg.head "component" .component "automount" $cfg.autoscaling.enabled "container" $headContainer "rayAddress" .rayAddress) | nindent 4 }}
 workerGroupSpecs:
 {{- range $cfg.workerGroups }}
   - groupName: {{ .name }}
@@ -364,50 +422,71 @@ workerGroupSpecs:
       {{- with .rayStartParams }}
       {{- toYaml . | nindent 6 }}
       {{- end }}
+    {{- $container := printf "name: ray-worker\nresources:\n%s\nports:\n%s" (include "rayline.groupResources" . | indent 2) (include "rayline.rayPorts" $root | indent 2) }}
     template:
-      metadata:
-        labels:
-          {{- include "rayline.labels" $root | nindent 10 }}
-          app.kubernetes.io/component: {{ $ctx.component }}
-          rayline.io/worker-group: {{ .name }}
-      spec:
-        serviceAccountName: {{ include "rayline.raySAName" $root }}
-        automountServiceAccountToken: false
-        securityContext:
-          {{- toYaml $root.Values.podSecurityContext | nindent 10 }}
-        {{- with $root.Values.imagePullSecrets }}
-        imagePullSecrets:
-          {{- range . }}
-          - name: {{ . }}
-          {{- end }}
-        {{- end }}
-        {{- with .nodeSelector }}
-        nodeSelector:
-          {{- toYaml . | nindent 10 }}
-        {{- end }}
-        {{- with .tolerations }}
-        tolerations:
-          {{- toYaml . | nindent 10 }}
-        {{- end }}
-        {{- with .affinity }}
-        affinity:
-          {{- toYaml . | nindent 10 }}
-        {{- end }}
-        containers:
-          - name: ray-worker
-            image: {{ include "rayline.image" $root }}
-            imagePullPolicy: {{ $root.Values.image.pullPolicy }}
-            securityContext:
-              {{- toYaml $root.Values.containerSecurityContext | nindent 14 }}
-            resources:
-              {{- include "rayline.groupResources" . | nindent 14 }}
-            ports:
-              {{- include "rayline.rayPorts" $root | nindent 14 }}
-            env:
-              {{- include "rayline.rayEnv" (dict "root" $root "rayAddress" $ctx.rayAddress) | nindent 14 }}
-            volumeMounts:
-              {{- include "rayline.rayVolumeMounts" $root | nindent 14 }}
-        volumes:
-          {{- include "rayline.rayVolumes" (dict "root" $root "shmSize" .shmSize) | nindent 10 }}
+      {{- include "rayline.rayPodTemplate" (dict "root" $root "group" . "component" $ctx.component "extraLabels" (dict "rayline.io/worker-group" .name) "automount" false "container" $container "rayAddress" $ctx.rayAddress) | nindent 6 }}
 {{- end }}
+{{- end -}}
+
+{{/* The head's Ray container: name, resources and ports (the rest comes from rayline.rayPodTemplate). */}}
+{{- define "rayline.rayHeadContainer" -}}
+{{- $root := .root -}}
+name: ray-head
+resources:
+  {{- toYaml .cfg.head.resources | nindent 2 }}
+ports:
+  - name: gcs-server
+    containerPort: 6379
+  - name: dashboard
+    containerPort: 8265
+  - name: client
+    containerPort: 10001
+  {{- if eq .component "ray-serve" }}
+  - name: serve
+    containerPort: 8000
+  {{- end }}
+  {{- include "rayline.rayPorts" $root | nindent 2 }}
+  - name: as-metrics
+    containerPort: {{ $root.Values.monitoring.autoscalerMetricsPort }}
+  - name: dash-metrics
+    containerPort: {{ $root.Values.monitoring.dashboardMetricsPort }}
+{{- end -}}
+
+{{/* MLflow's backend store URI (and the bundled database's password) as env entries. */}}
+{{- define "rayline.mlflowDatabaseEnv" -}}
+{{- $m := .Values.mlflow -}}
+{{- if eq $m.database.type "external" }}
+- name: MLFLOW_BACKEND_STORE_URI
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "mlflow.database.external.uriSecret is required when mlflow.database.type is external" $m.database.external.uriSecret }}
+      key: {{ $m.database.external.uriKey }}
+{{- else }}
+- name: MLFLOW_DB_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $m.database.bundled.passwordSecret }}
+      key: password
+- name: MLFLOW_BACKEND_STORE_URI
+  value: {{ printf "postgresql://%s:$(MLFLOW_DB_PASSWORD)@%s:5432/%s" $m.database.bundled.username (include "rayline.postgresName" .) $m.database.bundled.database | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* `mlflow db upgrade` against the backend store: the hook Job's and the bundled init container's. */}}
+{{- define "rayline.mlflowDbUpgradeContainer" -}}
+name: mlflow-db-upgrade
+image: {{ include "rayline.mlflowImage" . }}
+imagePullPolicy: {{ .Values.image.pullPolicy }}
+command: ["sh", "-c", "exec mlflow db upgrade \"$MLFLOW_BACKEND_STORE_URI\""]
+env:
+  {{- include "rayline.mlflowDatabaseEnv" . | nindent 2 }}
+  - name: HOME
+    value: /tmp/home
+securityContext:
+  {{- toYaml .Values.containerSecurityContext | nindent 2 }}
+resources:
+  {{- toYaml .Values.mlflow.resources | nindent 2 }}
+volumeMounts:
+  - name: tmp
+    mountPath: /tmp
 {{- end -}}
