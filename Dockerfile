@@ -3,12 +3,20 @@
 #
 #   docker build -t ghcr.io/rayline/rayline:0.1.0 .
 #
-# The CUDA runtime comes from the base image's driver-facing libraries; torch's wheel brings
-# its own CUDA/cuDNN user-space libraries. Runs as UID 10001, matching the chart's
-# securityContext; every writable path is under /tmp (an emptyDir in the chart). wget is
-# there for KubeRay's default readiness/liveness probes.
+# The base is CUDA's `base` flavour (no CUDA or cuDNN libraries, ~0.1 GB instead of the
+# `cudnn-runtime` flavour's ~3 GB): torch's wheels bring their own CUDA, cuDNN and NCCL
+# user-space libraries (the nvidia-* wheels), and the driver comes from the node through the
+# NVIDIA container toolkit. Pin it by digest for reproducible builds:
+#   docker build --build-arg CUDA_IMAGE=nvidia/cuda:12.8.1-base-ubuntu22.04@sha256:<digest> .
+# and run the pushed image by digest too (`image.digest` in the chart's values).
+#
+# DeepSpeed's `cpu_adam` op (ZeRO optimizer offload) is compiled here, in the build stage: the
+# runtime stage has no compiler, so a JIT build there would fail. DeepSpeed compiles it with
+# -march=native, i.e. for the build machine's CPU: build on (or for) the CPU generation of the
+# GPU nodes. Runs as UID 10001, matching the chart's securityContext; every writable path is
+# under /tmp (an emptyDir in the chart). wget is there for KubeRay's default probes.
 
-ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu22.04
+ARG CUDA_IMAGE=nvidia/cuda:12.8.1-base-ubuntu22.04
 
 FROM ${CUDA_IMAGE} AS build
 ENV DEBIAN_FRONTEND=noninteractive \
@@ -23,6 +31,10 @@ RUN python3.11 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 # torch first, pinned: an unpinned resolution could pick another CUDA build.
 RUN pip install torch==2.13.0
+# DeepSpeed (the pyproject pin) with its CPU Adam op prebuilt; DS_ACCELERATOR=cuda because the
+# build has no GPU to detect. The import proves the op is in the package, not JIT-built.
+RUN DS_BUILD_CPU_ADAM=1 DS_ACCELERATOR=cuda pip install deepspeed==0.19.8 \
+ && DS_ACCELERATOR=cuda python -c "import deepspeed.ops.adam.cpu_adam_op"
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY cluster ./cluster
@@ -60,6 +72,8 @@ COPY --chown=root:root train ./train
 COPY --chown=root:root models ./models
 # Contracts, training configs and the example table the chart's default RayJobs name (/app/examples/...).
 COPY --chown=root:root examples ./examples
+# The prebuilt CPU Adam op loads without a compiler (there is none in this stage).
+RUN DS_ACCELERATOR=cuda python -c "import deepspeed.ops.adam.cpu_adam_op"
 USER 10001:10001
 EXPOSE 6379 8265 10001 8000 8080 5000
 HEALTHCHECK NONE

@@ -70,7 +70,24 @@ def test_dockerfile_pins_torch_and_ray_and_runs_as_the_charts_user() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert "torch==2.13.0" in dockerfile
     assert re.search(r"^FROM \$\{CUDA_IMAGE\}", dockerfile, flags=re.M)
-    assert re.search(r"^ARG CUDA_IMAGE=nvidia/cuda:\d+\.\d+\.\d+-cudnn-runtime", dockerfile, flags=re.M)
+    # torch's wheels carry CUDA and cuDNN: the base needs no CUDA libraries of its own.
+    assert re.search(r"^ARG CUDA_IMAGE=nvidia/cuda:\d+\.\d+\.\d+-base-ubuntu", dockerfile, flags=re.M)
     assert f"USER {values['podSecurityContext']['runAsUser']}:" in dockerfile
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert f'"ray[serve,train]=={values["rayVersion"]}"' in pyproject, "chart rayVersion differs from the pinned Ray"
+
+
+def test_image_builds_deepspeeds_cpu_adam_op_where_a_compiler_is() -> None:
+    """ZeRO offload needs cpu_adam; the runtime stage has no compiler, so it must come prebuilt."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    build, runtime = re.split(r"^FROM \$\{CUDA_IMAGE\}.*$", dockerfile, flags=re.M)[1:]
+    pin = re.search(r'"deepspeed==([\d.]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
+    assert f"DS_BUILD_CPU_ADAM=1 DS_ACCELERATOR=cuda pip install deepspeed=={pin}" in build
+    assert "build-essential" in build and "build-essential" not in runtime
+    assert 'python -c "import deepspeed.ops.adam.cpu_adam_op"' in runtime
+
+
+def test_production_values_run_the_image_by_digest() -> None:
+    values = yaml.safe_load((CHART / "examples" / "production.yaml").read_text())
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", values["image"]["digest"])
+
