@@ -23,15 +23,6 @@ from tests.helm.metric_names import (
 
 OURS = "ray_rayline_"
 PROMETHEUS_BUILTINS = {"up"}
-# Series the alerts take from outside Ray, each checked by hand against its source.
-EXTERNAL = {
-    # ray-operator/controllers/ray/metrics/ray_job_metrics.go at KubeRay v1.7.0 (labels name,
-    # namespace, uid, deployment_status); scraped from the operator, not from Ray pods.
-    "kuberay_job_deployment_status",
-    # kube-state-metrics (kube-prometheus-stack ships it).
-    "kube_pod_status_phase",
-    "kube_pod_container_resource_requests",
-}
 TEST_METRIC_PREFIX = "test_"  # tests name the metrics they register rayline_test_*
 MONITORED = [name for name in EXAMPLES if name != "laptop"]  # laptop turns monitoring off
 
@@ -68,7 +59,7 @@ def test_every_rayline_metric_queried_is_registered_by_the_code(rendered: dict[s
 
 @pytest.mark.parametrize("example", MONITORED)
 def test_every_ray_metric_queried_is_one_ray_exports(rendered: dict[str, Manifest], example: str) -> None:
-    referenced = referenced_metric_names(rendered[example]) - PROMETHEUS_BUILTINS - EXTERNAL
+    referenced = referenced_metric_names(rendered[example]) - PROMETHEUS_BUILTINS
     theirs = {n for n in referenced if not n.startswith(OURS)}
     assert not {n for n in theirs if not n.startswith("ray_")}, f"not a Ray metric: {sorted(theirs)}"
     unknown = theirs - ray_dashboard_metric_names()
