@@ -13,7 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.helm.conftest import Manifest, by_kind, env_of, one, run_helm
+from tests.helm.conftest import EXAMPLES, Manifest, by_kind, env_of, one, run_helm
 from tests.helm.test_render import crd_errors
 
 
@@ -135,6 +135,27 @@ def test_serving_head_hosts_no_replicas_and_gcs_ft_uses_redis_by_reference(rende
         "redisPassword": {"valueFrom": {"secretKeyRef": {"name": "rayline-redis", "key": "password"}}},
     }
     assert "gcsFaultToleranceOptions" not in one(rendered["default"], "RayService")["spec"]["rayClusterConfig"]
+
+
+def _cpus(quantity: str | int | float) -> float:
+    text = str(quantity)
+    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+@pytest.mark.parametrize("example", list(EXAMPLES))
+def test_the_serving_app_fits_on_the_serving_workers(rendered, example: str) -> None:
+    """The head takes no replicas (num-cpus 0): the app's CPUs must fit the workers at full scale."""
+    service = one(rendered[example], "RayService")
+    args = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["args"]
+    variants = 2 if args.get("candidate") else 1
+    models = 0 if args["colocate"] else variants * args["replicas"] * args["num_cpus"]
+    sized_as = ("replicas", "num_cpus") if args["colocate"] else ("router_replicas", "router_num_cpus")
+    router = args[sized_as[0]] * args[sized_as[1]]
+    needed = models + router + 0.05  # + the rollout controller (or the static traffic deployment)
+    workers = service["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    capacity = sum(g["maxReplicas"] * _cpus(g["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"])
+                   for g in workers)
+    assert needed <= capacity, f"{example}: the app needs {needed} CPUs, the serving workers have {capacity}"
 
 
 def test_gcs_ft_without_a_redis_address_fails(renderer) -> None:
