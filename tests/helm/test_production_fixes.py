@@ -7,6 +7,11 @@ them. No Kubernetes API here, so "the operator accepts it" is kuberay_rules and 
 
 from __future__ import annotations
 
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -67,6 +72,23 @@ def test_external_database_is_migrated_once_by_a_hook_job_before_the_servers(ren
     assert env_of(container)["MLFLOW_BACKEND_STORE_URI"]["valueFrom"]["secretKeyRef"]["name"] == "rayline-mlflow-db"
     deployment = one(docs, "Deployment", "-mlflow")["spec"]
     assert deployment["replicas"] == 2 and "initContainers" not in deployment["template"]["spec"]
+
+
+@pytest.mark.timeout(180)
+def test_the_rendered_migration_command_creates_then_upgrades_a_real_database(rendered, tmp_path) -> None:
+    """The hook's exact command, run by the installed MLflow against SQLite (PostgreSQL is not here):
+    an empty database gets MLflow's tables, a second run (the next upgrade) is a no-op."""
+    command = one(rendered["production"], "Job", "-db-upgrade")["spec"]["template"]["spec"]["containers"][0]["command"]
+    db = tmp_path / "mlflow.db"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{db}"}
+    for _ in range(2):
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=150, check=False)
+        assert result.returncode == 0, result.stderr[-2000:]
+    with sqlite3.connect(db) as conn:
+        [(revision,)] = conn.execute("select version_num from alembic_version").fetchall()
+        tables = {name for (name,) in conn.execute("select name from sqlite_master where type='table'")}
+    assert revision and {"experiments", "runs", "registered_models", "model_versions"} <= tables
 
 
 def test_bundled_database_is_migrated_by_the_server_pod_before_it_starts(rendered) -> None:

@@ -331,7 +331,7 @@ spec:
     {{- toYaml . | nindent 4 }}
   {{- end }}
   containers:
-    - {{- .container | nindent 6 }}
+    - {{ .container | trim | nindent 6 | trim }}
       image: {{ include "rayline.image" $root }}
       imagePullPolicy: {{ $root.Values.image.pullPolicy }}
       securityContext:
@@ -479,7 +479,7 @@ image: {{ include "rayline.mlflowImage" . }}
 imagePullPolicy: {{ .Values.image.pullPolicy }}
 command: ["sh", "-c", "exec mlflow db upgrade \"$MLFLOW_BACKEND_STORE_URI\""]
 env:
-  {{- include "rayline.mlflowDatabaseEnv" . | nindent 2 }}
+  {{- include "rayline.mlflowDatabaseEnv" . | trim | nindent 2 }}
   - name: HOME
     value: /tmp/home
 securityContext:
