@@ -48,6 +48,16 @@ def _set(path: str, value: Any):
         # Maps merge over values.yaml in Helm: null removes a default key.
         ("rayCluster.head.resources", {"limits": None}, "at '/rayCluster/head/resources': missing property 'limits'"),
         ("rayCluster.workerGroups.0.nmae", "typo", "at '/rayCluster/workerGroups/0': additional properties 'nmae'"),
+        # KubeRay's own enums, refused at install instead of by the operator later.
+        ("rayCluster.upgradeStrategy", "RollingUpdate", "at '/rayCluster/upgradeStrategy'"),
+        ("serving.upgradeStrategy", {"type": "BlueGreen"}, "at '/serving/upgradeStrategy/type'"),
+        ("serving.upgradeStrategy", {"type": "NewClusterWithIncrementalUpgrade", "clusterUpgradeOptions": {}},
+         "missing properties 'stepSizePercent', 'intervalSeconds', 'gatewayClassName'"),
+        ("serving.upgradeStrategy", {"type": "NewClusterWithIncrementalUpgrade", "clusterUpgradeOptions": {
+            "stepSizePercent": 150, "intervalSeconds": 30, "gatewayClassName": "istio"}},
+         "at '/serving/upgradeStrategy/clusterUpgradeOptions/stepSizePercent': maximum"),
+        ("rayCluster.workerGroups.0.topologySpreadConstraints", [{"maxSkew": 1}], "missing properties"),
+        ("jobs.defaults.labels", {"kueue.x-k8s.io/queue-name": "q" * 64}, "maxLength"),
     ],
 )
 def test_invalid_value_fails_with_the_key_in_the_message(renderer, path: str, value: Any, expected: str) -> None:
