@@ -58,6 +58,8 @@ def _set(path: str, value: Any):
          "at '/serving/upgradeStrategy/clusterUpgradeOptions/stepSizePercent': maximum"),
         ("rayCluster.workerGroups.0.topologySpreadConstraints", [{"maxSkew": 1}], "missing properties"),
         ("jobs.defaults.labels", {"kueue.x-k8s.io/queue-name": "q" * 64}, "maxLength"),
+        ("serving.workerGroups.0.podLabels", {"app.kubernetes.io/component": "x"},
+         "invalid propertyName 'app.kubernetes.io/component'"),
     ],
 )
 def test_invalid_value_fails_with_the_key_in_the_message(renderer, path: str, value: Any, expected: str) -> None:

@@ -223,7 +223,7 @@ Call with a dict: {"root": $, "rayAddress": "..."}.
 {{- with $root.Values.settings.extraEnv }}
 {{ toYaml . }}
 {{- end }}
-{{- with .group.extraEnv }}
+{{- with (.group | default dict).extraEnv }}
 {{ toYaml . }}
 {{- end }}
 {{- end -}}
@@ -243,7 +243,7 @@ Call with a dict: {"root": $, "rayAddress": "..."}.
   persistentVolumeClaim:
     claimName: {{ include "rayline.storagePVCName" .root }}
 {{- end }}
-{{- with .group.extraVolumes }}
+{{- with (.group | default dict).extraVolumes }}
 {{ toYaml . }}
 {{- end }}
 {{- end -}}
@@ -257,7 +257,7 @@ Call with a dict: {"root": $, "rayAddress": "..."}.
 - name: shared
   mountPath: {{ .root.Values.storage.pvc.mountPath }}
 {{- end }}
-{{- with .group.extraVolumeMounts }}
+{{- with (.group | default dict).extraVolumeMounts }}
 {{ toYaml . }}
 {{- end }}
 {{- end -}}
@@ -279,7 +279,7 @@ Call with a dict: {"root": $, "rayAddress": "..."}.
 
 {{/* A Ray pod template: metadata, scheduling and extension points of one group. Call with
 {"root": $, "group": <head or worker group values>, "component": ..., "extraLabels": {...},
-"automount": bool, "container": <the Ray container, YAML>, "shmSize": ...}. */}}
+"automount": bool, "container": <the Ray container's name, resources and ports, YAML>, "rayAddress": ...}. */}}
 {{- define "rayline.rayPodTemplate" -}}
 {{- $root := .root -}}
 {{- $g := .group -}}
