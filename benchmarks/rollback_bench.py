@@ -24,13 +24,17 @@ import asyncio
 import os
 import random
 import shutil
+import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-from benchmarks.report import MIN_REPEATS, Report, summarize
-from deployments.contracts import BASELINE, CANDIDATE, REPORT_INTERVAL_S, TRAFFIC_POLL_S, VariantWindow
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))   # `python benchmarks/rollback_bench.py` (make bench) as well as `-m`
+
+from benchmarks.report import MIN_REPEATS, Report, summarize  # noqa: E402
+from deployments.contracts import BASELINE, CANDIDATE, REPORT_INTERVAL_S, TRAFFIC_POLL_S, VariantWindow  # noqa: E402
 
 REQUESTS_PER_REPORT = 30       # ~120 req/s
 FAILURE_RATE = 0.2

@@ -13,12 +13,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cluster.capacity import Capacity, CapacityError, Need, capacity, shortfall
 from cluster.errors import JobError
-from cluster.provenance import GIT_COMMIT_ENV, git_commit
+from cluster.provenance import submission_env
 from cluster.settings import Settings, job_env
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 AGENT_WAIT_S = 60.0
+AUTOSCALER_WAIT_S = 600.0   # how long a job waits for an autoscaling cluster to grow, by default
+CAPACITY_POLL_S = 5.0
 # Never upload local state, virtualenvs or build outputs with the working dir.
 WORKING_DIR_EXCLUDES = [".venv", ".tools", ".rayline", "reports", ".git", "**/__pycache__", ".whl", ".gl"]
 
@@ -33,6 +36,7 @@ class JobsClient:
         self.settings = settings
         token = settings.ray_token()
         headers = {"Authorization": f"Bearer {token}"} if token else None
+        self._headers = headers or {}
         self.address = str(settings.ray_dashboard_url)
         try:
             self._client = JobSubmissionClient(self.address, headers=headers)
@@ -52,7 +56,7 @@ class JobsClient:
             runtime_env["working_dir"] = str(working_dir)
             runtime_env["excludes"] = WORKING_DIR_EXCLUDES
         # Every job sees the same stack as its submitter (absolute state paths) and knows its commit.
-        runtime_env["env_vars"] = {**job_env(self.settings), GIT_COMMIT_ENV: git_commit(working_dir), **(env or {})}
+        runtime_env["env_vars"] = {**job_env(self.settings), **submission_env(working_dir), **(env or {})}
         deadline = time.monotonic() + AGENT_WAIT_S
         while True:
             try:
@@ -66,6 +70,44 @@ class JobsClient:
                     time.sleep(2.0)
                     continue
                 raise JobError(f"job submission to {self.address} failed: {_one_line(exc)}") from None
+
+    def capacity(self) -> Capacity:
+        """What the cluster has, what is free now and who holds the rest (the dashboard's state API)."""
+        alive = "filter_keys=state&filter_predicates=%3D&filter_values=ALIVE"
+        return capacity(self._get("/api/cluster_status?format=0"),
+                        self._get(f"/api/v0/actors?detail=1&limit=10000&{alive}")["data"]["result"]["result"],
+                        self._get("/api/v0/placement_groups?detail=1&limit=10000")["data"]["result"]["result"])
+
+    def ensure_fits(self, need: Need, what: str, fix: str, wait_s: float | None = None,
+                    say: Callable[[str], None] = print) -> None:
+        """Return when ``need`` fits in what is free; else CapacityError with the figures and ``fix``.
+
+        A cluster that cannot grow fails at once. One with an autoscaler (or any, given ``wait_s``) is
+        waited for, saying so every poll, until ``wait_s`` (default ``AUTOSCALER_WAIT_S``) runs out.
+        """
+        cap = self.capacity()
+        problem = shortfall(need, cap)
+        if problem is None:
+            return
+        limit = wait_s if wait_s is not None else (AUTOSCALER_WAIT_S if cap.autoscaler else 0.0)
+        deadline = time.monotonic() + limit
+        while problem is not None and time.monotonic() < deadline:
+            say(f"waiting for resources: {what}: {problem}; {deadline - time.monotonic():.0f} s left")
+            time.sleep(min(CAPACITY_POLL_S, max(0.0, deadline - time.monotonic())))
+            problem = shortfall(need, self.capacity())
+        if problem is not None:
+            waited = f" after waiting {limit:.0f} s" if limit else ""
+            raise CapacityError(f"{what} cannot start{waited}: {problem}; {fix}")
+
+    def _get(self, path: str) -> dict[str, Any]:
+        import httpx
+
+        try:
+            response = httpx.get(self.address.rstrip("/") + path, headers=self._headers, timeout=15)
+            response.raise_for_status()
+            return response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise JobError(f"cannot read the cluster's resources from {self.address}: {_one_line(exc)}") from None
 
     def status(self, job_id: str) -> str:
         try:
@@ -90,7 +132,7 @@ class JobsClient:
 
         async def _tail() -> None:
             async for chunk in self._client.tail_job_logs(job_id):
-                for line in chunk.splitlines():
+                for line in chunk.removesuffix("\n").split("\n"):  # \r redraws stay inside their line
                     on_line(line)
 
         asyncio.run(_tail())

@@ -9,7 +9,7 @@ controller treats as "pause", never as "promote".
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
@@ -95,8 +95,19 @@ class Registry:
         raise RegistryError(f"model reference {ref!r} must be models:/NAME/VERSION or models:/NAME@ALIAS")
 
     def versions(self, name: str) -> list[ModelVersionInfo]:
+        """Every version of ``name`` with its aliases (MLflow's version search leaves aliases out:
+        they come from the registered model's alias map)."""
         found = self._call(self._client.search_model_versions, f"name='{name}'")
-        return sorted((_info(v) for v in found), key=lambda v: int(v.version))
+        aliases: dict[str, list[str]] = {}
+        for alias, version in self.aliases(name).items():
+            aliases.setdefault(version, []).append(alias)
+        infos = (replace(_info(v), aliases=tuple(sorted(aliases.get(str(v.version), ())))) for v in found)
+        return sorted(infos, key=lambda v: int(v.version))
+
+    def aliases(self, name: str) -> dict[str, str]:
+        """``{alias: version}`` of a registered model."""
+        model = self._call(self._client.get_registered_model, name)
+        return {str(alias): str(version) for alias, version in (getattr(model, "aliases", None) or {}).items()}
 
     def models(self) -> list[str]:
         return sorted(m.name for m in self._call(self._client.search_registered_models))

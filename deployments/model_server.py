@@ -1,10 +1,12 @@
 """One registered model version as a Ray Serve deployment: validated, batched predictions.
 
 Each request is validated on its own against the model's preprocessing (the fields of
-its signature) before it joins a batch, so one bad request never fails its neighbours
-and a bad input is a 422 naming the field, never an exception in the replica. Model
-failures come back as a result with status 500 (the rollout controller counts them);
-the replica itself stays up.
+its signature and the contract its training data was held to: ranges, allowed sets, whole
+numbers; outliers clipped as in training) before it joins a batch, so one bad request never
+fails its neighbours and a bad input is a 422 naming the field and the rule, never an
+exception in the replica. Model failures, a non-finite output included, come back as a
+result with status 500 and a logged reason (the rollout controller counts them); the
+replica itself stays up.
 
 Called by the router through a handle (``predict``), in-process inside the router's replicas
 when the app is colocated (``deployments.colocated``), or over HTTP directly when deployed
@@ -22,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from deployments.payload import PayloadError, error_body, parse_instances
-from models.preprocessing import InputError
+from models.preprocessing import Feature, InputError
 
 logger = logging.getLogger(__name__)
 
@@ -60,22 +62,32 @@ class ModelServer:
 
     def ready(self) -> dict[str, Any]:
         return {"variant": self.variant, "version": self.version, "uri": self.model_uri,
-                "fields": [{"name": f.name, "kind": f.kind, "vocabulary": list(f.vocabulary)}
-                           for f in self.preprocessing.features]}
+                "task": self.preprocessing.task, "classes": list(self.preprocessing.classes),
+                "fields": [field_rules(f) for f in self.preprocessing.features]}
 
     async def predict(self, instances: list[dict[str, Any]]) -> dict[str, Any]:
         """Instances → ``{status, predictions, version, metrics}``; never raises for bad input or model errors."""
         try:
             matrix = self.preprocessing.records_to_matrix(instances)
         except InputError as exc:
-            return {"status": 422, "version": self.version, **error_body(422, exc.field, exc.problem)}
-        outputs = await self._forward(matrix)
-        if isinstance(outputs, Exception):
-            return {"status": 500, "version": self.version,
-                    **error_body(500, None, f"model failed: {type(outputs).__name__}: {outputs}")}
-        return {"status": 200, "version": self.version,
-                "predictions": self.preprocessing.decode_outputs(outputs),
-                "metrics": self._metrics(outputs)}
+            return {"status": 422, "version": self.version, **error_body(422, exc.field, exc.problem, rule=exc.rule)}
+        try:
+            outputs = await self._forward(matrix)
+            if isinstance(outputs, Exception):
+                return self._failed(f"model failed: {type(outputs).__name__}: {outputs}", "model_error")
+            bad = int((~np.isfinite(outputs)).any(axis=tuple(range(1, outputs.ndim))).sum())
+            if bad:
+                return self._failed(f"model output is not finite (nan/inf) for {bad} of {len(outputs)} instances",
+                                    "finite_output")
+            return {"status": 200, "version": self.version,
+                    "predictions": self.preprocessing.decode_outputs(outputs),
+                    "metrics": self._metrics(outputs)}
+        except Exception as exc:  # anything else is still this request's 500, never the replica's
+            return self._failed(f"prediction failed: {type(exc).__name__}: {exc}", "model_error")
+
+    def _failed(self, reason: str, rule: str) -> dict[str, Any]:
+        logger.error("model %s v%s: %s", self.model_name, self.version, reason)
+        return {"status": 500, "version": self.version, **error_body(500, None, reason, rule=rule)}
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def _forward(self, matrices: list[np.ndarray]) -> list[np.ndarray | Exception]:
@@ -109,3 +121,10 @@ class ModelServer:
         result = await self.predict(instances)
         status = result.pop("status")
         return JSONResponse({**result, "model": self.model_name, "variant": self.variant}, status_code=status)
+
+
+def field_rules(feature: Feature) -> dict[str, Any]:
+    """A request field as the model describes it: kind, vocabulary and the contract's rules (for clients, OpenAPI)."""
+    return {"name": feature.name, "kind": feature.kind, "vocabulary": list(feature.vocabulary),
+            "minimum": feature.minimum, "maximum": feature.maximum, "allowed": list(feature.allowed),
+            "integer": feature.integer, "clip": list(feature.clip) if feature.clip else None}

@@ -8,10 +8,14 @@ code that could raise an unexpected exception (a 500).
 from __future__ import annotations
 
 import json
+import logging
 import math
 from typing import Any
 
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+
+logger = logging.getLogger(__name__)
 
 # Python's json turns a 400-digit integer into an int that float() cannot convert (OverflowError);
 # map such integers to inf here so the field check reports "must be finite" instead.
@@ -38,6 +42,16 @@ def error_body(status: int, field: str | None, message: str, **extra: Any) -> di
 def json_error(status: int, field: str | None, message: str, headers: dict[str, str] | None = None,
                **extra: Any) -> JSONResponse:
     return JSONResponse(error_body(status, field, message, **extra), status_code=status, headers=headers)
+
+
+def install_json_errors(app: FastAPI) -> None:
+    """Whatever escapes a handler is still a JSON 500 with its reason logged, never Starlette's plain text."""
+
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.error("%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+        return json_error(500, None, f"internal error ({type(exc).__name__})")
+
+    app.add_exception_handler(Exception, unexpected)
 
 
 def _parse_int(text: str) -> int | float:

@@ -45,7 +45,8 @@ from deployments.contracts import (
     TRAFFIC_POLL_S,
     Traffic,
 )
-from deployments.payload import PayloadError, check_size, json_error, parse_instances
+from deployments.openapi import document as openapi_document
+from deployments.payload import PayloadError, check_size, install_json_errors, json_error, parse_instances
 from deployments.rollout.errors import RolloutError
 from deployments.routing import choose, sticky_key
 from deployments.window import WindowRecorder
@@ -57,7 +58,9 @@ COMMANDS = ("start", "promote", "pause", "resume", "abort", "rollback", "report"
 CONTROLLER_TIMEOUT_S = 10.0
 REPLICA_DEATH_RETRIES = 1   # a model call whose replica died before answering is sent once more
 
-api = FastAPI(title="rayline serve", description="Predict with canary/A-B routing; rollout admin API.")
+api = FastAPI(title="rayline serve", description="Predict with canary/A-B routing; rollout admin API.",
+              openapi_url=None)  # served by Router.openapi, with the model's request and response bodies
+install_json_errors(api)
 
 
 def _http_status(exc: BaseException) -> tuple[int, str]:
@@ -271,6 +274,12 @@ class Router:
         info = await _awaited(self.servers[BASELINE].ready.remote())
         return JSONResponse({"model": self.model_name, "versions": self.versions,
                              "traffic": self.traffic.to_dict(), "fields": info["fields"]})
+
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi(self, request: Request) -> Response:
+        versions = [await _awaited(h.ready.remote()) for h in self.servers.values()]
+        return JSONResponse(openapi_document(api, self.model_name, versions, self.options["max_instances"],
+                                             request.scope.get("root_path", "")))
 
     @api.get("/healthz")
     async def healthz(self) -> Response:

@@ -233,13 +233,29 @@ def split_expr(contract: Contract) -> pl.Expr:
     return pl.when(bucket < cut).then(pl.lit(VALIDATION)).otherwise(pl.lit(TRAIN)).alias(SPLIT)
 
 
+def serving_rules(col: ColumnSpec, plan: Plan) -> dict[str, Any]:
+    """What serving must hold a numeric request field to, as this dataset's rows were: the contract's
+    range, type and allowed set (rows outside were quarantined), and the bounds outliers were clipped to."""
+    clip = plan.bounds.get(col.name) if col.outliers is not None and col.outliers.action == "clip" else None
+    return {"minimum": col.min, "maximum": col.max, "integer": col.type == "int",
+            "allowed": [float(v) for v in col.allowed or () if _is_number(v)], "clip": clip}
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def feature_manifest(contract: Contract, plan: Plan) -> list[dict[str, Any]]:
     """The ``features`` list models.preprocessing reads."""
     out: list[dict[str, Any]] = []
     for col in contract.features:
         if col.is_numeric:
             out.append({"name": col.name, "kind": "numeric", "encoding": "none", "vocabulary": [],
-                        "columns": [col.name]})
+                        "columns": [col.name], **serving_rules(col, plan)})
             continue
         vocab = plan.vocabularies[col.name]
         columns = [f"{col.name}={v}" for v in vocab] if col.encoding == "onehot" else [col.name]

@@ -1,8 +1,9 @@
 """The data contract: a YAML file per dataset saying what a valid row is and how to clean it.
 
 Columns carry type, nullability, range, allowed set, regex, role (feature/key/target/ignore),
-and their cleaning (fill, outliers, encoding). Loading validates the contract itself, so a
-contract mistake fails before any data is read.
+and their cleaning (fill, outliers, encoding). ``null_values`` names the texts that mean
+"missing" (R's ``NA``, ``N/A``, ``null``): for the whole file, or per column. Loading validates
+the contract itself, so a contract mistake fails before any data is read.
 """
 
 from __future__ import annotations
@@ -20,6 +21,14 @@ from ingest.errors import ContractError
 
 ColumnType = Literal["int", "float", "str", "bool", "date"]
 NUMERIC_TYPES = ("int", "float")
+DEFAULT_NULL_VALUES: tuple[str, ...] = ("",)  # empty (or blank) text, as the CSV reader already reads it
+
+
+def _as_texts(value: Any) -> Any:
+    """A YAML list of markers as text (``null`` in YAML is None: the marker is then the word 'null')."""
+    if value is None or isinstance(value, str):
+        return value if value is None else (value.strip(),)
+    return tuple("null" if v is None else str(v).strip() for v in value)
 
 
 class _Strict(BaseModel):
@@ -54,6 +63,12 @@ class ColumnSpec(_Strict):
     fill: FillSpec | None = None
     outliers: OutlierSpec | None = None
     encoding: Literal["label", "onehot"] | None = None
+    null_values: tuple[str, ...] | None = None  # replaces the contract's null_values for this column
+
+    @field_validator("null_values", mode="before")
+    @classmethod
+    def _null_values_as_text(cls, value: Any) -> Any:
+        return _as_texts(value)
 
     @field_validator("fill", mode="before")
     @classmethod
@@ -119,10 +134,16 @@ class Contract(_Strict):
     target: str
     task: Literal["classification", "regression"] = "classification"
     cast_error_tolerance: float = Field(0.05, ge=0, le=1)
+    null_values: tuple[str, ...] = DEFAULT_NULL_VALUES  # texts read as null in every column
     columns: tuple[ColumnSpec, ...]
     deduplicate: DedupeSpec = DedupeSpec()
     split: SplitSpec = SplitSpec()
     drift: DriftSpec = DriftSpec()
+
+    @field_validator("null_values", mode="before")
+    @classmethod
+    def _null_values_as_text(cls, value: Any) -> Any:
+        return DEFAULT_NULL_VALUES if value is None else _as_texts(value)
 
     @model_validator(mode="after")
     def _roles(self) -> Contract:
@@ -156,6 +177,10 @@ class Contract(_Strict):
                 return col
         raise KeyError(name)
 
+    def null_values_of(self, col: ColumnSpec) -> tuple[str, ...]:
+        """The texts that mean "missing" in ``col`` (its own list, else the contract's)."""
+        return self.null_values if col.null_values is None else col.null_values
+
     @property
     def features(self) -> list[ColumnSpec]:
         return [c for c in self.columns if c.role == "feature"]
@@ -165,8 +190,18 @@ class Contract(_Strict):
         return [c.name for c in self.columns]
 
     def digest(self) -> str:
-        """Content hash of the contract's meaning (not its formatting)."""
-        text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        """Content hash of the contract's meaning (not its formatting).
+
+        Null markers left at their default are not part of the text, so contracts written before
+        markers existed keep their digest (and their datasets their version ids).
+        """
+        body = self.model_dump(mode="json")
+        if tuple(body["null_values"]) == DEFAULT_NULL_VALUES:
+            del body["null_values"]
+        for column in body["columns"]:
+            if column["null_values"] is None:
+                del column["null_values"]
+        text = json.dumps(body, sort_keys=True)
         return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 

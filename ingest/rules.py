@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from ingest.contract import ColumnSpec, Contract
+from ingest.contract import DEFAULT_NULL_VALUES, ColumnSpec, Contract
 from ingest.errors import ContractError
 
 ROW = "_row"
@@ -33,11 +33,19 @@ def check_columns(contract: Contract, schema: pl.Schema, where: str) -> None:
         raise ContractError(f"{where}: missing required column(s) {missing}; the source has {present}")
 
 
-def _typed(col: ColumnSpec, dtype: pl.DataType) -> pl.Expr:
+def unmarked(raw: pl.Expr, markers: tuple[str, ...]) -> pl.Expr:
+    """``raw`` with the contract's null markers (compared without surrounding blanks) as null."""
+    text = raw.cast(pl.String)
+    return pl.when(text.str.strip_chars().is_in(list(markers))).then(None).otherwise(raw)
+
+
+def _typed(col: ColumnSpec, dtype: pl.DataType, markers: tuple[str, ...]) -> pl.Expr:
     raw = pl.col(col.name)
     if dtype == pl.String:
         text = raw.str.strip_chars()
-        text = pl.when(text == "").then(None).otherwise(text)
+        others = sorted(set(markers) - {""})
+        missing = (text == "") | text.is_in(others) if others else text == ""
+        text = pl.when(missing).then(None).otherwise(text)
         if col.type == "bool":
             low = text.str.to_lowercase()
             return pl.when(low.is_in(TRUE_TEXT)).then(True).when(low.is_in(FALSE_TEXT)).then(False) \
@@ -45,13 +53,19 @@ def _typed(col: ColumnSpec, dtype: pl.DataType) -> pl.Expr:
         if col.type == "date":
             return text.str.to_date(strict=False).alias(col.name)
         return text.cast(DTYPES[col.type], strict=False).alias(col.name)
+    if set(markers) - {""}:  # a typed source (Parquet, NDJSON) can still hold e.g. -999 as "missing"
+        raw = unmarked(raw, markers)
     if col.type == "str":
         return raw.cast(pl.String).alias(col.name)
     return raw.cast(DTYPES[col.type], strict=False).alias(col.name)
 
 
 def _violations(col: ColumnSpec, typed: pl.Expr, raw_text: pl.Expr) -> list[tuple[pl.Expr, str, pl.Expr]]:
-    """(condition, rule, reason) triples for one column, in the order they are checked."""
+    """(condition, rule, reason) triples for one column, in the order they are checked.
+
+    ``raw_text`` has the null markers already taken out: ``NA`` in a nullable column is a null
+    (filled, or quarantined as ``null``), never a value that failed to cast.
+    """
     name = col.name
     out: list[tuple[pl.Expr, str, pl.Expr]] = [
         (raw_text.is_not_null() & typed.is_null(), "type",
@@ -91,7 +105,9 @@ def checks(contract: Contract) -> list[tuple[pl.Expr, str, str, pl.Expr]]:
     """Every (condition, rule, column, reason) of the contract, in checking order."""
     out = []
     for col in contract.columns:
-        for cond, rule, reason in _violations(col, pl.col(col.name), pl.col(RAW_PREFIX + col.name)):
+        markers, raw = contract.null_values_of(col), pl.col(RAW_PREFIX + col.name)
+        present = raw if markers == DEFAULT_NULL_VALUES else unmarked(raw, markers)  # default: as the reader reads
+        for cond, rule, reason in _violations(col, pl.col(col.name), present):
             out.append((cond, rule, col.name, reason))
     return out
 
@@ -112,7 +128,7 @@ def validate(lf: pl.LazyFrame, contract: Contract, schema: pl.Schema) -> pl.Lazy
             dtype: pl.DataType = pl.String()
         else:
             dtype = schema[col.name]
-        typed = _typed(col, dtype)
+        typed = _typed(col, dtype, contract.null_values_of(col))
         raw_cols.append(pl.col(col.name).cast(pl.String).alias(RAW_PREFIX + col.name))
         if col.fill is not None and col.fill.method == "forward":
             exprs.append(typed.is_null().alias(FFILL_PREFIX + col.name))

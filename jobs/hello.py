@@ -13,6 +13,7 @@ import socket
 import ray
 
 from cluster.logs import configure_logging
+from cluster.provenance import source
 from cluster.tracing import ensure_trace_id
 from jobs.entry import emit_result, entrypoint
 
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
         "trace_id": trace_id,
         "squares": [r[0] for r in results],
         "cluster_cpus": ray.cluster_resources().get("CPU", 0),
+        "source": source().tags(),   # the lineage a training job would record, whichever way it was submitted
     }
     log.info("hello job finished", extra={"tasks": args.tasks})
     return emit_result(summary)

@@ -11,7 +11,8 @@ Manifest keys used here (written by ``ingest``)::
     task: "classification" | "regression"
     classes: ["a", "b", ...]             # classification: label vocabulary, target stored as index
     features:                            # raw input fields, in order
-      - {name: age, kind: numeric}
+      - {name: age, kind: numeric, minimum: 18, maximum: 100, integer: true}   # the contract's rules
+      - {name: charges, kind: numeric, clip: [0.0, 180.5]}   # training clipped outliers to these bounds
       - {name: color, kind: categorical, encoding: onehot, vocabulary: [red, green],
          columns: ["color=red", "color=green"]}
       - {name: city, kind: categorical, encoding: label, vocabulary: [...], columns: [city]}
@@ -27,27 +28,52 @@ from typing import Any, Literal
 
 import numpy as np
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # the model computes in float32: beyond this is inf
+
 
 class InputError(ValueError):
-    """A request field is missing or has the wrong type/value; ``field`` names it."""
+    """A request field breaks a rule (required, type, finite, range, allowed); ``field`` and ``rule`` name it."""
 
-    def __init__(self, field_name: str, problem: str) -> None:
+    def __init__(self, field_name: str, problem: str, rule: str = "type") -> None:
         super().__init__(f"field '{field_name}': {problem}")
         self.field = field_name
         self.problem = problem
+        self.rule = rule
 
 
 @dataclass(frozen=True)
 class Feature:
+    """One raw input field, with the contract rules the training data was held to (serving holds requests to them)."""
+
     name: str
     kind: Literal["numeric", "categorical"]
     encoding: Literal["none", "label", "onehot"] = "none"
     vocabulary: tuple[str, ...] = ()
     columns: tuple[str, ...] = ()
+    minimum: float | None = None              # the contract's min/max: ingest quarantined rows outside
+    maximum: float | None = None
+    allowed: tuple[float, ...] = ()           # a numeric allowed set
+    integer: bool = False                     # contract type int
+    clip: tuple[float, float] | None = None   # outliers clipped to these bounds in training: clipped the same here
 
     @property
     def model_columns(self) -> tuple[str, ...]:
         return self.columns or (self.name,)
+
+    def checked(self, value: float) -> float:
+        """A numeric value held to the contract (InputError naming the rule), clipped as in training."""
+        if self.integer and not value.is_integer():
+            raise InputError(self.name, f"{value!r} is not a whole number (the contract's type is int)", "type")
+        if self.allowed and value not in self.allowed:
+            raise InputError(self.name, f"{value:g} not in {[_num(v) for v in self.allowed]}", "allowed")
+        if (self.minimum is not None and value < self.minimum) or (self.maximum is not None and value > self.maximum):
+            raise InputError(self.name, f"{value:g} outside [{_num(self.minimum)}, {_num(self.maximum)}] "
+                                        "(the contract's range)", "range")
+        if self.clip is not None:
+            value = min(max(value, self.clip[0]), self.clip[1])
+        if abs(value) > FLOAT32_MAX:
+            raise InputError(self.name, f"{value:g} is beyond the model's float32 range (±{FLOAT32_MAX:.3g})", "range")
+        return value
 
 
 @dataclass(frozen=True)
@@ -69,6 +95,11 @@ class Preprocessing:
                 encoding=f.get("encoding", "none"),
                 vocabulary=tuple(str(v) for v in f.get("vocabulary", ())),
                 columns=tuple(f.get("columns", ())),
+                minimum=f.get("minimum"),
+                maximum=f.get("maximum"),
+                allowed=tuple(float(v) for v in f.get("allowed") or ()),
+                integer=bool(f.get("integer", False)),
+                clip=tuple(f["clip"]) if f.get("clip") else None,
             )
             for f in manifest["features"]
         )
@@ -113,14 +144,15 @@ class Preprocessing:
                 raise InputError("instances", f"each instance must be an object, got {type(record).__name__}")
             for feat in self.features:
                 if feat.name not in record or record[feat.name] is None:
-                    raise InputError(feat.name, "is required")
+                    raise InputError(feat.name, "is required", "required")
                 value = record[feat.name]
                 if feat.kind == "numeric":
-                    out[feat.name].append(_number(feat.name, value))
+                    out[feat.name].append(feat.checked(_number(feat.name, value)))
                     continue
                 text = str(value)
                 if text not in feat.vocabulary:
-                    raise InputError(feat.name, f"unknown category {text!r}; allowed: {list(feat.vocabulary)}")
+                    raise InputError(feat.name, f"unknown category {text!r}; allowed: {list(feat.vocabulary)}",
+                                     "allowed")
                 index = feat.vocabulary.index(text)
                 if feat.encoding == "onehot":
                     for i, col in enumerate(feat.model_columns):
@@ -134,12 +166,15 @@ class Preprocessing:
         parts = []
         for col in self.input_columns:
             if col not in columns:
-                raise InputError(col, "missing column")
+                raise InputError(col, "missing column", "required")
             values = np.asarray(columns[col], dtype=np.float32)
             stats = self.normalization.get(col)
             if stats:
                 std = float(stats.get("std") or 1.0)
-                values = (values - float(stats["mean"])) / (std if std > 0 else 1.0)
+                with np.errstate(over="ignore"):
+                    values = (values - float(stats["mean"])) / (std if std > 0 else 1.0)
+            if not np.isfinite(values).all():
+                raise InputError(col, "is too large for the model once scaled (not finite in float32)", "range")
             parts.append(values)
         return np.stack(parts, axis=1).astype(np.float32, copy=False)
 
@@ -156,7 +191,16 @@ class Preprocessing:
 def _number(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InputError(name, f"must be a number, got {type(value).__name__}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:   # an int beyond float range
+        raise InputError(name, "must be finite", "finite") from None
     if not math.isfinite(number):
-        raise InputError(name, "must be finite")
+        raise InputError(name, "must be finite", "finite")
     return number
+
+
+def _num(value: float | None) -> str:
+    if value is None:
+        return "…"
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"

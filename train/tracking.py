@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from cluster.provenance import GIT_COMMIT_ENV, git_commit  # noqa: F401 - re-exported for callers
+from cluster.provenance import GIT_COMMIT_ENV, git_commit, source  # noqa: F401 - re-exported for callers
 from cluster.registry import ModelVersionInfo, Registry
 from train.config import RegistrationSection, TrainConfig
 
@@ -73,7 +73,7 @@ def start_run(registry: Registry, config: TrainConfig, plan: Any, run_dir: Path)
         run_dir.mkdir(parents=True, exist_ok=True)
         id_file.write_text(run_id)
         params = [Param(k, v[:6000]) for k, v in flatten(config.model_dump(mode="json")).items()]
-        tags = {**system_info(), "git_commit": git_commit(), "rayline.run_name": config.run_name,
+        tags = {**system_info(), **source().tags(), "rayline.run_name": config.run_name,
                 **{f"rayline.{k}": v for k, v in plan.description.items()}}
         for i in range(0, len(params), 100):
             registry._call(client.log_batch, run_id, [], params[i:i + 100], [])
@@ -170,7 +170,7 @@ def finish(registry: Registry, config: TrainConfig, plan: Any, outcome: Outcome,
         return outcome
     outcome.tags = {
         "dataset": plan.description.get("dataset", ""), "dataset_version": plan.description.get("dataset_version", ""),
-        "git_commit": git_commit(), "run_id": run_id, "run_name": config.run_name, "model": config.model.name,
+        **source().tags(), "run_id": run_id, "run_name": config.run_name, "model": config.model.name,
         **{k: f"{float(v):.6g}" for k, v in metrics.items() if k.startswith("val_")},
     }
     outcome.registered = registry.register(info.model_uri, section.model_name, outcome.tags)

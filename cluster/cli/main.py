@@ -94,8 +94,14 @@ def down(ctx: typer.Context) -> None:
 
 @app.command()
 def env(ctx: typer.Context) -> None:
-    """Print shell exports for plain `ray job submit` / MLflow clients: eval "$(rayline env)"."""
+    """Print shell exports for plain `ray job submit` / MLflow clients: eval "$(rayline env)".
+
+    Also stamps the checkout here with its commit (``.rayline-source``), so plain submissions keep lineage.
+    """
+    from cluster.provenance import write_stamp
+
     settings = settings_of(ctx)
+    write_stamp(Path.cwd())
     exports = {**settings.ray_client_env(), "MLFLOW_TRACKING_URI": str(settings.mlflow_tracking_uri)}
     exports.pop("RAY_AUTH_TOKEN", None)
     if settings.ray_token():

@@ -21,30 +21,41 @@ def list_models(ctx: typer.Context,
                 name: Annotated[str | None, typer.Argument(help="Model name: list its versions.")] = None) -> None:
     """List registered models, or the versions of one model."""
     registry = Registry(settings_of(ctx))
-    if name is None:
-        table = Table(title="registered models")
-        for col in ("name", "versions", "aliases"):
-            table.add_column(col)
-        for model in registry.models():
-            versions = registry.versions(model)
-            aliases = ", ".join(f"{a}→v{v.version}" for v in versions for a in v.aliases)
-            table.add_row(model, str(len(versions)), aliases)
-        console.print(table)
+    if name is not None:
+        console.print(versions_table(registry, name))
         return
+    table = Table(title="registered models")
+    for col in ("name", "versions", "aliases"):
+        table.add_column(col)
+    for model in registry.models():
+        versions = registry.versions(model)
+        aliases = ", ".join(f"{a}→v{v.version}" for v in versions for a in v.aliases)
+        table.add_row(model, str(len(versions)), aliases or "-")
+    console.print(table)
+
+
+def versions_table(registry: Registry, name: str) -> Table:
     table = Table(title=f"{name} versions")
-    for col in ("version", "aliases", "dataset", "val metrics", "run"):
+    for col in ("version", "aliases", "dataset", "val metrics", "git commit", "run"):
         table.add_column(col)
     for v in registry.versions(name):
         metrics = " ".join(f"{k}={val}" for k, val in sorted(v.tags.items()) if k.startswith("val_"))
         dataset = f"{v.tags.get('dataset', '')} {v.tags.get('dataset_version', '')}".strip()
-        table.add_row(v.version, ", ".join(v.aliases), dataset, metrics, v.run_id or "")
-    console.print(table)
+        commit = v.tags.get("git_commit", "")[:12] + (" (dirty)" if v.tags.get("git_dirty") == "true" else "")
+        table.add_row(v.version, ", ".join(v.aliases) or "-", dataset, metrics, commit, v.run_id or "")
+    return table
 
 
 @app.command()
-def show(ctx: typer.Context, ref: Annotated[str, typer.Argument(help="NAME/VERSION, NAME@ALIAS or models:/…")]) -> None:
-    """Show one version: source, run, aliases and every tag (lineage)."""
-    info = Registry(settings_of(ctx)).resolve(ref)
+def show(ctx: typer.Context, ref: Annotated[str, typer.Argument(
+        help="NAME (its versions), NAME/VERSION, NAME@ALIAS or models:/…")]) -> None:
+    """Show one version: source, run, aliases and every tag (lineage); a bare NAME lists its versions."""
+    registry = Registry(settings_of(ctx))
+    body = ref.removeprefix("models:/")
+    if "/" not in body and "@" not in body:
+        console.print(versions_table(registry, body))
+        return
+    info = registry.resolve(ref)
     console.print(f"[bold]{info.name}[/] version {info.version}  ({info.status})")
     console.print(f"uri      models:/{info.name}/{info.version}")
     console.print(f"aliases  {', '.join(info.aliases) or '-'}")

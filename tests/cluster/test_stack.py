@@ -7,12 +7,14 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from cluster.processes import free_port, session_members
+from cluster.provenance import STAMP_FILE, from_git
 from cluster.settings import load_settings
 from cluster.stack import load_state
 from tests.cluster.helpers import ROOT, rayline
@@ -37,6 +39,7 @@ def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
     assert proc.returncode == 0, proc.stdout + proc.stderr
     yield env
     rayline(env, "down")
+    (ROOT / STAMP_FILE).unlink(missing_ok=True)   # the source stamp submissions write: leave the checkout as it was
 
 
 def test_up_records_pids_ports_and_urls(stack_env: dict[str, str]) -> None:
@@ -85,10 +88,32 @@ def test_plain_ray_job_submit_works_with_rayline_env(stack_env: dict[str, str]) 
         key, _, value = line.removeprefix("export ").partition("=")
         env[key] = value.strip("'")
     ray_bin = str(Path(sys.executable).parent / "ray")
-    proc = subprocess.run([ray_bin, "job", "submit", "--working-dir", ".", "--", "python", "-m", "jobs.hello"],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    try:
+        proc = subprocess.run([ray_bin, "job", "submit", "--working-dir", ".", "--", "python", "-m", "jobs.hello"],
+                              env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    finally:
+        (ROOT / STAMP_FILE).unlink(missing_ok=True)   # written by `rayline env`; leave the checkout as it was
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "RAYLINE_RESULT" in proc.stdout
+    result = json.loads(next(line for line in proc.stdout.splitlines()
+                             if line.startswith("RAYLINE_RESULT ")).removeprefix("RAYLINE_RESULT "))
+    # Ray uploads the tree without .git: the commit and dirty flag still arrive, from the stamp `rayline env` wrote
+    here = from_git(ROOT)
+    if here is not None:  # a git checkout (CI's clean clone, a developer's tree)
+        assert result["source"] == {"git_commit": here.commit, "git_dirty": str(here.dirty).lower(),
+                                    "git_source": "stamp"}
+
+
+def test_following_a_job_into_a_pipe_writes_no_redraw_padding(stack_env: dict[str, str]) -> None:
+    """A live display in the job (carriage-return redraws, cursor codes) lands in a pipe as its settled lines."""
+    code = ("import sys\n"
+            "for step in range(3):\n"
+            "    sys.stdout.write(chr(27) + '[2K' + chr(13) + ' ' * 20000 + chr(13) + f'step {step}')\n"
+            "    sys.stdout.flush()\n"
+            "print()\nprint('done')\n")
+    proc = rayline(stack_env, "job", "submit", "--follow", "--", "python", "-c", code)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr
+    assert "step 2" in proc.stdout and "done" in proc.stdout
+    assert " " * 100 not in proc.stdout and chr(13) not in proc.stdout and len(proc.stdout) < 5000, len(proc.stdout)
 
 
 def test_ingest_submitted_as_a_ray_job_writes_a_version_into_the_catalog(stack_env: dict[str, str]) -> None:
@@ -134,6 +159,39 @@ def test_taken_port_gives_one_line_naming_the_port(stack_env: dict[str, str]) ->
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert str(port) in lines[0] and "--mlflow-port" in lines[0]
+
+
+HOLD_CPUS = """
+from ray import serve
+serve.start(http_options={{"host": "127.0.0.1", "port": {port}}})
+@serve.deployment(ray_actor_options={{"num_cpus": 1.5}})
+class Hold:
+    def __call__(self, request):
+        return "held"
+serve.run(Hold.bind(), name="hold", route_prefix="/hold")
+"""
+
+
+def test_a_training_job_too_big_for_the_free_cpus_fails_fast_naming_the_figures(stack_env: dict[str, str]) -> None:
+    """A Serve app holds 1.5 of the stack's 2 CPUs; a 2 × 1 CPU training job fails before submission, in one line.
+
+    Runs just before `down`: the app keeps its CPUs for the rest of the module.
+    """
+    held = rayline(stack_env, "job", "submit", "--follow", "--", "python", "-c", HOLD_CPUS.format(port=free_port()))
+    assert held.returncode == 0, held.stdout + held.stderr
+    started = time.monotonic()
+    proc = rayline(stack_env, "train", "examples/train/customers_mlp.yaml", "--submit", "-f")
+    seconds = time.monotonic() - started
+    # what an autoscaling cluster gets by default: a visible wait, bounded
+    waited = rayline(stack_env, "train", "examples/train/customers_mlp.yaml", "--submit", "--wait-for-resources", "3")
+    assert proc.returncode == 5, proc.stdout + proc.stderr
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("rayline: error:")]
+    for figure in ("needs 2 CPU (2 workers × 1 CPU)", "0.5 of 2 CPU free", "Serve app 'hold' (Hold) 1.5 CPU",
+                   "scaling.num_workers", "rayline up --num-cpus"):
+        assert figure in line, line
+    assert "submitted" not in proc.stdout and seconds < 60   # nothing was queued to wait forever
+    assert waited.returncode == 5 and "cannot start after waiting 3 s" in waited.stderr, waited.stderr
+    assert "waiting for resources: training job (run customers-mlp): it needs 2 CPU" in waited.stderr
 
 
 def test_down_stops_everything_up_started_and_is_idempotent(stack_env: dict[str, str]) -> None:

@@ -4,7 +4,9 @@ The faults are real, not mocked: each test mounts a small tmpfs in a private use
 namespace (``unshare --user --map-root-user --mount``), held open by a ``sleep``. The ingest
 job runs inside that namespace as a real process (``nsenter``); the test reads the same files
 through ``/proc/<pid>/root``, and saves checkpoints through that path too (the kernel's own
-ENOSPC / EROFS either way). Skipped only where user or mount namespaces cannot be created.
+ENOSPC / EROFS either way). Skipped only where user or mount namespaces cannot be created, and
+never under ``CI=true``: there a missing namespace fails, so the README's fault figures are never
+quoted from tests that did not run (as a missing helm tool fails the chart tests).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import polars as pl
 import pytest
@@ -69,6 +71,17 @@ class PrivateDisk:
         return space(self.view)[0]
 
 
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def skip_unless_ci(reason: str) -> NoReturn:
+    """Skip on a developer's machine; under CI=true a fault test that cannot run is a failure."""
+    if in_ci():
+        pytest.fail(f"{reason}; CI=true, so the disk-fault tests must run here (not skipped)")
+    pytest.skip(reason)
+
+
 @pytest.fixture
 def disk(tmp_path: Path) -> Iterator[PrivateDisk]:
     mountpoint = tmp_path / "disk"
@@ -78,10 +91,10 @@ def disk(tmp_path: Path) -> Iterator[PrivateDisk]:
         holder = subprocess.Popen(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     except FileNotFoundError:
-        pytest.skip("unshare (util-linux) is not installed")
+        skip_unless_ci("unshare (util-linux) is not installed")
     assert holder.stdout is not None and holder.stderr is not None
     if holder.stdout.readline().strip() != "ready":
-        pytest.skip(f"no private user + mount namespace here: {holder.stderr.read().strip()}")
+        skip_unless_ci(f"no private user + mount namespace here: {holder.stderr.read().strip()}")
     yield PrivateDisk(holder, mountpoint)
     holder.kill()
     holder.wait(timeout=30)
@@ -250,3 +263,17 @@ def test_checkpoint_save_on_a_read_only_disk_fails_clearly_and_the_previous_one_
     assert checksums(previous) == before and sorted(p.name for p in run_dir.iterdir()) == [previous.name]
     record("test_checkpoint_save_on_a_read_only_disk_fails_clearly_and_the_previous_one_restores",
            message=str(staged.value), previous_files_intact=len(before), restored_step=3)
+
+
+@pytest.mark.timeout(120)
+def test_under_ci_a_missing_namespace_fails_instead_of_skipping(tmp_path: Path) -> None:
+    """The fixture run in a child pytest with no ``unshare`` on PATH: skipped locally, failed under CI=true."""
+    def run(ci: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "PATH": str(tmp_path), "CI": ci, "PYTHONPATH": str(ROOT)}
+        return subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider",
+                               "-k", "read_only_root"], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=110, check=False)
+
+    failed = run("true")
+    assert failed.returncode == 1 and "1 error" in failed.stdout, failed.stdout[-2000:]  # the fixture failed
+    assert "CI=true, so the disk-fault tests must run here" in failed.stdout

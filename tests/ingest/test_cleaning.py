@@ -132,3 +132,18 @@ def test_split_is_seeded_by_key_and_stable_across_versions(tmp_path: Path, root:
     assert val1 == {k for k in val2 if int(k[1:]) < 3000}
     assert 0.15 < len(val1) / 3000 < 0.25
     assert first.manifest["split"]["rows"]["validation"] == len(val1)
+
+
+def test_the_feature_manifest_carries_the_contract_rules_serving_enforces(tmp_path: Path, root: str) -> None:
+    """Range, integer type and clip bounds go with the features, so a model serves what it was trained on."""
+    from models.preprocessing import InputError, Preprocessing
+
+    spec = contract(column_patches={"n": {"outliers": {"method": "iqr", "threshold": 1.5, "action": "clip"}}})
+    v = run_ingest(write_csv(table(300), tmp_path / "rules.csv"), spec, "rules", root)
+    features = {f["name"]: f for f in v.manifest["features"]}
+    assert (features["x"]["minimum"], features["x"]["maximum"], features["x"]["integer"]) == (-100, 100, False)
+    assert features["n"]["integer"] and features["n"]["clip"] == v.manifest["cleaning"]["bounds"]["n"]
+    pre = Preprocessing.from_manifest(v.manifest)
+    with pytest.raises(InputError) as err:
+        pre.records_to_matrix([{"x": 1e308, "n": 3, "cat": "a"}])
+    assert (err.value.field, err.value.rule) == ("x", "range")

@@ -1,7 +1,7 @@
 """Registered test models and a deployed serving app, for the serve and rollout suites.
 
 Models are real: a tiny ``TabularMLP`` logged with ``models.packaging.log_model`` and a
-hand-built :class:`Preprocessing` (three numeric fields and one categorical), registered
+hand-built :class:`Preprocessing` (three numeric fields with contract rules and one categorical), registered
 in the session's MLflow server. Apps are real Serve applications reached over HTTP.
 Their replicas' JSON log lines are read back from the Ray session's Serve log files.
 """
@@ -32,9 +32,9 @@ PREPROCESSING = Preprocessing.from_manifest({
     "task": "classification",
     "classes": ["no", "yes"],
     "features": [
-        {"name": "x1", "kind": "numeric"},
-        {"name": "x2", "kind": "numeric"},
-        {"name": "x3", "kind": "numeric"},
+        {"name": "x1", "kind": "numeric", "minimum": -100, "maximum": 100},   # as ingest writes the contract's rules
+        {"name": "x2", "kind": "numeric", "clip": [-3.0, 3.0]},   # outliers clipped in training
+        {"name": "x3", "kind": "numeric", "integer": True, "minimum": 0, "maximum": 50},
         {"name": "color", "kind": "categorical", "encoding": "onehot", "vocabulary": list(COLORS),
          "columns": [f"color={c}" for c in COLORS]},
     ],

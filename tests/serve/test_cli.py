@@ -98,3 +98,19 @@ def test_canary_start_deploys_baseline_and_candidate_then_starts_and_leaves_a_ru
         assert rayline(monkeypatch, capsys, "canary", "abort", "-r", "test over")[0] == 0
     finally:
         serve.delete(APP_NAME)
+
+
+def test_models_list_shows_aliases_and_models_show_name_lists_the_versions(settings, monkeypatch, capsys):
+    """MLflow's version search leaves aliases out; the CLI must still show them, and a bare NAME is a listing."""
+    monkeypatch.setenv("RAYLINE_MLFLOW_TRACKING_URI", str(settings.mlflow_tracking_uri))
+    model = register_test_model(settings)
+    code, out, err = rayline(monkeypatch, capsys, "models", "list")
+    assert code == 0, err
+    (row,) = [line for line in out.splitlines() if model in line]
+    assert "champion→v1" in row and "challenger→v2" in row, out
+    code, out, err = rayline(monkeypatch, capsys, "models", "show", model)
+    assert code == 0, err
+    rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.startswith("│")}
+    assert "champion" in rows["1"] and "challenger" in rows["2"], out
+    code, out, err = rayline(monkeypatch, capsys, "models", "show", f"{model}@challenger")
+    assert code == 0 and "version 2" in out, err
