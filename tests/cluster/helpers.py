@@ -103,10 +103,17 @@ class LocalCluster:
 @contextlib.contextmanager
 def local_cluster(state_dir: Path, nodes: int, head_cpus: int, worker_cpus: int,
                   extra_env: dict[str, str] | None = None, **settings: str) -> Iterator[LocalCluster]:
-    """``rayline up --nodes N`` in ``state_dir`` on free ports for a ``with`` block, always brought down."""
-    env = {**stack_env(state_dir, ray_num_cpus=str(head_cpus), **settings), **(extra_env or {})}
-    try:
+    """``rayline up --nodes N`` in ``state_dir`` on free ports for a ``with`` block, always brought down.
+
+    Free ports are picked before Ray's processes start and bind random ports of their own, so one
+    can be taken in between ("address already in use"): then it tries once more on other ports.
+    """
+    for attempt in range(2):
+        env = {**stack_env(state_dir, ray_num_cpus=str(head_cpus), **settings), **(extra_env or {})}
         proc = rayline(env, "up", "--nodes", str(nodes), "--worker-cpus", str(worker_cpus))
+        if proc.returncode == 0 or attempt == 1 or "already in use" not in proc.stderr:
+            break
+    try:
         assert proc.returncode == 0, proc.stdout + proc.stderr
         yield LocalCluster(env, stack_settings(env))
     finally:
