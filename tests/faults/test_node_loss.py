@@ -206,7 +206,8 @@ def rollout(app: ServeApp) -> dict[str, Any]:
 
 
 def champion(cluster: LocalCluster, model: str) -> str:
-    client = mlflow.MlflowClient(str(cluster.settings.mlflow_tracking_uri))
+    uri = str(cluster.settings.mlflow_tracking_uri)   # both: an earlier test may have set a global registry URI
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     return str(client.get_model_version_by_alias(model, "champion").version)
 
 
