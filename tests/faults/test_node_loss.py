@@ -112,6 +112,7 @@ def test_a_worker_node_lost_during_training_the_job_finishes_from_its_last_check
     checkpoint_step, first = wait_until_held(directory)
     workers = {p.rank: p.pid for p in first if p.step == HOLD_AT}
     placed = {rank: cluster.node_of(pid) for rank, pid in workers.items()}
+    assert len(set(placed.values())) == WORLD, f"the workers were not spread over nodes: {placed}"
     victim = next(node for node in placed.values() if node != RAY_HEAD)
     killed_at = time.time()
     killed = cluster.kill_node(victim)
@@ -122,7 +123,6 @@ def test_a_worker_node_lost_during_training_the_job_finishes_from_its_last_check
     assert final == "SUCCEEDED", logs[-3000:]
     result = parse_result(logs)
     resumed = resumed_attempt(directory, first)
-    assert len(set(placed.values())) == WORLD, f"the workers were not spread over nodes: {placed}"
     assert set(workers.values()) & set(killed), "the lost node held a training worker"
     assert result["metrics"]["step"] == TOTAL_STEPS
     assert result["metrics"]["resumed_from_step"] == checkpoint_step  # the last checkpoint before the loss
