@@ -37,7 +37,6 @@ from tests.serve.helpers import (
     wait_for,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
 MODEL_DEPLOYMENT = "model-baseline"      # deployments.app names model deployments model-<variant>
 RATE_PER_S = 50
 LOAD_S = 60
