@@ -117,4 +117,16 @@ def local_cluster(state_dir: Path, nodes: int, head_cpus: int, worker_cpus: int,
         assert proc.returncode == 0, proc.stdout + proc.stderr
         yield LocalCluster(env, stack_settings(env))
     finally:
-        rayline(env, "down")
+        stack_down(env)
+
+
+def stack_down(env: dict[str, str]) -> None:
+    """``rayline down``, then remove the worker nodes' own Ray temp dirs (their logs): tests leave no trace."""
+    import shutil
+
+    from cluster.stack import worker_temp_dir
+
+    rayline(env, "down")
+    settings = stack_settings(env)
+    for folder in worker_temp_dir(settings, 1).parent.glob(f"{settings.ray_gcs_port}-w*"):
+        shutil.rmtree(folder, ignore_errors=True)

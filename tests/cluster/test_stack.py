@@ -14,7 +14,7 @@ import pytest
 from cluster.processes import free_port, session_members, wait_until
 from cluster.settings import load_settings
 from cluster.stack import load_state
-from tests.cluster.helpers import ROOT, rayline, stack_settings
+from tests.cluster.helpers import ROOT, rayline, stack_down, stack_settings
 from tests.cluster.helpers import stack_env as make_stack_env
 
 
@@ -25,7 +25,7 @@ def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
     proc = rayline(env, "up", "--nodes", "2", "--worker-cpus", "1")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     yield env
-    rayline(env, "down")
+    stack_down(env)
 
 
 def test_up_records_pids_ports_and_urls(stack_env: dict[str, str]) -> None:
