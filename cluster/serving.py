@@ -79,7 +79,10 @@ def deploy(settings: Settings, cfg: Any, name: str = APP_NAME) -> str:
     predict = settings.serve_predict_token.get_secret_value() if settings.serve_predict_token else None
     connect(settings)
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
-    serve.start(http_options={"host": settings.host, "port": settings.serve_http_port,
+    # One HTTP proxy, on the head: the local stack's nodes share one address, where proxies on every
+    # node would share the port (SO_REUSEPORT) and a lost node would take connections down with it.
+    serve.start(proxy_location="HeadOnly",
+                http_options={"host": settings.host, "port": settings.serve_http_port,
                               "request_timeout_s": cfg.request_timeout_s + 5},
                 logging_config={"log_level": "WARNING", "enable_access_log": False})
     try:

@@ -1,10 +1,13 @@
-"""The embedded local stack: a Ray head and an MLflow server on 127.0.0.1.
+"""The embedded local stack: a Ray head (plus optional worker nodes) and an MLflow server on 127.0.0.1.
 
-``up`` starts both, waits until they answer, and records PIDs, session ids, ports and
-URLs in ``<state_dir>/stack.json``. ``status`` checks real health endpoints. ``down``
-stops exactly the processes ``up`` started (by their recorded session) and is
-idempotent. Ray token authentication stays on: a token file is generated in the state
-directory and every rayline client passes it.
+``up`` starts them, waits until they answer, and records PIDs, session ids, ports and
+URLs in ``<state_dir>/stack.json``. With ``nodes > 1`` it starts a multi-node Ray cluster
+on this one machine the way Ray's own tests do: each worker node is a ``ray start
+--address`` of its own (its own raylet, object store, agents, worker processes and CPUs),
+so placement and node loss are real. ``status`` checks real health endpoints, every
+node included. ``down`` stops exactly the processes ``up`` started (by their recorded
+session) and is idempotent. Ray token authentication stays on: a token file is
+generated in the state directory and every rayline client passes it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 import secrets
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +27,7 @@ import psutil
 
 from cluster.errors import ConfigError, PortInUseError, StackError
 from cluster.processes import (
+    free_port,
     port_is_free,
     process_alive,
     session_members,
@@ -37,6 +42,10 @@ STATE_FILE = "stack.json"
 RAY_START_TIMEOUT_S = 90.0
 MLFLOW_START_TIMEOUT_S = 90.0
 RAY_OBJECT_STORE_BYTES = 512 * 1024**2
+WORKER_OBJECT_STORE_BYTES = 256 * 1024**2
+RAY_HEAD = "ray"
+WORKER_PREFIX = "ray-worker-"
+WORKER_RESOURCE = "rayline_worker"   # every worker node has 1: a deployment can ask for a share to stay off the head
 RAY_WORKER_PORTS = (10002, 19999)  # ray start's default --min/--max-worker-port
 
 
@@ -48,6 +57,7 @@ class Component:
     ports: dict[str, int]
     urls: dict[str, str]
     log: str
+    command: list[str] = field(default_factory=list)   # how it was started (a lost worker node restarts so)
 
     def alive(self) -> bool:
         return process_alive(self.pid, self.create_time)
@@ -156,6 +166,35 @@ def ray_head_command(settings: Settings) -> list[str]:
     return cmd
 
 
+def worker_temp_dir(settings: Settings, index: int) -> Path:
+    """Worker node ``index``'s own Ray temp dir (session, logs, runtime envs), short for Ray's socket paths."""
+    return Path(tempfile.gettempdir()) / "rayline" / f"{settings.ray_gcs_port}-w{index}"
+
+
+def ray_worker_command(settings: Settings, index: int, agent_port: int, num_cpus: int | None) -> list[str]:
+    """Worker node ``index`` joining the head: its own raylet, CPUs and ports (Ray's tests' ``Cluster.add_node``).
+
+    All nodes share this machine's address, so each worker gets its own agent port (the
+    default one is the head's) and random worker ports, as ``ray.cluster_utils`` does, and
+    its own temp dir, as on a machine of its own: in a shared one the nodes' runtime-env
+    agents each re-extract a job's working_dir into the same folder, deleting it from under
+    the job's driver (seen: a training job's driver lost its working directory).
+    """
+    cmd = [
+        _bin("ray"), "start", "--block", "--disable-usage-stats",
+        f"--address={settings.host}:{settings.ray_gcs_port}",
+        f"--node-ip-address={settings.host}",
+        f"--temp-dir={worker_temp_dir(settings, index)}",
+        f"--dashboard-agent-listen-port={agent_port}",
+        "--min-worker-port=0", "--max-worker-port=0",
+        f"--object-store-memory={WORKER_OBJECT_STORE_BYTES}",
+        f"--resources={json.dumps({WORKER_RESOURCE: 1})}",
+    ]
+    if num_cpus:
+        cmd.append(f"--num-cpus={num_cpus}")
+    return cmd
+
+
 def mlflow_command(settings: Settings, port: int | None = None) -> list[str]:
     """The MLflow tracking + registry server on SQLite with a local artifact root."""
     state = settings.state_dir.absolute()
@@ -203,11 +242,17 @@ def ray_env(settings: Settings) -> dict[str, str]:
 
 def _component(name: str, proc, ports: dict[str, int], urls: dict[str, str], log: Path) -> Component:
     return Component(name=name, pid=proc.pid, create_time=psutil.Process(proc.pid).create_time(),
-                     ports=ports, urls=urls, log=str(log))
+                     ports=ports, urls=urls, log=str(log), command=list(proc.args))
 
 
-def up(settings: Settings) -> tuple[StackState, bool]:
-    """Start the stack. Returns (state, started); ``started`` is False when it was already up."""
+def up(settings: Settings, nodes: int = 1, worker_cpus: int | None = None) -> tuple[StackState, bool]:
+    """Start the stack: a Ray head, ``nodes - 1`` worker nodes and MLflow.
+
+    ``worker_cpus`` is each worker node's CPU count (default: the head's ``ray_num_cpus``,
+    else Ray's own count). Returns (state, started); ``started`` is False when it was already up.
+    """
+    if nodes < 1:
+        raise ConfigError(f"invalid 'nodes': {nodes}; a cluster has at least one node (the head)")
     existing = load_state(settings)
     if existing and any(c.alive() for c in existing.components.values()):
         return existing, False
@@ -218,8 +263,8 @@ def up(settings: Settings) -> tuple[StackState, bool]:
     state = StackState()
     try:
         ray_proc = start_detached(ray_head_command(settings), logs / "ray-head.log", env=ray_env(settings))
-        state.components["ray"] = _component(
-            "ray", ray_proc,
+        state.components[RAY_HEAD] = _component(
+            RAY_HEAD, ray_proc,
             {"gcs": settings.ray_gcs_port, "dashboard": settings.ray_dashboard_port,
              "client": settings.ray_client_port, "metrics": settings.ray_metrics_port,
              "agent": settings.ray_agent_port},
@@ -232,25 +277,67 @@ def up(settings: Settings) -> tuple[StackState, bool]:
             {"tracking": str(settings.mlflow_tracking_uri)}, logs / "mlflow.log",
         )
         _save_state(settings, state)
-        _wait_healthy(settings, state)
+        _wait_healthy(settings, state, [RAY_HEAD])
+        for index in range(1, nodes):
+            # One at a time, each registered before the next starts, as ray.cluster_utils does:
+            # raylets starting together on one address race for the same ports and log names.
+            name = _start_worker(settings, state, index, worker_cpus or settings.ray_num_cpus)
+            _save_state(settings, state)
+            _wait_healthy(settings, state, [name])
+        _wait_healthy(settings, state, list(state.components))
     except BaseException:
         down(settings)
         raise
     return state, True
 
 
-def _wait_healthy(settings: Settings, state: StackState) -> None:
-    waits = {"ray": RAY_START_TIMEOUT_S, "mlflow": MLFLOW_START_TIMEOUT_S}
-    deadline = time.monotonic() + max(waits.values())
-    pending = set(waits)
+def _start_worker(settings: Settings, state: StackState, index: int, num_cpus: int | None) -> str:
+    """Start worker node ``index`` (its own process session) and record it as ``ray-worker-<index>``."""
+    name = f"{WORKER_PREFIX}{index}"
+    log = settings.state_dir / "logs" / f"{name}.log"
+    agent_port = free_port(settings.host)
+    proc = start_detached(ray_worker_command(settings, index, agent_port, num_cpus), log, env=ray_env(settings))
+    state.components[name] = _component(name, proc, {"agent": agent_port},
+                                        {"address": str(settings.ray_address),
+                                         "temp_dir": str(worker_temp_dir(settings, index))}, log)
+    return name
+
+
+def restart_lost_nodes(settings: Settings) -> list[str]:
+    """Start again every recorded worker node whose raylet is gone (killed, crashed); returns their names.
+
+    What is left of a lost node's process session is stopped first; the node comes back with the
+    command it was started with (same CPUs and resources), as a new Ray node.
+    """
+    state = load_state(settings)
+    if state is None or not state.components[RAY_HEAD].alive():
+        return []
+    lost = [name for name in worker_names(state) if raylet_node_id(state.components[name].pid) is None]
+    for name in lost:
+        comp = state.components[name]
+        terminate(session_members(comp.pid), grace_s=5)
+        proc = start_detached(comp.command, Path(comp.log), env=ray_env(settings))
+        state.components[name] = _component(name, proc, comp.ports, comp.urls, Path(comp.log))
+        _save_state(settings, state)
+        _wait_healthy(settings, state, [name])
+    return lost
+
+
+def worker_names(state: StackState) -> list[str]:
+    return [name for name in state.components if name.startswith(WORKER_PREFIX)]
+
+
+def _wait_healthy(settings: Settings, state: StackState, names: list[str]) -> None:
+    deadline = time.monotonic() + max(RAY_START_TIMEOUT_S, MLFLOW_START_TIMEOUT_S)
+    pending = set(names)
     while pending and time.monotonic() < deadline:
-        health = {h.check: h for h in status(settings)}
+        health = status(settings, state)
         for name in list(pending):
             comp = state.components[name]
             if not comp.alive():
                 tail = _tail(Path(comp.log))
                 raise StackError(f"{name} exited during start-up; last log lines: {tail}")
-            if all(h.ok for h in health.values() if h.component == name):
+            if all(h.ok for h in health if h.component == name):
                 pending.discard(name)
         time.sleep(0.5)
     if pending:
@@ -274,24 +361,71 @@ def http_ok(url: str, headers: dict[str, str] | None = None, timeout_s: float = 
     return resp.status_code == 200, f"{url}: HTTP {resp.status_code}"
 
 
-def status(settings: Settings) -> list[Health]:
-    """Health of each component from its real endpoints (works for remote addresses too)."""
+def status(settings: Settings, state: StackState | None = None) -> list[Health]:
+    """Health of each component from its real endpoints (works for remote addresses too).
+
+    When the local stack has worker nodes (recorded in its state), each one is checked too:
+    its raylet must run and Ray's GCS must list that node as alive.
+    """
     checks: list[Health] = []
     host, _, port = str(settings.ray_address).rpartition(":")
     gcs_ok = port.isdigit() and tcp_reachable(host.split("//")[-1], int(port))
     reach = "reachable" if gcs_ok else "unreachable"
-    checks.append(Health("ray", "ray-gcs", gcs_ok, f"{settings.ray_address} {reach}"))
+    checks.append(Health(RAY_HEAD, "ray-gcs", gcs_ok, f"{settings.ray_address} {reach}"))
     token = settings.ray_token()
     headers = {"Authorization": f"Bearer {token}"} if token else None
     ok, detail = http_ok(f"{settings.ray_dashboard_url}/api/jobs/", headers)
-    checks.append(Health("ray", "ray-job-api", ok, detail))
+    checks.append(Health(RAY_HEAD, "ray-job-api", ok, detail))
     if _is_local(settings):
         # Jobs are handed to the head node's agent; until it answers, submissions fail
         # with "No available agent", so a stack is not up before the agent is.
         ok, detail = http_ok(f"http://{settings.host}:{settings.ray_agent_port}/api/healthz", headers)
-        checks.append(Health("ray", "ray-job-agent", ok, detail))
+        checks.append(Health(RAY_HEAD, "ray-job-agent", ok, detail))
+    state = state if state is not None else (load_state(settings) if _is_local(settings) else None)
+    workers = worker_names(state) if state else []
+    if workers:
+        checks += _node_checks(settings, state, workers, headers)
     ok, detail = http_ok(f"{settings.mlflow_tracking_uri}/health")
     checks.append(Health("mlflow", "mlflow-health", ok, detail))
+    return checks
+
+
+def raylet_node_id(sid: int) -> str | None:
+    """The Ray node id of the raylet in process session ``sid`` (from its ``--node_id`` argument)."""
+    for proc in session_members(sid):
+        try:
+            args = proc.cmdline()
+        except psutil.Error:
+            continue
+        if args and Path(args[0]).name == "raylet":
+            return next((a.split("=", 1)[1] for a in args if a.startswith("--node_id=")), None)
+    return None
+
+
+def alive_node_ids(settings: Settings, headers: dict[str, str] | None) -> set[str] | None:
+    """Node ids Ray's GCS lists as ALIVE (through the dashboard's state API); None when it does not answer."""
+    try:
+        resp = httpx.get(f"{settings.ray_dashboard_url}/api/v0/nodes", params={"limit": 1000},
+                         headers=headers, timeout=5.0)
+        nodes = resp.json()["data"]["result"]["result"]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return None
+    return {n["node_id"] for n in nodes if n.get("state") == "ALIVE"}
+
+
+def _node_checks(settings: Settings, state: StackState, workers: list[str],
+                 headers: dict[str, str] | None) -> list[Health]:
+    alive = alive_node_ids(settings, headers)
+    checks = []
+    for name in workers:
+        node_id = raylet_node_id(state.components[name].pid)
+        if node_id is None:
+            checks.append(Health(name, "ray-node", False, f"{name}: no raylet running"))
+        elif alive is None:
+            checks.append(Health(name, "ray-node", False, f"{name}: GCS node table unavailable"))
+        else:
+            registered = "alive in GCS" if node_id in alive else "not alive in GCS"
+            checks.append(Health(name, "ray-node", node_id in alive, f"{name} node {node_id[:12]}… {registered}"))
     return checks
 
 
@@ -306,7 +440,7 @@ def down(settings: Settings) -> list[int]:
     if state is None:
         return []
     stopped: list[int] = []
-    for comp in state.components.values():
+    for comp in reversed(state.components.values()):  # worker nodes before the head they joined
         # The leader's PID is its session id. Linux does not reuse a PID while it still names
         # a live session, so this finds Ray's GCS, raylet, dashboard and workers even when
         # the leader itself already died, and never anybody else's processes.

@@ -53,6 +53,7 @@ def model_server(cfg: ServeAppConfig, variant: str, uri: str, version: str, trac
         max_queued_requests=cfg.max_queued_requests,
         backpressure_config={"retry_after_s": cfg.retry_after_s},
         logging_config=cfg.logging_config,
+        **cfg.placement,
     ).bind(**model_args(cfg, variant, uri, version, tracking_uri))
 
 
@@ -78,8 +79,11 @@ def build(cfg: ServeAppConfig, admin_token: str | None = None, predict_token: st
 
         # The deployed versions are part of the args: a redeploy with other versions restarts the
         # controller, which then points traffic at whichever variant serves the version in charge.
-        controller = RolloutController.bind(state_dir=cfg.state_dir, model_name=cfg.model_name,
-                                            tracking_uri=tracking_uri, versions=versions)
+        placed = RolloutController.options(ray_actor_options={**RolloutController.ray_actor_options,
+                                                             "resources": cfg.controller_resources}
+                                           ) if cfg.controller_resources else RolloutController
+        controller = placed.bind(state_dir=cfg.state_dir, model_name=cfg.model_name,
+                                 tracking_uri=tracking_uri, versions=versions)
     else:
         controller = StaticTraffic.options(logging_config=cfg.logging_config).bind(
             cfg.variants, cfg.traffic, cfg.shadow)
@@ -104,6 +108,7 @@ def build(cfg: ServeAppConfig, admin_token: str | None = None, predict_token: st
               {"num_replicas": cfg.router_replicas, "ray_actor_options": cfg.actor_options(cfg.router_num_cpus)})
     return Router.options(
         **sizing,
+        **cfg.placement,
         max_queued_requests=cfg.max_queued_requests,
         backpressure_config={"retry_after_s": cfg.retry_after_s},
         logging_config=cfg.logging_config,

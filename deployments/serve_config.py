@@ -51,6 +51,12 @@ class ServeAppConfig(BaseModel):
     num_cpus: float = Field(0.25, gt=0, description="CPUs per model replica (fractional on small machines)")
     router_replicas: int = Field(1, ge=1)
     router_num_cpus: float = Field(0.25, gt=0)
+    max_replicas_per_node: int | None = Field(
+        None, ge=1, description="spread the model and router replicas over nodes: at most this many of one "
+                                "deployment per node (1: losing a node costs each deployment one replica)")
+    controller_resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources the rollout controller's replica needs (keeps it "
+                                          "on the nodes that have them, e.g. {rayline_worker: 0.01})")
     max_ongoing_requests: int = Field(32, ge=1, description="per replica, before requests queue")
     max_queued_requests: int = Field(256, ge=1, description="per caller, before 503 + Retry-After")
     retry_after_s: float = Field(1.0, ge=0)
@@ -96,6 +102,11 @@ class ServeAppConfig(BaseModel):
     def model_call_options(self) -> dict[str, Any]:
         """``DeploymentHandle.options`` for the router's model calls (gRPC: by value, not by reference)."""
         return {"_by_reference": False} if self.model_calls == "grpc" else {}
+
+    @property
+    def placement(self) -> dict[str, Any]:
+        """Serve deployment options that spread replicas over nodes ({} when unset: Serve's defaults)."""
+        return {"max_replicas_per_node": self.max_replicas_per_node} if self.max_replicas_per_node else {}
 
     def actor_options(self, num_cpus: float) -> dict[str, Any]:
         options: dict[str, Any] = {"num_cpus": num_cpus}

@@ -69,8 +69,10 @@ def build_trainer(config: TrainConfig, settings: Settings, plan: DataPlan, steps
         train_loop,
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend=config.backend),
+        # SPREAD: on several nodes each worker goes to another node where it can, so losing a node
+        # costs the group one worker (restarted from the checkpoint), not all; on one node it is PACK.
         scaling_config=ray.train.ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
-                                               resources_per_worker=resources),
+                                               resources_per_worker=resources, placement_strategy="SPREAD"),
         datasets=plan.datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=[], execution_options=ingest),
         run_config=ray.train.RunConfig(

@@ -46,16 +46,24 @@ def up(
     ray_metrics_port: Annotated[int | None, typer.Option(help="Ray Prometheus metrics port (8080).")] = None,
     ray_agent_port: Annotated[int | None, typer.Option(help="Ray job agent port (52365).")] = None,
     mlflow_port: Annotated[int | None, typer.Option(help="MLflow server port (5000).")] = None,
-    num_cpus: Annotated[int | None, typer.Option(help="CPUs Ray may use (default: all).")] = None,
+    num_cpus: Annotated[int | None, typer.Option(help="CPUs of the Ray head (default: all).")] = None,
+    nodes: Annotated[int, typer.Option(min=1, help="Ray nodes: the head plus NODES-1 worker nodes, each its own "
+                                                   "raylet with its own CPUs (placement and node loss are real).")] = 1,
+    worker_cpus: Annotated[int | None, typer.Option(min=1, help="CPUs of each worker node (default: --num-cpus).")
+                           ] = None,
 ) -> None:
-    """Start the local stack (Ray head + MLflow on 127.0.0.1) and record it in the state dir."""
+    """Start the local stack (Ray head [+ worker nodes] + MLflow on 127.0.0.1) and record it in the state dir."""
     settings = settings_of(ctx, ray_gcs_port=ray_gcs_port, ray_dashboard_port=ray_dashboard_port,
                            ray_client_port=ray_client_port, ray_metrics_port=ray_metrics_port,
                            ray_agent_port=ray_agent_port, mlflow_port=mlflow_port, ray_num_cpus=num_cpus)
-    with console.status("starting Ray head and MLflow…"):
-        state, started = stack.up(settings)
+    what = f"Ray head, {nodes - 1} worker node(s)" if nodes > 1 else "Ray head"
+    with console.status(f"starting {what} and MLflow…"):
+        state, started = stack.up(settings, nodes=nodes, worker_cpus=worker_cpus)
     if not started:
+        restarted = stack.restart_lost_nodes(settings)
         console.print(f"[yellow]already up[/] (state in {stack.state_path(settings)}); `rayline status` for health")
+        if restarted:
+            console.print(f"restarted lost worker node(s): {', '.join(restarted)}")
         return
     _print_urls(state)
 

@@ -36,12 +36,15 @@ def deploy(
                                                  "small models).")] = False,
     model_calls: Annotated[str, typer.Option(help="Router → model transport: grpc (by value, faster) or actor.")
                            ] = "grpc",
+    max_replicas_per_node: Annotated[int | None, typer.Option(
+        min=1, help="Spread replicas over nodes: at most this many of one deployment per node.")] = None,
     name: Annotated[str, typer.Option(help="Serve application name.")] = APP_NAME,
 ) -> None:
     """Deploy MODEL's baseline (and candidate) behind the router on the local stack's Serve."""
     settings = settings_of(ctx)
     cfg = app_config(settings, model, baseline, candidate, controller=controller, replicas=replicas,
-                     num_cpus=num_cpus, colocate=colocate, model_calls=model_calls)
+                     num_cpus=num_cpus, colocate=colocate, model_calls=model_calls,
+                     max_replicas_per_node=max_replicas_per_node)
     with console.status(f"deploying {model} ({', '.join(cfg.variants)})…"):
         url = deploy_ready(settings, cfg, name)
     console.print(f"[green]serving[/] {model} at {url}/v1/models/{model}:predict")

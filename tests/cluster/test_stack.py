@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -13,38 +12,28 @@ from pathlib import Path
 
 import pytest
 
-from cluster.processes import free_port, session_members
+from cluster.processes import free_port, session_members, wait_until
 from cluster.provenance import STAMP_FILE, from_git
 from cluster.settings import load_settings
 from cluster.stack import load_state
-from tests.cluster.helpers import ROOT, rayline
+from tests.cluster.helpers import ROOT, rayline, stack_down, stack_settings
+from tests.cluster.helpers import stack_env as make_stack_env
 
 
 @pytest.fixture(scope="module")
 def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """Environment for a private local stack on free ports, brought up once for this module."""
-    state = tmp_path_factory.mktemp("stack")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAYLINE_", "RAY_", "MLFLOW_"))}
-    env.update({
-        "RAYLINE_STATE_DIR": str(state),
-        "RAYLINE_RAY_GCS_PORT": str(free_port()),
-        "RAYLINE_RAY_DASHBOARD_PORT": str(free_port()),
-        "RAYLINE_RAY_CLIENT_PORT": str(free_port()),
-        "RAYLINE_RAY_METRICS_PORT": str(free_port()),
-        "RAYLINE_RAY_AGENT_PORT": str(free_port()),
-        "RAYLINE_MLFLOW_PORT": str(free_port()),
-        "RAYLINE_RAY_NUM_CPUS": "2",
-    })
-    proc = rayline(env, "up")
+    """A private local stack on free ports with two Ray nodes (head + one worker), up once for this module."""
+    env = make_stack_env(tmp_path_factory.mktemp("stack"), ray_num_cpus="2")
+    proc = rayline(env, "up", "--nodes", "2", "--worker-cpus", "1")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     yield env
-    rayline(env, "down")
+    stack_down(env)
     (ROOT / STAMP_FILE).unlink(missing_ok=True)   # the source stamp submissions write: leave the checkout as it was
 
 
 def test_up_records_pids_ports_and_urls(stack_env: dict[str, str]) -> None:
     state = json.loads((Path(stack_env["RAYLINE_STATE_DIR"]) / "stack.json").read_text())
-    assert set(state["components"]) == {"ray", "mlflow"}
+    assert set(state["components"]) == {"ray", "mlflow", "ray-worker-1"}
     assert state["components"]["mlflow"]["ports"]["http"] == int(stack_env["RAYLINE_MLFLOW_PORT"])
     assert state["components"]["ray"]["urls"]["dashboard"].endswith(stack_env["RAYLINE_RAY_DASHBOARD_PORT"])
     token_file = Path(stack_env["RAYLINE_STATE_DIR"]) / "ray_auth_token"
@@ -54,8 +43,9 @@ def test_up_records_pids_ports_and_urls(stack_env: dict[str, str]) -> None:
 def test_status_reports_every_component_healthy(stack_env: dict[str, str]) -> None:
     proc = rayline(stack_env, "status")
     assert proc.returncode == 0, proc.stdout
-    for check in ("ray-gcs", "ray-job-api", "ray-job-agent", "mlflow-health"):
+    for check in ("ray-gcs", "ray-job-api", "ray-job-agent", "ray-node", "mlflow-health"):
         assert check in proc.stdout
+    assert "ray-worker-1" in proc.stdout
     assert "DOWN" not in proc.stdout
 
 
@@ -144,6 +134,45 @@ def test_mlflow_logs_a_run_through_the_started_server(stack_env: dict[str, str])
     assert proc.stdout.strip().splitlines()[-1] == "1.5"
 
 
+def node_resources(env: dict[str, str]) -> list[dict[str, float]]:
+    """Each alive Ray node's total resources, from the GCS through the dashboard's state API (token auth)."""
+    import httpx
+
+    settings = stack_settings(env)
+    resp = httpx.get(f"{settings.ray_dashboard_url}/api/v0/nodes", params={"detail": "true"}, timeout=10,
+                     headers={"Authorization": f"Bearer {settings.ray_token()}"})
+    nodes = resp.json()["data"]["result"]["result"]
+    return [n["resources_total"] for n in nodes if n["state"] == "ALIVE"]
+
+
+def test_up_with_nodes_starts_a_worker_raylet_with_its_own_resources(stack_env: dict[str, str]) -> None:
+    cpus = sorted(r["CPU"] for r in node_resources(stack_env))
+    assert cpus == [1.0, 2.0]
+    assert sum(r.get("rayline_worker", 0) for r in node_resources(stack_env)) == 1.0
+    state = load_state(stack_settings(stack_env))
+    head, worker = state.components["ray"].pid, state.components["ray-worker-1"].pid
+    raylets = [p for sid in (head, worker) for p in session_members(sid) if p.name() == "raylet"]
+    assert len(raylets) == 2  # one raylet per node, each in its own recorded process session
+
+
+def test_a_lost_worker_node_shows_down_and_up_starts_it_again(stack_env: dict[str, str]) -> None:
+    settings = stack_settings(stack_env)
+    worker = load_state(settings).components["ray-worker-1"]
+    for proc in session_members(worker.pid):
+        proc.kill()
+    assert wait_until(lambda: "DOWN" in rayline(stack_env, "status").stdout, timeout_s=60)
+    lost = rayline(stack_env, "status")
+    assert lost.returncode == 1 and "ray-worker-1" in lost.stdout
+
+    again = rayline(stack_env, "up")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "restarted lost worker node(s): ray-worker-1" in again.stdout
+    assert rayline(stack_env, "status").returncode == 0
+    # The GCS declares the lost node dead only after its health checks fail for a while.
+    assert wait_until(lambda: len(node_resources(stack_env)) == 2, timeout_s=90, interval_s=1)
+
+
+
 def test_taken_port_gives_one_line_naming_the_port(stack_env: dict[str, str]) -> None:
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", 0))
@@ -173,7 +202,8 @@ serve.run(Hold.bind(), name="hold", route_prefix="/hold")
 
 
 def test_a_training_job_too_big_for_the_free_cpus_fails_fast_naming_the_figures(stack_env: dict[str, str]) -> None:
-    """A Serve app holds 1.5 of the stack's 2 CPUs; a 2 × 1 CPU training job fails before submission, in one line.
+    """A Serve app holds 1.5 of the stack's 3 CPUs (a 2-CPU head and a 1-CPU worker node); a 2 × 1 CPU training job
+    fails before submission, in one line.
 
     Runs just before `down`: the app keeps its CPUs for the rest of the module.
     """
@@ -186,7 +216,7 @@ def test_a_training_job_too_big_for_the_free_cpus_fails_fast_naming_the_figures(
     waited = rayline(stack_env, "train", "examples/train/customers_mlp.yaml", "--submit", "--wait-for-resources", "3")
     assert proc.returncode == 5, proc.stdout + proc.stderr
     (line,) = [x for x in proc.stderr.splitlines() if x.startswith("rayline: error:")]
-    for figure in ("needs 2 CPU (2 workers × 1 CPU)", "0.5 of 2 CPU free", "Serve app 'hold' (Hold) 1.5 CPU",
+    for figure in ("needs 2 CPU (2 workers × 1 CPU)", "1.5 of 3 CPU free", "Serve app 'hold' (Hold) 1.5 CPU",
                    "scaling.num_workers", "rayline up --num-cpus"):
         assert figure in line, line
     assert "submitted" not in proc.stdout and seconds < 60   # nothing was queued to wait forever
@@ -199,7 +229,7 @@ def test_down_stops_everything_up_started_and_is_idempotent(stack_env: dict[str,
     state = load_state(settings)
     assert state is not None
     sessions = [c.pid for c in state.components.values()]
-    assert all(session_members(s) for s in sessions)
+    assert len(sessions) == 3 and all(session_members(s) for s in sessions)   # head, worker node, MLflow
     proc = rayline(stack_env, "down")
     assert proc.returncode == 0 and "stopped" in proc.stdout
     assert not any(session_members(s) for s in sessions)
@@ -215,3 +245,4 @@ def test_help_works_for_every_command(args: list[str]) -> None:
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "Usage" in proc.stdout
+

@@ -8,12 +8,9 @@ Each test records what it measured through ``tests.faults.figures``.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -24,8 +21,9 @@ from typing import Any
 import pytest
 
 from cluster.loadgen import BackgroundLoad, LoadResult
-from cluster.processes import session_members, start_detached, terminate
+from cluster.processes import session_members, terminate
 from tests.faults.figures import record
+from tests.faults.helpers import loadgen_result, start_loadgen
 from tests.serve.helpers import (
     TERMINAL,
     ServeApp,
@@ -39,7 +37,6 @@ from tests.serve.helpers import (
     wait_for,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
 MODEL_DEPLOYMENT = "model-baseline"      # deployments.app names model deployments model-<variant>
 RATE_PER_S = 50
 LOAD_S = 60
@@ -104,24 +101,6 @@ def kill_mid_request(pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
 
 
-def start_loadgen(app: ServeApp, workdir: Path, rate_per_s: float, duration_s: float) -> subprocess.Popen:
-    """``python -m cluster.loadgen`` against the app, in its own process session."""
-    records = workdir / "records.json"
-    records.write_text(json.dumps([instance(i) for i in range(100)]))
-    cmd = [sys.executable, "-m", "cluster.loadgen", "--url", app.url, "--model", app.model,
-           "--records", str(records), "--rate", str(rate_per_s), "--duration", str(duration_s),
-           "--out", str(workdir / "load.json")]
-    return start_detached(cmd, workdir / "loadgen.log", env={"PYTHONPATH": str(ROOT)})
-
-
-def loadgen_result(proc: subprocess.Popen, workdir: Path, timeout_s: float) -> dict[str, Any]:
-    """Wait for the load generator to finish and read the result it wrote."""
-    rc = proc.wait(timeout=timeout_s)
-    log = (workdir / "loadgen.log").read_text()[-2000:]
-    assert rc == 0, f"loadgen exited {rc}: {log}"
-    return json.loads((workdir / "load.json").read_text())
-
-
 @pytest.fixture(scope="module")
 def two_replica_app(serve_url: str, settings, model: str) -> Iterator[ServeApp]:
     """Router + the champion's model deployment with 2 replicas (static traffic, no candidate)."""
@@ -134,7 +113,7 @@ def test_a_model_replica_killed_under_steady_load_fails_at_most_half_a_percent_a
     app = two_replica_app
     before = wait_for(lambda: len(live_replicas(app.name, MODEL_DEPLOYMENT)) == 2
                       and live_replicas(app.name, MODEL_DEPLOYMENT), timeout_s=60)
-    loadgen = start_loadgen(app, tmp_path, RATE_PER_S, LOAD_S)
+    loadgen = start_loadgen(app.url, app.model, tmp_path, RATE_PER_S, LOAD_S)
     try:
         time.sleep(KILL_AFTER_S)
         victim = before[0]

@@ -13,7 +13,6 @@ kill lands mid-epoch after a checkpoint Ray has registered (steps take milliseco
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -25,64 +24,24 @@ import mlflow
 import psutil
 import pytest
 import yaml
-from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
 
 from cluster.jobs_client import JobsClient, parse_result
-from cluster.processes import free_port, process_alive, wait_until
-from cluster.settings import Settings, load_settings
-from tests.cluster.helpers import rayline
+from cluster.processes import process_alive, wait_until
+from cluster.settings import Settings
+from tests.cluster.helpers import rayline, stack_env, stack_settings
 from tests.faults.figures import record
+from tests.faults.helpers import (
+    HOLD_AT,
+    ROOT,
+    WAIT_S,
+    resumed_attempt,
+    steps_lost,
+    wait_until_held,
+)
 from tests.train.helpers import TOTAL_STEPS, tiny_gpt_config
-from train.faults import HOLD_AT_STEP_ENV, Progress, read_progress
+from train.faults import HOLD_AT_STEP_ENV
 from train.tracking import RUN_ID_FILE
 from train.trainer import run_dir, train
-
-ROOT = Path(__file__).resolve().parents[2]
-HOLD_AT = 5  # mid-epoch 0 (8 steps per epoch), after the checkpoint at step 3 (every_steps=3)
-WORLD = 2
-WAIT_S = 300.0  # generous: the machine is shared
-
-
-def registered_step(directory: Path) -> int | None:
-    """The step of the latest checkpoint Ray Train has registered (its checkpoint manager snapshot)."""
-    try:
-        latest = json.loads((directory / CHECKPOINT_MANAGER_SNAPSHOT_FILENAME).read_text())["latest_checkpoint_result"]
-    except (OSError, ValueError, KeyError):  # not written yet, or read mid-write
-        return None
-    return int(latest["metrics"]["step"]) if latest else None
-
-
-def newest_on_disk(directory: Path) -> int | None:
-    steps = [int(p.name.removeprefix("checkpoint_step")) for p in directory.glob("checkpoint_step*")]
-    return max(steps, default=None)
-
-
-def wait_until_held(directory: Path) -> tuple[int, list[Progress]]:
-    """Wait until every rank holds at HOLD_AT and Ray has registered the newest checkpoint written.
-
-    Returns that checkpoint's step and the first attempt's progress: from here on no report is
-    in flight, so the checkpoint to resume from is known before the kill.
-    """
-    def settled() -> bool:
-        held = {p.rank for p in read_progress(directory) if p.step == HOLD_AT}
-        step = registered_step(directory)
-        return len(held) == WORLD and step is not None and step == newest_on_disk(directory)
-
-    assert wait_until(settled, timeout_s=WAIT_S, interval_s=0.5), (
-        f"training never held at step {HOLD_AT} with a registered checkpoint: {read_progress(directory)[-4:]}")
-    step = registered_step(directory)
-    assert step is not None and 0 < step < HOLD_AT
-    return step, read_progress(directory)
-
-
-def resumed_attempt(directory: Path, first: list[Progress]) -> list[Progress]:
-    """Progress noted by worker processes that did not exist in the first attempt."""
-    old = {p.pid for p in first}
-    return [p for p in read_progress(directory) if p.pid not in old]
-
-
-def steps_lost(first: list[Progress], resumed_from: int) -> int:
-    return max(p.step for p in first) - resumed_from
 
 
 def test_worker_sigkilled_mid_epoch_resumes_from_the_last_checkpoint(ray_cluster, settings, monkeypatch):
@@ -117,15 +76,11 @@ def test_worker_sigkilled_mid_epoch_resumes_from_the_last_checkpoint(ray_cluster
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Settings]:
     """A private ``rayline up`` stack (Ray head with the Jobs API, MLflow) on free ports, always brought down."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAYLINE_", "RAY_", "MLFLOW_"))}
-    env.update(RAYLINE_STATE_DIR=str(tmp_path / "stack"), RAYLINE_RAY_NUM_CPUS="4")
-    for name in ("RAY_GCS", "RAY_DASHBOARD", "RAY_CLIENT", "RAY_METRICS", "RAY_AGENT", "MLFLOW"):
-        env[f"RAYLINE_{name}_PORT"] = str(free_port())
+    env = stack_env(tmp_path / "stack", ray_num_cpus="4")
     try:
         started = rayline(env, "up")
         assert started.returncode == 0, started.stdout + started.stderr
-        yield load_settings(**{k.removeprefix("RAYLINE_").lower(): v for k, v in env.items()
-                               if k.startswith("RAYLINE_")})
+        yield stack_settings(env)
     finally:
         rayline(env, "down")
 
