@@ -81,11 +81,47 @@ def test_window_log_selects_by_arrival_time_and_counts_step_requests():
     assert log.requests_since(1.5, CANDIDATE) == 7 and len(log.since(0.0)) == 4
 
 
-def test_traffic_is_settled_only_when_every_recent_router_reported_no_candidate_requests_after_the_change():
-    log = WindowLog()
-    log.add(1.0, "r1", windows(10))
-    log.add(1.0, "r2", windows(10))
-    log.add(2.0, "r1", [VariantWindow(BASELINE, "1", 5)])
-    assert not log.routers_quiet_on(CANDIDATE, after=1.5, active_within_s=5, now=2.0)
-    log.add(2.1, "r2", [VariantWindow(BASELINE, "1", 5)])
-    assert log.routers_quiet_on(CANDIDATE, after=1.5, active_within_s=5, now=2.1)
+def test_a_candidate_is_judged_against_the_baseline_on_the_same_interval_not_on_a_point_estimate():
+    spec = make_spec(thresholds={"max_error_rate": 0.05, "min_requests_per_check": 10})
+    # 2/20 = 10 % is above 5 %, but 20 requests cannot show it at 95 %: no rollback on noise
+    assert evaluate(spec, aggregate(windows(20, 2, base_requests=100, base_errors=2))).status == "pass"
+    # 30/100 against a 1 % baseline is a regression by any bound
+    verdict = evaluate(spec, aggregate(windows(100, 30, base_requests=300, base_errors=3)))
+    assert verdict.status == "fail"
+    assert any("on the same interval" in r for r in verdict.reasons)
+
+
+def test_a_candidate_answering_4xx_to_what_the_baseline_accepts_fails_like_a_5xx():
+    spec = make_spec()
+    cand = VariantWindow(CANDIDATE, "2", 100, 55, 0, [5.0] * 100)
+    base = VariantWindow(BASELINE, "1", 100, 1, 0, [5.0] * 100)
+    verdict = evaluate(spec, aggregate([cand, base]))
+    assert verdict.status == "fail" and any("client-error (4xx) share 55.0%" in r for r in verdict.reasons)
+    same = VariantWindow(CANDIDATE, "2", 100, 2, 0, [5.0] * 100)
+    assert evaluate(spec, aggregate([same, base])).status == "pass"   # callers' own mistakes hit both alike
+
+
+def test_latency_ratio_gate_uses_a_one_sided_test_on_the_same_interval():
+    spec = make_spec(thresholds={"max_latency_ratio_vs_baseline": 1.2})
+    rng = np.random.default_rng(1)
+    base = VariantWindow(BASELINE, "1", 200, 0, 0, list(rng.lognormal(3, 0.3, 200)))
+    slow = VariantWindow(CANDIDATE, "2", 60, 0, 0, list(1.5 * rng.lognormal(3, 0.3, 60)))
+    same = VariantWindow(CANDIDATE, "2", 60, 0, 0, list(rng.lognormal(3, 0.3, 60)))
+    assert evaluate(spec, aggregate([base, slow])).status == "fail"
+    assert evaluate(spec, aggregate([base, same])).status == "pass"
+
+
+def test_router_leases_settle_on_acks_of_live_routers_and_wait_out_routers_this_process_never_heard():
+    from deployments.rollout.leases import RouterLeases
+
+    leases = RouterLeases(watching_since=0.0)
+    leases.heard("r1", 4, now=100.0)
+    leases.heard("r2", 5, now=100.0)
+    assert not leases.settled(5, changed_at=99.0, now=100.5, lease_s=3.0)      # r1 still on epoch 4
+    leases.heard("r1", 5, now=100.6)
+    assert leases.settled(5, changed_at=99.0, now=100.7, lease_s=3.0)
+    fresh = RouterLeases(watching_since=100.0)   # a restarted controller: routers of the old one unknown
+    fresh.heard("r2", 5, now=100.5)
+    assert not fresh.settled(5, changed_at=100.2, now=101.0, lease_s=3.0)
+    assert fresh.settled(5, changed_at=100.2, now=104.3, lease_s=3.0)
+    assert leases.settled(5, changed_at=99.0, now=200.0, lease_s=3.0)            # silent past the lease
