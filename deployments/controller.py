@@ -337,7 +337,8 @@ class Controller:
     def _analyse(self, state: RolloutState, spec: RolloutSpec, now: float) -> dict[str, Any]:
         start_at = max(now - spec.interval_s, state.step_started_at)
         mirrored = state.traffic.shadow == CANDIDATE   # shadow mode: the candidate is judged on its copies
-        verdict = evaluate(spec, aggregate(self.windows.since(start_at), include_shadow=mirrored))
+        verdict = evaluate(spec, aggregate(self.windows.since(start_at), include_shadow=mirrored),
+                           aggregate(self.windows.since(state.step_started_at), include_shadow=mirrored))
         self.last_verdict = verdict
         obs: dict[str, Any] = {"verdict": verdict, "step_requests": self.windows.requests_since(
             state.step_started_at, CANDIDATE, shadow=mirrored)}

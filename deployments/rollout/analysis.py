@@ -102,21 +102,52 @@ def aggregate(windows: Iterable[VariantWindow], include_shadow: bool = False) ->
     return out
 
 
-def evaluate(spec: RolloutSpec, stats: dict[str, VariantStats]) -> Verdict:
-    """Judge the candidate's interval against the spec's gates.
+def evaluate(spec: RolloutSpec, stats: dict[str, VariantStats],
+             step: dict[str, VariantStats] | None = None) -> Verdict:
+    """Judge the candidate on the last interval (``stats``) and, when given, on its whole step so far (``step``).
 
-    Fewer candidate requests than ``min_requests_per_check`` → ``insufficient`` (never a
-    pass: a step advances only on evidence). A comparison with the baseline needs as many
-    baseline requests in the same interval; without them that check is ``insufficient`` and
-    the absolute limits decide. Any failed check → ``fail``.
+    Fewer candidate requests than ``min_requests_per_check`` → ``insufficient``. A check fails only
+    when a one-sided bound shows the candidate worse, on the interval (a sudden regression) or on the
+    step (a small one that needs more data to show). A comparison with the baseline needs as many
+    baseline requests; without them that check is ``insufficient`` and the absolute limits decide.
+
+    ``pass`` (which lets a step advance) needs evidence the other way too: the candidate's error
+    rate over the step must be *shown* below ``max_error_rate`` (its upper bound under it). Until
+    then the verdict is ``insufficient``: a candidate is never promoted for lack of evidence.
     """
     th = spec.thresholds
     cand = stats.get(CANDIDATE, VariantStats(CANDIDATE))
-    base = stats.get(BASELINE)
     if cand.requests < th.min_requests_per_check:
         reason = f"candidate served {cand.requests} requests (< {th.min_requests_per_check} to judge)"
         return Verdict("insufficient", [Check("requests", "insufficient", cand.requests,
                                               th.min_requests_per_check, reason)], stats)
+    checks = _checks(spec, stats)
+    if step is not None and not any(c.status == "fail" for c in checks):
+        for check in _checks(spec, step):
+            if check.status == "fail":
+                checks.append(Check(f"step:{check.name}", "fail", check.value, check.threshold,
+                                    f"over the step: {check.reason}"))
+    if any(c.status == "fail" for c in checks):
+        return Verdict("fail", checks, stats)
+    evidence = (step or stats).get(CANDIDATE, cand)
+    if th.max_error_rate is not None:
+        _, high = wilson(evidence.errors, evidence.requests, th.confidence)
+        if high > th.max_error_rate:
+            checks.append(Check("evidence", "insufficient", high, th.max_error_rate,
+                                f"candidate error rate {evidence.error_rate:.1%} ({evidence.errors}/"
+                                f"{evidence.requests}) is not yet shown below {th.max_error_rate:.1%} (upper bound "
+                                f"{high:.1%} at {th.confidence:.0%}); more requests before it may advance"))
+            return Verdict("insufficient", checks, stats)
+    return Verdict("pass", checks, stats)
+
+
+def _checks(spec: RolloutSpec, stats: dict[str, VariantStats]) -> list[Check]:
+    """Every gate of the spec on one set of per-variant stats."""
+    th = spec.thresholds
+    cand = stats.get(CANDIDATE, VariantStats(CANDIDATE))
+    base = stats.get(BASELINE)
+    if cand.requests < th.min_requests_per_check:
+        return []
     comparable = base is not None and base.requests >= th.min_requests_per_check
     checks: list[Check] = []
     if th.max_error_rate is not None:
@@ -155,8 +186,7 @@ def evaluate(spec: RolloutSpec, stats: dict[str, VariantStats]) -> Verdict:
                                 f"candidate {name} {value:.4g} > {bound.max:g}"))
         else:
             checks.append(Check(f"metric:{name}", "pass", value))
-    status: Status = "fail" if any(c.status == "fail" for c in checks) else "pass"
-    return Verdict(status, checks, stats)
+    return checks
 
 
 def _rate_vs_baseline(name: str, what: str, x_c: int, x_b: int, cand: VariantStats, base: VariantStats | None,

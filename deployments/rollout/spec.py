@@ -46,7 +46,7 @@ class Thresholds(_Strict):
                                                     description="4xx share over the baseline's, same traffic")
     max_latency_ratio_vs_baseline: float | None = Field(
         None, gt=1.0, description="median latency ratio the candidate may not significantly exceed")
-    confidence: float = Field(0.95, ge=0.5, lt=1.0, description="one-sided confidence of every comparison")
+    confidence: float = Field(0.99, ge=0.5, lt=1.0, description="one-sided confidence of every comparison")
     max_p99_ms: float | None = Field(None, gt=0)
     max_p99_ratio_vs_baseline: float | None = Field(None, gt=0)
     model_metrics: dict[str, MetricBound] = Field(default_factory=dict)

@@ -430,7 +430,7 @@ def test_failed_checks_must_be_consecutive_a_pass_in_between_resets_them():
     for now in (101.0, 103.0, 105.0):
         state, _ = transition(state, Observation(now=now, verdict=verdict(spec, 50, 25)))
         assert state.phase == Phase.PROGRESSING and state.failed_checks == 1
-        state, _ = transition(state, Observation(now=now + 1, verdict=verdict(spec, 20)))
+        state, _ = transition(state, Observation(now=now + 1, verdict=verdict(spec, 200)))
         assert state.failed_checks == 0
 
 
