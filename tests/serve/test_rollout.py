@@ -164,6 +164,15 @@ def safety_app(serve_url, settings):
         yield app
 
 
+@pytest.fixture
+def safe_app(safety_app):
+    """The shared app for one test; a rollout the test left running is aborted after it (a failure stays one)."""
+    yield safety_app
+    if phase(safety_app) not in TERMINAL | {None}:
+        safety_app.admin("POST", "/admin/rollout/abort", json={"actor": "ci", "reason": "test cleanup"})
+        wait_for(lambda: phase(safety_app) in TERMINAL, timeout_s=60)
+
+
 def _settle(app: ServeApp) -> dict[str, Any]:
     """Wait for the rollout to end; its final status."""
     wait_for(lambda: phase(app) in TERMINAL, timeout_s=60)
@@ -189,25 +198,25 @@ def _controller_actor(app: ServeApp):
 
 
 @pytest.mark.timeout(180)
-def test_start_is_a_conflict_naming_both_version_pairs_when_the_spec_resolves_to_other_versions(safety_app, settings):
+def test_start_is_a_conflict_naming_both_version_pairs_when_the_spec_resolves_to_other_versions(safe_app, settings):
     from tests.serve.helpers import register_version, tiny_model
 
-    v3 = register_version(settings, safety_app.model, tiny_model(3))
-    r = safety_app.admin("POST", "/admin/rollout/start", json={"spec": spec(safety_app, candidate=v3), "actor": "ci"})
+    v3 = register_version(settings, safe_app.model, tiny_model(3))
+    r = safe_app.admin("POST", "/admin/rollout/start", json={"spec": spec(safe_app, candidate=v3), "actor": "ci"})
     assert r.status_code == 409, r.text
     message = r.json()["error"]["message"]
-    assert f"candidate v{v3}" in message and f"candidate v{safety_app.versions['candidate']}" in message
-    assert phase(safety_app) is None   # nothing started, no traffic moved
+    assert f"candidate v{v3}" in message and f"candidate v{safe_app.versions['candidate']}" in message
+    assert phase(safe_app) is None   # nothing started, no traffic moved
 
 
 @pytest.mark.timeout(180)
-def test_a_router_cut_off_from_its_controller_sends_everything_to_the_baseline_and_says_so(safety_app):
+def test_a_router_cut_off_from_its_controller_sends_everything_to_the_baseline_and_says_so(safe_app):
     import os
     import signal
 
     import ray
 
-    app = safety_app
+    app = safe_app
     _progressing(app)
     pid = ray.get(_controller_actor(app).__ray_call__.remote(lambda self: os.getpid()))
     os.kill(pid, signal.SIGSTOP)   # the controller is alive but answers nothing: a partition, as routers see it
@@ -221,15 +230,14 @@ def test_a_router_cut_off_from_its_controller_sends_everything_to_the_baseline_a
     assert all(r.status_code == 200 for r in served)
     assert {r.headers[HEADER_VARIANT] for r in served} == {"baseline"}
     assert ready["controller"]["fail_closed"] and ready["controller"]["serving"] == {"baseline": 1.0}
-    assert "serve_router_fail_closed{" in exported and any(
-        line.startswith("serve_router_fail_closed{") and line.endswith(" 1.0") for line in exported.splitlines())
+    assert any("serve_router_fail_closed{" in line and line.endswith(" 1.0") for line in exported.splitlines())
     admin_ok(app, "POST", "/admin/rollout/abort", {"actor": "ci"})
     assert _settle(app)["rollout"]["phase"] == "rolled_back"
 
 
 @pytest.mark.timeout(180)
-def test_a_pause_during_promotion_stays_paused_and_an_abort_then_leaves_champion_where_it_was(safety_app):
-    app = safety_app
+def test_a_pause_during_promotion_stays_paused_and_an_abort_then_leaves_champion_where_it_was(safe_app):
+    app = safe_app
     _progressing(app)
     admin_ok(app, "POST", "/admin/rollout/promote", {"actor": "ci", "full": True})
     admin_ok(app, "POST", "/admin/rollout/pause", {"actor": "ci", "reason": "look first"})
@@ -242,8 +250,8 @@ def test_a_pause_during_promotion_stays_paused_and_an_abort_then_leaves_champion
 
 
 @pytest.mark.timeout(180)
-def test_an_alias_move_queued_before_an_abort_never_leaves_champion_on_the_candidate(safety_app):
-    app = safety_app
+def test_an_alias_move_queued_before_an_abort_never_leaves_champion_on_the_candidate(safe_app):
+    app = safe_app
     _progressing(app)
     promote = app.admin("POST", "/admin/rollout/promote", json={"actor": "ci", "full": True})
     abort = app.admin("POST", "/admin/rollout/abort", json={"actor": "ci", "reason": "changed my mind"})
@@ -255,11 +263,11 @@ def test_an_alias_move_queued_before_an_abort_never_leaves_champion_on_the_candi
 
 
 @pytest.mark.timeout(240)
-def test_two_controllers_of_one_model_never_both_act(safety_app, serve_url, settings):
+def test_two_controllers_of_one_model_never_both_act(safe_app, serve_url, settings):
     """A second app's controller on the same state (a redeploy beside the old one): one writer at a time."""
     from deployments.rollout.store import RolloutStore
 
-    first = safety_app
+    first = safe_app
     state_dir = str(settings.state_dir / first.name)
     status = _progressing(first)
     rid = status["rollout"]["rollout_id"]
