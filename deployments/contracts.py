@@ -56,6 +56,7 @@ class VariantWindow:
     latencies_ms: list[float] = field(default_factory=list)
     model_metrics: dict[str, list[float]] = field(default_factory=dict)   # name → samples
     shadow: bool = False
+    by_key: dict[str, list[float]] = field(default_factory=dict)   # sticky key → [requests, 5xx, latency ms sum]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

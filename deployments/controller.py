@@ -30,7 +30,7 @@ from cluster.errors import RegistryError
 from cluster.files import WriteConflict
 from cluster.logs import configure_logging
 from deployments.contracts import BASELINE, CANDIDATE, Traffic, VariantWindow
-from deployments.rollout.analysis import Verdict, WindowLog, aggregate, evaluate, samples
+from deployments.rollout.analysis import Verdict, WindowLog, aggregate, evaluate, samples, samples_per_key
 from deployments.rollout.errors import RolloutError
 from deployments.rollout.leases import RouterLeases
 from deployments.rollout.spec import RolloutSpec, parse_spec, ref_uri
@@ -344,9 +344,9 @@ class Controller:
             state.step_started_at, CANDIDATE, shadow=mirrored)}
         if spec.mode == "ab" and spec.ab is not None and state.phase == Phase.PROGRESSING:
             since = self.windows.since(state.step_started_at)
-            base, cand = samples(since, BASELINE, spec.ab.metric), samples(since, CANDIDATE, spec.ab.metric)
+            test, base, cand = _ab_samples(spec, since)
             if len(base) >= 2 and len(cand) >= 2:
-                self.last_ab = run_test(spec.ab.test, base, cand, spec.ab.alpha, spec.ab.higher_is_better,
+                self.last_ab = run_test(test, base, cand, spec.ab.alpha, spec.ab.higher_is_better,
                                         spec.ab.min_effect, state.ab_p_value)
                 obs["ab_result"] = self.last_ab
         self.store.append_timeline(state.rollout_id, {
@@ -449,6 +449,16 @@ class Controller:
             return str(exc)
         except TimeoutError:
             return f"MLflow did not answer within {REGISTRY_TIMEOUT_S:g}s"
+
+
+def _ab_samples(spec: RolloutSpec, windows: list[VariantWindow]) -> tuple[str, list[float], list[float]]:
+    """(test, baseline samples, candidate samples): per sticky key when assignment is sticky, with the two-
+    proportion test (which assumes independent requests) replaced by Welch's on the users' success rates."""
+    assert spec.ab is not None
+    base, cand = (samples_per_key(windows, v, spec.ab.metric) for v in (BASELINE, CANDIDATE))
+    if base is not None and cand is not None:
+        return ("welch" if spec.ab.test == "two_proportion" else spec.ab.test), base, cand
+    return spec.ab.test, samples(windows, BASELINE, spec.ab.metric), samples(windows, CANDIDATE, spec.ab.metric)
 
 
 def _in_charge(state: RolloutState) -> str:

@@ -60,9 +60,6 @@ COMMANDS = ("start", "promote", "pause", "resume", "abort", "rollback", "report"
 CONTROLLER_TIMEOUT_S = 10.0
 REPLICA_DEATH_RETRIES = 1   # a model call whose replica died before answering is sent once more
 
-FAIL_CLOSED = metrics.gauge("serve_router_fail_closed", "1 while this router has not heard from its rollout "
-                            "controller within the lease and serves only the fallback variant", ("router",))
-
 api = FastAPI(title="rayline serve", description="Predict with canary/A-B routing; rollout admin API.")
 
 
@@ -128,6 +125,9 @@ class Router:
         self._tasks: set[asyncio.Task] = set()
         self._shadow_in_flight = 0
         self._loops_started = False
+        self._fail_closed = metrics.gauge("serve_router_fail_closed", "1 while this router has not heard from its "
+                                          "rollout controller within the lease and serves only the fallback "
+                                          "variant", ("router",))
         self._admin_calls = metrics.counter("serve_admin_calls_total", "Admin API calls by command and status",
                                             ("command", "code"))
 
@@ -162,7 +162,7 @@ class Router:
     def _routing(self) -> tuple[dict[str, float], str | None, bool]:
         """(weights, shadow, failed_closed) to route by now."""
         weights, shadow, closed = effective_traffic(self.traffic, time.monotonic() - self._heard_at)
-        FAIL_CLOSED.labels(router=self.router_id).set(1.0 if closed else 0.0)
+        self._fail_closed.labels(router=self.router_id).set(1.0 if closed else 0.0)
         return weights, shadow, closed
 
     async def _report_windows(self) -> None:
@@ -199,7 +199,7 @@ class Router:
             check_size(request.headers.get("content-length"), self.options["max_body_bytes"])
             instances = parse_instances(await request.body(), self.options["max_body_bytes"],
                                         self.options["max_instances"])
-            variant = self._variant(request, instances)
+            variant, key = self._variant(request, instances)
         except PayloadError as exc:
             return json_error(exc.status, exc.field, exc.message, headers)
         headers[HEADER_VARIANT] = variant
@@ -209,7 +209,7 @@ class Router:
             self._send_shadow(shadow, instances)
         status, body = await self._call(variant, instances)
         self.recorder.record(variant, body.get("version") or self.versions.get(variant), status,
-                             time.perf_counter() - started, body.pop("metrics", None))
+                             time.perf_counter() - started, body.pop("metrics", None), key=key)
         if status == 503:
             headers["Retry-After"] = str(max(1, round(self.options.get("retry_after_s", 1))))
         if status != 200:
@@ -217,16 +217,17 @@ class Router:
         return JSONResponse({"predictions": body["predictions"], "model": self.model_name,
                              "version": body.get("version"), "variant": variant}, headers=headers)
 
-    def _variant(self, request: Request, instances: list[dict[str, Any]]) -> str:
+    def _variant(self, request: Request, instances: list[dict[str, Any]]) -> tuple[str, str | None]:
+        """(variant, sticky key or None): the key also goes into the windows, so A/B tests count users."""
         forced = request.headers.get(HEADER_FORCE)
         if forced:
             if forced not in self.servers:
                 raise PayloadError(422, HEADER_FORCE, f"unknown variant {forced!r}; serving {sorted(self.servers)}")
-            return forced
+            return forced, None
         routed, _, _ = self._routing()
         weights = {v: w for v, w in routed.items() if v in self.servers} or {BASELINE: 1.0}
         key = sticky_key(request.headers.get(HEADER_STICKY), instances, self.options.get("sticky_field"))
-        return choose(weights, key, salt=self.model_name)
+        return choose(weights, key, salt=self.model_name), key
 
     async def _call(self, variant: str, instances: list[dict[str, Any]], retries: int = REPLICA_DEATH_RETRIES,
                     deadline: float | None = None) -> tuple[int, dict[str, Any]]:

@@ -237,6 +237,33 @@ def samples(windows: Iterable[VariantWindow], variant: str, metric: str) -> list
     return out
 
 
+def samples_per_key(windows: Iterable[VariantWindow], variant: str, metric: str) -> list[float] | None:
+    """One sample per sticky key (a user's success rate or mean latency), or None when assignment is not sticky.
+
+    With sticky assignment a user's requests all go to one variant and are correlated; testing them
+    as independent requests overstates the evidence. Aggregating per key makes the user the unit.
+    Only when every live request of the variant carried a key; model metrics have no per-key sums.
+    """
+    if metric not in (SUCCESS_METRIC, LATENCY_METRIC):
+        return None
+    merged: dict[str, list[float]] = {}
+    for w in windows:
+        if w.variant != variant or w.shadow:
+            continue
+        if sum(n for n, _, _ in w.by_key.values()) != w.requests:
+            return None
+        for key, (n, errors, latency) in w.by_key.items():
+            into = merged.setdefault(key, [0, 0, 0.0])
+            into[0] += n
+            into[1] += errors
+            into[2] += latency
+    if not merged:
+        return None
+    if metric == SUCCESS_METRIC:
+        return [1.0 - errors / n for n, errors, _ in merged.values()]
+    return [latency / n for n, _, latency in merged.values()]
+
+
 @dataclass
 class _Stamped:
     at: float

@@ -139,3 +139,25 @@ def test_a_small_regression_the_interval_cannot_show_fails_on_the_whole_step():
     assert evaluate(spec, interval).status != "fail"
     verdict = evaluate(spec, interval, step)
     assert verdict.status == "fail" and verdict.reasons[0].startswith("over the step:")
+
+
+def test_ab_samples_count_users_when_assignment_is_sticky_and_requests_otherwise():
+    from deployments.rollout.analysis import samples_per_key
+
+    sticky = [VariantWindow(CANDIDATE, "2", 4, 0, 1, [10.0] * 4, by_key={"u1": [3, 1, 30.0], "u2": [1, 0, 10.0]}),
+              VariantWindow(CANDIDATE, "2", 2, 0, 0, [20.0] * 2, by_key={"u1": [2, 0, 40.0]})]
+    assert sorted(samples_per_key(sticky, CANDIDATE, "success")) == [0.8, 1.0]   # u1: 1 error in 5; u2: none
+    assert sorted(samples_per_key(sticky, CANDIDATE, "latency_ms")) == [10.0, 14.0]
+    loose = [VariantWindow(CANDIDATE, "2", 3, 0, 0, [5.0] * 3)]
+    assert samples_per_key(loose, CANDIDATE, "success") is None and len(samples(loose, CANDIDATE, "success")) == 3
+
+
+def test_the_router_recorder_keeps_per_user_sums_for_sticky_requests_only():
+    from deployments.window import WindowRecorder
+
+    recorder = WindowRecorder()
+    recorder.record(CANDIDATE, "2", 200, 0.010, key="u1")
+    recorder.record(CANDIDATE, "2", 500, 0.030, key="u1")
+    recorder.record(CANDIDATE, "2", 200, 0.020)
+    (window,) = recorder.drain()
+    assert window.requests == 3 and window.by_key == {"u1": [2, 1, pytest.approx(40.0)]}
