@@ -203,8 +203,6 @@ class Controller:
             if name == "start":
                 await self._start(body.get("spec"), actor, reason)
             else:
-                if self.state is None:
-                    raise RolloutError(f"no rollout of {self.model} to {name}", 404)
                 if name == "restart":
                     raise RolloutError("restart is the controller's own command", 400)
                 self._follow_other_writers()
