@@ -31,7 +31,7 @@ from cluster.files import WriteConflict
 from cluster.logs import configure_logging
 from deployments.contracts import BASELINE, CANDIDATE, Traffic, VariantWindow
 from deployments.rollout.analysis import Verdict, WindowLog, aggregate, evaluate, samples, samples_per_key
-from deployments.rollout.errors import RolloutError
+from deployments.rollout.errors import LostWrite, RolloutError
 from deployments.rollout.leases import RouterLeases
 from deployments.rollout.spec import RolloutSpec, parse_spec, ref_uri
 from deployments.rollout.state import (
@@ -285,6 +285,8 @@ class Controller:
             try:
                 async with self._lock:
                     await self._tick()
+            except LostWrite as exc:   # expected while another controller of the model is alive
+                logger.info("rollout controller tick: %s", exc)
             except Exception:   # the loop must outlive any one bad tick
                 logger.exception("rollout controller tick failed")
             await asyncio.sleep(TICK_S)
@@ -380,8 +382,8 @@ class Controller:
             self._persist(new, actions)
         except WriteConflict as exc:
             self._reload(str(exc))
-            raise RolloutError("another controller changed this rollout at the same moment; reloaded its state, "
-                               "retry the command", 409) from None
+            raise LostWrite("another controller changed this rollout at the same moment; reloaded its state, "
+                            "retry the command") from None
         await self._execute(actions)
 
     async def _execute(self, actions: list[Action]) -> None:
