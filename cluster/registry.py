@@ -9,6 +9,7 @@ controller treats as "pause", never as "promote".
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -114,6 +115,39 @@ class Registry:
 
     def set_alias(self, name: str, alias: str, version: str | int) -> None:
         self._call(self._client.set_registered_model_alias, name, alias, str(version))
+
+    def set_alias_fenced(self, name: str, alias: str, version: str | int, still_wanted: Callable[[], bool],
+                         timeout_s: float) -> bool:
+        """Move ``alias`` only if ``still_wanted()`` right before the one request is sent; False when it was not.
+
+        One HTTP call with its own ``timeout_s`` and no retries (MLflow's client retries for minutes):
+        once the caller's wait is over, no thread of ours can still send this move. A request already
+        on the wire may yet land; the rollout controller reads the alias back before it trusts it.
+        """
+        if not still_wanted():
+            return False
+        if not self.tracking_uri.startswith("http"):
+            self.set_alias(name, alias, version)
+            return True
+        try:
+            response = httpx.post(f"{self.tracking_uri}/api/2.0/mlflow/registered-models/alias",
+                                  json={"name": name, "alias": alias, "version": str(version)}, timeout=timeout_s)
+        except httpx.HTTPError as exc:
+            raise RegistryError(f"MLflow at {self.tracking_uri} is not reachable: {exc}") from None
+        if response.status_code != 200:
+            raise RegistryError(f"MLflow at {self.tracking_uri}: setting {name}@{alias} → v{version} answered "
+                                f"{response.status_code} {response.text[:200]}")
+        return True
+
+    def input_schema(self, name: str, version: str | int) -> dict[str, str] | None:
+        """``{field: type}`` of the inputs a version requires (its MLflow signature); None without a signature."""
+        import mlflow.models
+
+        info = self._call(mlflow.models.get_model_info, f"models:/{name}/{version}")
+        if info.signature is None or info.signature.inputs is None:
+            return None
+        return {str(col.name): str(getattr(col.type, "name", col.type)) for col in info.signature.inputs.inputs
+                if getattr(col, "required", True) and col.name is not None}
 
     def delete_alias(self, name: str, alias: str) -> None:
         self._call(self._client.delete_registered_model_alias, name, alias)

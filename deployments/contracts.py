@@ -31,8 +31,10 @@ class Traffic:
 
     weights: dict[str, float] = field(default_factory=lambda: {BASELINE: 1.0})
     shadow: str | None = None          # variant that receives a discarded copy of traffic
-    epoch: int = 0                     # bumped on every change; routers log changes by epoch
+    epoch: int = 0                     # bumped on every change; routers never apply an older epoch
     rollout_id: str | None = None
+    lease_s: float | None = None       # a router that has not heard from the controller this long serves
+    fallback: str = BASELINE           # ... only this variant (None: keep the split; static traffic)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,6 +56,7 @@ class VariantWindow:
     latencies_ms: list[float] = field(default_factory=list)
     model_metrics: dict[str, list[float]] = field(default_factory=dict)   # name → samples
     shadow: bool = False
+    by_key: dict[str, list[float]] = field(default_factory=dict)   # sticky key → [requests, 5xx, latency ms sum]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -6,6 +6,12 @@ verdict to :func:`deployments.rollout.state.transition`. Every new state is pers
 its events) *before* its actions take effect: traffic changes are visible to routers only
 after the save, and the MLflow alias is moved only after ``promoting`` is on disk. On start
 the persisted rollout is resumed, or held at baseline if it is too old to trust.
+
+Fencing: every save is a compare-and-swap (:class:`~deployments.rollout.store.RolloutStore`);
+a controller that loses one, or sees that another wrote, drops what it was about to do and
+reloads. Alias moves run beside the loop, never under its lock, and each is sent only if it is
+still current (same rollout, same alias epoch, nobody else wrote) right before its one HTTP
+request. Router polls carry the epoch each router applied: a rollback settles on those acks.
 """
 
 from __future__ import annotations
@@ -21,12 +27,16 @@ from ray import serve
 
 from cluster import metrics
 from cluster.errors import RegistryError
+from cluster.files import WriteConflict
 from cluster.logs import configure_logging
-from deployments.contracts import BASELINE, CANDIDATE, TRAFFIC_POLL_S, Traffic, VariantWindow
-from deployments.rollout.analysis import Verdict, WindowLog, aggregate, evaluate, samples
-from deployments.rollout.errors import RolloutError
+from deployments.contracts import BASELINE, CANDIDATE, Traffic, VariantWindow
+from deployments.rollout.analysis import Verdict, WindowLog, aggregate, evaluate, samples, samples_per_key
+from deployments.rollout.errors import LostWrite, RolloutError
+from deployments.rollout.leases import RouterLeases
 from deployments.rollout.spec import RolloutSpec, parse_spec, ref_uri
 from deployments.rollout.state import (
+    CHAMPION,
+    REGISTRY,
     Action,
     Command,
     MoveAlias,
@@ -36,6 +46,7 @@ from deployments.rollout.state import (
     ReleaseWarm,
     RolloutState,
     SetTraffic,
+    alias_move_current,
     start,
     transition,
 )
@@ -46,10 +57,9 @@ logger = logging.getLogger(__name__)
 audit = logging.getLogger("rayline.audit")
 
 TICK_S = 0.1                 # loop period; analysis runs every spec.interval_s
-SETTLE_TIMEOUT_S = 10.0      # rolled back even if a silent router never confirms
-ROUTER_ACTIVE_S = 5.0        # routers heard from within this are expected to confirm a traffic change
 REGISTRY_PROBE_S = 1.0
-REGISTRY_TIMEOUT_S = 30.0
+ALIAS_HTTP_TIMEOUT_S = 10.0  # one alias-move request; the loop waits a little longer, then calls it failed
+REGISTRY_TIMEOUT_S = ALIAS_HTTP_TIMEOUT_S + 5.0
 
 ANALYSED = (Phase.PROGRESSING, Phase.SHADOWING, Phase.PAUSED)
 
@@ -68,6 +78,7 @@ class Controller:
         self.versions = dict(versions or {})   # variant → registered version the app serves now
         self.store = RolloutStore(state_dir, model_name)
         self.windows = WindowLog()
+        self.leases = RouterLeases(watching_since=time.time())
         self.state: RolloutState | None = None
         self.traffic_now = Traffic()
         self.last_verdict: Verdict | None = None
@@ -78,6 +89,8 @@ class Controller:
         self._last_analysis = 0.0
         self._last_probe = 0.0
         self._pending_alias: list[MoveAlias] = []
+        self._alias_results: list[tuple[MoveAlias, str]] = []   # moves that came back, fed to the next tick
+        self._alias_tasks: set[asyncio.Task] = set()
         self._resume()
 
     # ---- start-up ---------------------------------------------------------------------------------------------
@@ -98,11 +111,26 @@ class Controller:
             return
         if state.active or state.phase == Phase.SUCCEEDED:
             new, actions = transition(state, Observation(now=time.time()), Command("restart"))
-            self._persist(new, actions)
+            try:
+                self._persist(new, actions)
+            except WriteConflict:
+                self._reload("another controller wrote while this one started")
+                return
             for action in actions:
                 if isinstance(action, SetTraffic):
                     self.traffic_now = action.traffic
             self._pending_alias = [a for a in actions if isinstance(a, MoveAlias)]   # the loop retries them
+
+    def _reload(self, why: str) -> None:
+        """Another controller wrote: forget what this one was about to do and follow what is on disk."""
+        logger.warning("rollout state of %s changed under this controller (%s); reloading", self.model, why)
+        self._pending_alias = []
+        self.leases.another_writer()
+        state = self.store.load()
+        self.state = state
+        if state is not None and state.traffic.epoch >= self.traffic_now.epoch:
+            self.traffic_now = state.traffic
+        self._publish_metrics()
 
     def _variant_serving(self, version: str) -> str:
         for variant, served in self.versions.items():
@@ -123,8 +151,12 @@ class Controller:
 
     # ---- router-facing ----------------------------------------------------------------------------------------
 
-    async def traffic(self) -> dict[str, Any]:
+    async def traffic(self, router_id: str | None = None, applied_epoch: int | None = None) -> dict[str, Any]:
+        """The split routers serve; a router's poll is also its acknowledgement of the epoch it applied."""
         self._ensure_loop()
+        self._follow_other_writers()   # a stale controller answers with what is stored, never its own old split
+        if router_id is not None and applied_epoch is not None:
+            self.leases.heard(router_id, applied_epoch, time.time())
         return self.traffic_now.to_dict()
 
     async def report(self, router_id: str, windows: list[dict[str, Any]]) -> None:
@@ -141,6 +173,7 @@ class Controller:
             "traffic": self.traffic_now.to_dict(),
             "last_analysis": self.last_verdict.to_dict() if self.last_verdict else None,
             "ab": self.last_ab.to_dict() if self.last_ab else None,
+            "routers": self.leases.to_dict(time.time()),
         }
 
     async def history(self) -> dict[str, Any]:
@@ -170,10 +203,11 @@ class Controller:
             if name == "start":
                 await self._start(body.get("spec"), actor, reason)
             else:
-                if self.state is None:
-                    raise RolloutError(f"no rollout of {self.model} to {name}", 404)
                 if name == "restart":
                     raise RolloutError("restart is the controller's own command", 400)
+                self._follow_other_writers()
+                if self.state is None:
+                    raise RolloutError(f"no rollout of {self.model} to {name}", 404)
                 cmd = Command(name, actor, reason, full=bool(body.get("full")))
                 new, actions = transition(self.state, Observation(now=time.time()), cmd)
                 await self._commit(new, actions)
@@ -185,22 +219,56 @@ class Controller:
         spec = parse_spec(spec_data)
         if spec.model != self.model:
             raise RolloutError(f"this controller rolls out {self.model!r}, not {spec.model!r}", 400)
+        self._follow_other_writers()
         if self.state is not None and self.state.active:   # checked again in start(); fail before MLflow calls
             start(spec, "0", "1", time.time(), 0, actor, previous=self.state)
-        baseline, candidate = await self._resolve(spec)
-        state, actions = start(spec, baseline, candidate, now=time.time(), epoch=self.traffic_now.epoch,
-                               actor=actor, reason=reason, previous=self.state)
+        baseline, candidate, champion, schemas = await self._resolve(spec)
+        epoch = max(self.traffic_now.epoch, self.state.traffic.epoch if self.state else 0)   # routers never go back
+        state, actions = start(spec, baseline, candidate, now=time.time(), epoch=epoch,
+                               actor=actor, reason=reason, previous=self.state, served=self.versions or None,
+                               schemas=schemas, champion=champion,
+                               generation=self.state.generation if self.state else 0)
         await self._commit(state, actions)
         self._last_analysis = 0.0
 
-    async def _resolve(self, spec: RolloutSpec) -> tuple[str, str]:
+    async def _resolve(self, spec: RolloutSpec
+                       ) -> tuple[str, str, str | None, tuple[dict[str, str], dict[str, str]] | None]:
+        """Versions the spec names, champion now, and both versions' input schemas (None when unknown)."""
         try:
             reg = await self._registry_client()
             base = await asyncio.to_thread(reg.resolve, ref_uri(spec.model, spec.baseline))
             cand = await asyncio.to_thread(reg.resolve, ref_uri(spec.model, spec.candidate))
+            champion = await self._read_champion()
         except RegistryError as exc:
             raise RolloutError(f"cannot resolve model versions: {exc}", 503) from None
-        return base.version, cand.version
+        return base.version, cand.version, champion, await self._schemas(reg, spec.model, base.version, cand.version)
+
+    async def _schemas(self, reg: Any, model: str, baseline: str, candidate: str
+                       ) -> tuple[dict[str, str], dict[str, str]] | None:
+        """Both versions' required input fields; None (and a warning) when either has no readable signature."""
+        try:
+            base = await asyncio.to_thread(reg.input_schema, model, baseline)
+            cand = await asyncio.to_thread(reg.input_schema, model, candidate)
+        except RegistryError as exc:
+            logger.warning("input schemas of %s v%s/v%s unreadable (%s); inputs not compared", model, baseline,
+                           candidate, exc)
+            return None
+        return (base, cand) if base is not None and cand is not None else None
+
+    async def _read_champion(self) -> str | None:
+        """The version ``champion`` names in the registry now (None: no such alias)."""
+        reg = await self._registry_client()
+        try:
+            return (await asyncio.to_thread(reg.by_alias, self.model, CHAMPION)).version
+        except RegistryError as exc:
+            if "not found" in str(exc).lower() or "does not exist" in str(exc).lower():
+                return None
+            raise
+
+    def _follow_other_writers(self) -> None:
+        """Before acting: if another controller wrote since this one last read or wrote, reload first."""
+        if self.store.changed_since_saved():
+            self._reload("the stored state changed")
 
     # ---- the loop ---------------------------------------------------------------------------------------------
 
@@ -217,49 +285,68 @@ class Controller:
             try:
                 async with self._lock:
                     await self._tick()
+            except LostWrite as exc:   # expected while another controller of the model is alive
+                logger.info("rollout controller tick: %s", exc)
             except Exception:   # the loop must outlive any one bad tick
                 logger.exception("rollout controller tick failed")
             await asyncio.sleep(TICK_S)
 
     async def _tick(self) -> None:
+        self._follow_other_writers()
         state = self.state
         if state is None:
             return
-        if self._pending_alias:
-            await self._move_aliases()
-            state = self.state
-            assert state is not None
+        self._start_alias_moves()
+        while self._alias_results and self.state is not None:
+            move, result = self._alias_results.pop(0)
+            follow, more = transition(self.state, Observation(
+                now=time.time(), alias_result=result, alias_epoch=move.epoch, alias_version=move.version,
+                alias_in_flight=bool(self._alias_tasks)))
+            await self._commit(follow, more)
+        state = self.state
+        assert state is not None
         now = time.time()
         spec = state.parsed_spec
-        obs: dict[str, Any] = {}
+        obs: dict[str, Any] = {"alias_in_flight": bool(self._alias_tasks)}
         if state.phase in ANALYSED and now - self._last_analysis >= spec.interval_s:
             self._last_analysis = now
             obs.update(self._analyse(state, spec, now))
         if state.phase == Phase.ROLLING_BACK:
-            decided = state.decided_at or now
-            obs["traffic_settled"] = (now - decided >= SETTLE_TIMEOUT_S or self.windows.routers_quiet_on(
-                CANDIDATE, after=decided + TRAFFIC_POLL_S, active_within_s=ROUTER_ACTIVE_S, now=now))
-        needs_registry = (state.phase == Phase.PAUSED and state.paused_from == Phase.PROMOTING) or (
-            state.phase == Phase.ROLLING_BACK and state.alias_moved)
-        if needs_registry and now - self._last_probe >= REGISTRY_PROBE_S:
-            self._last_probe = now
-            obs["registry_healthy"] = await self._registry_healthy()
+            obs["traffic_settled"] = self.leases.settled(state.traffic.epoch, state.decided_at or now, now,
+                                                         state.traffic.lease_s)
+        paused_for_registry = state.phase == Phase.PAUSED and state.paused_by == REGISTRY
+        if now - self._last_probe >= REGISTRY_PROBE_S:
+            if paused_for_registry:
+                self._last_probe = now
+                obs["registry_healthy"] = await self._registry_healthy()
+            elif state.phase == Phase.ROLLING_BACK and not state.champion_verified and not self._alias_tasks:
+                self._last_probe = now
+                obs["champion"] = await self._champion_or_none()
         new, actions = transition(state, Observation(now=now, **obs))
         if actions or "verdict" in obs:   # a verdict also persists a heartbeat: the state shows it is watched
             await self._commit(new, actions)
 
+    async def _champion_or_none(self) -> str | None:
+        """Champion read back for a rollback; None when the registry cannot say (the rollback then waits)."""
+        try:
+            return await asyncio.wait_for(self._read_champion(), REGISTRY_TIMEOUT_S) or ""
+        except (RegistryError, TimeoutError) as exc:
+            logger.warning("cannot read %s@%s back: %s", self.model, CHAMPION, exc)
+            return None
+
     def _analyse(self, state: RolloutState, spec: RolloutSpec, now: float) -> dict[str, Any]:
         start_at = max(now - spec.interval_s, state.step_started_at)
         mirrored = state.traffic.shadow == CANDIDATE   # shadow mode: the candidate is judged on its copies
-        verdict = evaluate(spec, aggregate(self.windows.since(start_at), include_shadow=mirrored))
+        verdict = evaluate(spec, aggregate(self.windows.since(start_at), include_shadow=mirrored),
+                           aggregate(self.windows.since(state.step_started_at), include_shadow=mirrored))
         self.last_verdict = verdict
         obs: dict[str, Any] = {"verdict": verdict, "step_requests": self.windows.requests_since(
             state.step_started_at, CANDIDATE, shadow=mirrored)}
         if spec.mode == "ab" and spec.ab is not None and state.phase == Phase.PROGRESSING:
             since = self.windows.since(state.step_started_at)
-            base, cand = samples(since, BASELINE, spec.ab.metric), samples(since, CANDIDATE, spec.ab.metric)
+            test, base, cand = _ab_samples(spec, since)
             if len(base) >= 2 and len(cand) >= 2:
-                self.last_ab = run_test(spec.ab.test, base, cand, spec.ab.alpha, spec.ab.higher_is_better,
+                self.last_ab = run_test(test, base, cand, spec.ab.alpha, spec.ab.higher_is_better,
                                         spec.ab.min_effect, state.ab_p_value)
                 obs["ab_result"] = self.last_ab
         self.store.append_timeline(state.rollout_id, {
@@ -274,7 +361,9 @@ class Controller:
     # ---- persistence and effects ------------------------------------------------------------------------------
 
     def _persist(self, new: RolloutState, actions: list[Action]) -> None:
+        """Compare-and-swap the new state; raises WriteConflict (nothing saved, nothing to act on) if it lost."""
         events = [a.event for a in actions if isinstance(a, RecordEvent)]
+        new.generation = (self.state.generation if self.state else new.generation) + 1
         self.store.save(new, events)
         self.state = new
         for event in events:
@@ -288,8 +377,13 @@ class Controller:
         self._publish_metrics()  # the phase gauge follows every persisted change, not only traffic changes
 
     async def _commit(self, new: RolloutState, actions: list[Action]) -> None:
-        """Persist first, then act. Alias results are fed straight back into the state machine."""
-        self._persist(new, actions)
+        """Persist first, then act. A lost write acts on nothing: reload and tell the caller (409)."""
+        try:
+            self._persist(new, actions)
+        except WriteConflict as exc:
+            self._reload(str(exc))
+            raise LostWrite("another controller changed this rollout at the same moment; reloaded its state, "
+                            "retry the command") from None
         await self._execute(actions)
 
     async def _execute(self, actions: list[Action]) -> None:
@@ -303,13 +397,27 @@ class Controller:
         # MLflow calls can take seconds: the loop does them, so commands answer as soon as the state is saved
         self._pending_alias += [a for a in actions if isinstance(a, MoveAlias)]
 
-    async def _move_aliases(self) -> None:
+    def _start_alias_moves(self) -> None:
+        """Send queued moves that are still current, each in its own task; stale ones are dropped here."""
         pending, self._pending_alias = self._pending_alias, []
-        for action in pending:
-            result = await self._move_alias(action)
-            assert self.state is not None
-            follow, more = transition(self.state, Observation(now=time.time(), alias_result=result))
-            await self._commit(follow, more)
+        for move in pending:
+            if not alias_move_current(self.state, move):
+                logger.info("dropped a stale alias move %s@%s → v%s (alias epoch %d)", move.model, move.alias,
+                            move.version, move.epoch)
+                continue
+            task = asyncio.get_running_loop().create_task(self._alias_task(move))
+            self._alias_tasks.add(task)
+
+    async def _alias_task(self, move: MoveAlias) -> None:
+        try:
+            result = await self._move_alias(move)
+            self._alias_results.append((move, result))
+        finally:
+            self._alias_tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
+
+    def _still_wanted(self, move: MoveAlias) -> bool:
+        """Checked in the mover's thread right before it sends: same rollout and alias epoch, no other writer."""
+        return alias_move_current(self.state, move) and not self.store.changed_since_saved()
 
     # ---- registry ---------------------------------------------------------------------------------------------
 
@@ -333,13 +441,24 @@ class Controller:
             reg = await self._registry_client()
             if not await asyncio.to_thread(reg.healthy):
                 return f"MLflow at {reg.tracking_uri} is not reachable"
-            await asyncio.wait_for(asyncio.to_thread(reg.set_alias, action.model, action.alias, action.version),
-                                   REGISTRY_TIMEOUT_S)
-            return "ok"
+            sent = await asyncio.wait_for(asyncio.to_thread(
+                reg.set_alias_fenced, action.model, action.alias, action.version,
+                lambda: self._still_wanted(action), ALIAS_HTTP_TIMEOUT_S), REGISTRY_TIMEOUT_S)
+            return "ok" if sent else "superseded before it was sent"
         except RegistryError as exc:
             return str(exc)
         except TimeoutError:
             return f"MLflow did not answer within {REGISTRY_TIMEOUT_S:g}s"
+
+
+def _ab_samples(spec: RolloutSpec, windows: list[VariantWindow]) -> tuple[str, list[float], list[float]]:
+    """(test, baseline samples, candidate samples): per sticky key when assignment is sticky, with the two-
+    proportion test (which assumes independent requests) replaced by Welch's on the users' success rates."""
+    assert spec.ab is not None
+    base, cand = (samples_per_key(windows, v, spec.ab.metric) for v in (BASELINE, CANDIDATE))
+    if base is not None and cand is not None:
+        return ("welch" if spec.ab.test == "two_proportion" else spec.ab.test), base, cand
+    return spec.ab.test, samples(windows, BASELINE, spec.ab.metric), samples(windows, CANDIDATE, spec.ab.metric)
 
 
 def _in_charge(state: RolloutState) -> str:

@@ -2,8 +2,11 @@
 
 Data plane: weighted split, sticky assignment, forced variant, shadow copies; every
 response names the variant, version and trace id. Traffic comes from the controller
-(polled every ``TRAFFIC_POLL_S``; the last known split is kept when it does not answer);
-what was served goes back to it every ``REPORT_INTERVAL_S``. The admin API is a thin,
+(polled every ``TRAFFIC_POLL_S``; each poll acknowledges the epoch applied, and an older
+epoch is never applied). When the controller has not answered for the traffic's lease the
+router fails closed: everything to the fallback variant (the baseline during a rollout),
+shown in ``/readyz`` and the ``serve_router_fail_closed`` gauge. What was served goes back to
+the controller every ``REPORT_INTERVAL_S``. The admin API is a thin,
 token-checked, audited pass-through to the controller.
 
 Topologies: by default each version is its own deployment (its own replica set) and the router
@@ -48,7 +51,7 @@ from deployments.contracts import (
 from deployments.openapi import document as openapi_document
 from deployments.payload import PayloadError, check_size, install_json_errors, json_error, parse_instances
 from deployments.rollout.errors import RolloutError
-from deployments.routing import choose, sticky_key
+from deployments.routing import choose, effective_traffic, newer_or_same, sticky_key
 from deployments.window import WindowRecorder
 
 logger = logging.getLogger(__name__)
@@ -121,9 +124,13 @@ class Router:
         self.traffic = Traffic.from_dict(options["initial_traffic"]) if options.get("initial_traffic") else Traffic()
         self.recorder = WindowRecorder()
         self.router_id = _replica_id()
+        self._heard_at = time.monotonic()   # send time of the last answered poll (the lease counts from here)
         self._tasks: set[asyncio.Task] = set()
         self._shadow_in_flight = 0
         self._loops_started = False
+        self._fail_closed = metrics.gauge("serve_router_fail_closed", "1 while this router has not heard from its "
+                                          "rollout controller within the lease and serves only the fallback "
+                                          "variant", ("router",))
         self._admin_calls = metrics.counter("serve_admin_calls_total", "Admin API calls by command and status",
                                             ("command", "code"))
 
@@ -138,14 +145,28 @@ class Router:
 
     async def _poll_traffic(self) -> None:
         while True:
-            with contextlib.suppress(Exception):   # controller away: keep the last known split
-                data = await asyncio.wait_for(_awaited(self.controller.traffic.remote()), CONTROLLER_TIMEOUT_S)
-                new = Traffic.from_dict(data)
-                if new.epoch != self.traffic.epoch or new.weights != self.traffic.weights:
-                    logger.info("traffic changed", extra={"epoch": new.epoch, "weights": new.weights,
-                                                          "shadow": new.shadow, "rollout_id": new.rollout_id})
-                self.traffic = new
+            with contextlib.suppress(Exception):   # controller away: the split stands until its lease runs out
+                managed = self.options.get("managed")
+                sent = time.monotonic()   # the lease counts from the send: a late answer cannot extend it
+                call = (self.controller.traffic.remote(self.router_id, self.traffic.epoch) if managed
+                        else self.controller.traffic.remote())
+                new = Traffic.from_dict(await asyncio.wait_for(_awaited(call), CONTROLLER_TIMEOUT_S))
+                self._heard_at = sent
+                if managed and not newer_or_same(self.traffic, new):
+                    logger.warning("ignored traffic of an older epoch", extra={"epoch": new.epoch,
+                                                                               "applied_epoch": self.traffic.epoch})
+                else:
+                    if new.epoch != self.traffic.epoch or new.weights != self.traffic.weights:
+                        logger.info("traffic changed", extra={"epoch": new.epoch, "weights": new.weights,
+                                                              "shadow": new.shadow, "rollout_id": new.rollout_id})
+                    self.traffic = new
             await asyncio.sleep(TRAFFIC_POLL_S)
+
+    def _routing(self) -> tuple[dict[str, float], str | None, bool]:
+        """(weights, shadow, failed_closed) to route by now."""
+        weights, shadow, closed = effective_traffic(self.traffic, time.monotonic() - self._heard_at)
+        self._fail_closed.labels(router=self.router_id).set(1.0 if closed else 0.0)
+        return weights, shadow, closed
 
     async def _report_windows(self) -> None:
         while True:
@@ -181,17 +202,17 @@ class Router:
             check_size(request.headers.get("content-length"), self.options["max_body_bytes"])
             instances = parse_instances(await request.body(), self.options["max_body_bytes"],
                                         self.options["max_instances"])
-            variant = self._variant(request, instances)
+            variant, key = self._variant(request, instances)
         except PayloadError as exc:
             return json_error(exc.status, exc.field, exc.message, headers)
         headers[HEADER_VARIANT] = variant
         headers[HEADER_VERSION] = self.versions.get(variant, "")
-        shadow = self.traffic.shadow
+        _, shadow, _ = self._routing()
         if shadow and shadow != variant and shadow in self.servers:
             self._send_shadow(shadow, instances)
         status, body = await self._call(variant, instances)
         self.recorder.record(variant, body.get("version") or self.versions.get(variant), status,
-                             time.perf_counter() - started, body.pop("metrics", None))
+                             time.perf_counter() - started, body.pop("metrics", None), key=key)
         if status == 503:
             headers["Retry-After"] = str(max(1, round(self.options.get("retry_after_s", 1))))
         if status != 200:
@@ -199,15 +220,17 @@ class Router:
         return JSONResponse({"predictions": body["predictions"], "model": self.model_name,
                              "version": body.get("version"), "variant": variant}, headers=headers)
 
-    def _variant(self, request: Request, instances: list[dict[str, Any]]) -> str:
+    def _variant(self, request: Request, instances: list[dict[str, Any]]) -> tuple[str, str | None]:
+        """(variant, sticky key or None): the key also goes into the windows, so A/B tests count users."""
         forced = request.headers.get(HEADER_FORCE)
         if forced:
             if forced not in self.servers:
                 raise PayloadError(422, HEADER_FORCE, f"unknown variant {forced!r}; serving {sorted(self.servers)}")
-            return forced
-        weights = {v: w for v, w in self.traffic.weights.items() if v in self.servers} or {BASELINE: 1.0}
+            return forced, None
+        routed, _, _ = self._routing()
+        weights = {v: w for v, w in routed.items() if v in self.servers} or {BASELINE: 1.0}
         key = sticky_key(request.headers.get(HEADER_STICKY), instances, self.options.get("sticky_field"))
-        return choose(weights, key, salt=self.model_name)
+        return choose(weights, key, salt=self.model_name), key
 
     async def _call(self, variant: str, instances: list[dict[str, Any]], retries: int = REPLICA_DEATH_RETRIES,
                     deadline: float | None = None) -> tuple[int, dict[str, Any]]:
@@ -296,7 +319,11 @@ class Router:
                 await asyncio.wait_for(_awaited(handle.ready.remote()), 2.0)
             except Exception:  # any failure means not ready
                 missing.append(variant)
-        body = {"ready": not missing, "variants": sorted(self.servers), "not_ready": missing}
+        weights, _, closed = self._routing()
+        body = {"ready": not missing, "variants": sorted(self.servers), "not_ready": missing,
+                "controller": {"heard_s_ago": round(time.monotonic() - self._heard_at, 3),
+                               "lease_s": self.traffic.lease_s, "epoch": self.traffic.epoch,
+                               "fail_closed": closed, "serving": weights}}
         return JSONResponse(body, status_code=503 if missing else 200)
 
     @api.get("/metrics")
@@ -321,7 +348,12 @@ class Router:
 
     @api.get("/admin/traffic")
     async def get_traffic(self, request: Request) -> Response:
-        return await self._admin(request, "traffic", lambda body: resolved(self.traffic.to_dict()))
+        return await self._admin(request, "traffic", lambda body: resolved(self._traffic_view()))
+
+    def _traffic_view(self) -> dict[str, Any]:
+        """The split as received, plus what this router serves now (``fail_closed``: the lease ran out)."""
+        weights, shadow, closed = self._routing()
+        return {**self.traffic.to_dict(), "serving": weights, "serving_shadow": shadow, "fail_closed": closed}
 
     @api.put("/admin/traffic")
     async def set_traffic(self, request: Request) -> Response:

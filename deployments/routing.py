@@ -12,7 +12,7 @@ import hashlib
 import random
 from typing import Any
 
-from deployments.contracts import BASELINE, CANDIDATE
+from deployments.contracts import BASELINE, CANDIDATE, Traffic
 
 _SCALE = float(2**64)
 
@@ -56,3 +56,22 @@ def choose(weights: dict[str, float], key: str | None, salt: str = "", rng: rand
     """Sticky when there is a key, else weighted at random."""
     bucket = bucket_of(key, salt) if key is not None else (rng or random).random()
     return pick(weights, bucket)
+
+
+# ---- traffic a router applies (fenced by epoch, bounded by the controller's lease) -----------------------------
+
+def newer_or_same(current: Traffic, offered: Traffic) -> bool:
+    """Routers apply traffic only from an epoch at least as new as the one they serve: a stale controller
+    (a replaced replica still answering, a loser of the state write) cannot turn a router back."""
+    return offered.epoch >= current.epoch
+
+
+def effective_traffic(traffic: Traffic, silent_s: float) -> tuple[dict[str, float], str | None, bool]:
+    """(weights, shadow, failed_closed) to route by after ``silent_s`` without hearing from the controller.
+
+    Past the lease the router fails closed: everything to ``traffic.fallback`` (the baseline while a
+    rollout can still fail), no shadow copies. Without a lease (static traffic) the split stands.
+    """
+    if traffic.lease_s is not None and silent_s > traffic.lease_s:
+        return {traffic.fallback: 1.0}, None, True
+    return traffic.weights, traffic.shadow, False

@@ -41,7 +41,7 @@ class WindowRecorder:
         self._pending: dict[tuple[str, bool], VariantWindow] = {}
 
     def record(self, variant: str, version: str | None, status: int, latency_s: float,
-               model_metrics: dict[str, float] | None = None, shadow: bool = False) -> None:
+               model_metrics: dict[str, float] | None = None, shadow: bool = False, key: str | None = None) -> None:
         labels = {"variant": variant, "version": version or ""}
         (SHADOW_REQUESTS if shadow else REQUESTS).labels(**labels, code=str(status)).inc()
         if not shadow:
@@ -56,6 +56,11 @@ class WindowRecorder:
         elif status >= 500:
             window.errors_5xx += 1
         window.latencies_ms.append(latency_s * 1000.0)
+        if key is not None:   # sticky assignment: per-user sums, so an A/B test can count users, not requests
+            per_key = window.by_key.setdefault(key, [0, 0, 0.0])
+            per_key[0] += 1
+            per_key[1] += status >= 500
+            per_key[2] += latency_s * 1000.0
         for name, value in (model_metrics or {}).items():
             window.model_metrics.setdefault(name, []).append(value)
             MODEL_METRIC.labels(**labels, metric=name).set(value)

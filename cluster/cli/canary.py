@@ -212,6 +212,12 @@ def _print_status(data: dict[str, Any]) -> None:
         rows.insert(3, ("shadow", f"mirrored to the candidate: {traffic.get('shadow') == CANDIDATE}; passing checks "
                                   f"{r.get('passed_checks', 0)}/{r['spec']['shadow']['passing_checks']}, "
                                   f"then {r['spec']['shadow']['then']}"))
+    routers = data.get("routers") or {}
+    if routers:
+        behind = [r for r, seen in routers.items() if seen["epoch"] < traffic.get("epoch", 0)]
+        rows.append(("routers", f"{len(routers)} heard from; " + (f"{len(behind)} not yet on epoch "
+                                                                   f"{traffic.get('epoch')}" if behind else
+                                                                   "all on the current epoch")))
     last = data.get("last_analysis")
     if last:
         for variant, s in last["stats"].items():

@@ -1,9 +1,13 @@
-"""Window aggregation and threshold checks: what the routers served → pass / fail / insufficient data.
+"""Window aggregation and gates: what the routers served → pass / fail / insufficient data.
 
 Routers push :class:`~deployments.contracts.VariantWindow` deltas every 0.25 s; the
 controller stamps them on arrival into a :class:`WindowLog` and, each analysis interval,
-aggregates the last interval per variant and checks the spec's thresholds. Pure: no clock,
-no I/O — callers pass ``now``.
+aggregates the last interval per variant and judges the candidate *against the baseline
+over the same interval*: a check fails only when a one-sided bound at the spec's confidence
+says the candidate is worse (Wilson bounds for rates, Newcombe's interval for the difference
+of two rates, a one-sided Mann–Whitney test for latency). Server errors (5xx) and client
+errors (4xx) are judged alike: a candidate that rejects requests the baseline accepts is a
+regression. Pure: no clock, no I/O — callers pass ``now``.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from deployments.contracts import BASELINE, CANDIDATE, VariantWindow
-from deployments.rollout.spec import LATENCY_METRIC, SUCCESS_METRIC, RolloutSpec
+from deployments.rollout.spec import LATENCY_METRIC, SUCCESS_METRIC, RolloutSpec, Thresholds
+from deployments.rollout.stats import rate_increase_lower_bound, slower_than, wilson
 
 Status = Literal["pass", "fail", "insufficient"]
 
@@ -24,12 +29,15 @@ Status = Literal["pass", "fail", "insufficient"]
 class VariantStats:
     variant: str
     requests: int = 0
-    errors: int = 0                     # 5xx: the server's fault (4xx are the client's)
+    errors: int = 0                     # 5xx: the server's fault
     error_rate: float = 0.0
+    client_errors: int = 0              # 4xx: judged against the baseline's share on the same traffic
+    client_error_rate: float = 0.0
     p50_ms: float | None = None
     p99_ms: float | None = None
     model_metrics: dict[str, float] = field(default_factory=dict)   # name → mean
     versions: list[str] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list, repr=False)   # pooled; left out of to_dict
 
 
 @dataclass
@@ -52,7 +60,10 @@ class Verdict:
         return [c.reason for c in self.checks if c.status == "fail"]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        for s in data["stats"].values():
+            s.pop("latencies_ms", None)
+        return data
 
 
 def quantile(values: list[float], q: float) -> float | None:
@@ -69,7 +80,6 @@ def quantile(values: list[float], q: float) -> float | None:
 def aggregate(windows: Iterable[VariantWindow], include_shadow: bool = False) -> dict[str, VariantStats]:
     """Sum request/error counts and pool latencies and model metrics per variant."""
     out: dict[str, VariantStats] = {}
-    latencies: dict[str, list[float]] = {}
     metrics: dict[str, dict[str, list[float]]] = {}
     for w in windows:
         if w.shadow and not include_shadow:
@@ -77,42 +87,86 @@ def aggregate(windows: Iterable[VariantWindow], include_shadow: bool = False) ->
         s = out.setdefault(w.variant, VariantStats(w.variant))
         s.requests += w.requests
         s.errors += w.errors_5xx
+        s.client_errors += w.errors_4xx
         if w.version is not None and str(w.version) not in s.versions:
             s.versions.append(str(w.version))
-        latencies.setdefault(w.variant, []).extend(w.latencies_ms)
+        s.latencies_ms.extend(w.latencies_ms)
         for name, samples in w.model_metrics.items():
             metrics.setdefault(w.variant, {}).setdefault(name, []).extend(samples)
     for variant, s in out.items():
         s.error_rate = s.errors / s.requests if s.requests else 0.0
-        s.p50_ms = quantile(latencies.get(variant, []), 0.50)
-        s.p99_ms = quantile(latencies.get(variant, []), 0.99)
+        s.client_error_rate = s.client_errors / s.requests if s.requests else 0.0
+        s.p50_ms = quantile(s.latencies_ms, 0.50)
+        s.p99_ms = quantile(s.latencies_ms, 0.99)
         s.model_metrics = {n: sum(v) / len(v) for n, v in metrics.get(variant, {}).items() if v}
     return out
 
 
-def evaluate(spec: RolloutSpec, stats: dict[str, VariantStats]) -> Verdict:
-    """Check the candidate's interval against the spec's thresholds.
+def evaluate(spec: RolloutSpec, stats: dict[str, VariantStats],
+             step: dict[str, VariantStats] | None = None) -> Verdict:
+    """Judge the candidate on the last interval (``stats``) and, when given, on its whole step so far (``step``).
 
-    Fewer candidate requests than ``min_requests_per_check`` → ``insufficient`` (never a
-    pass: a step advances only on evidence). Any failed check → ``fail``.
+    Fewer candidate requests than ``min_requests_per_check`` → ``insufficient``. A check fails only
+    when a one-sided bound shows the candidate worse, on the interval (a sudden regression) or on the
+    step (a small one that needs more data to show). A comparison with the baseline needs as many
+    baseline requests; without them that check is ``insufficient`` and the absolute limits decide.
+
+    ``pass`` (which lets a step advance) needs evidence the other way too: the candidate's error
+    rate over the step must be *shown* below ``max_error_rate`` (its upper bound under it). Until
+    then the verdict is ``insufficient``: a candidate is never promoted for lack of evidence.
     """
     th = spec.thresholds
     cand = stats.get(CANDIDATE, VariantStats(CANDIDATE))
-    base = stats.get(BASELINE)
     if cand.requests < th.min_requests_per_check:
         reason = f"candidate served {cand.requests} requests (< {th.min_requests_per_check} to judge)"
         return Verdict("insufficient", [Check("requests", "insufficient", cand.requests,
                                               th.min_requests_per_check, reason)], stats)
+    checks = _checks(spec, stats)
+    if step is not None and not any(c.status == "fail" for c in checks):
+        for check in _checks(spec, step):
+            if check.status == "fail":
+                checks.append(Check(f"step:{check.name}", "fail", check.value, check.threshold,
+                                    f"over the step: {check.reason}"))
+    if any(c.status == "fail" for c in checks):
+        return Verdict("fail", checks, stats)
+    evidence = (step or stats).get(CANDIDATE, cand)
+    if th.max_error_rate is not None:
+        _, high = wilson(evidence.errors, evidence.requests, th.confidence)
+        if high > th.max_error_rate:
+            checks.append(Check("evidence", "insufficient", high, th.max_error_rate,
+                                f"candidate error rate {evidence.error_rate:.1%} ({evidence.errors}/"
+                                f"{evidence.requests}) is not yet shown below {th.max_error_rate:.1%} (upper bound "
+                                f"{high:.1%} at {th.confidence:.0%}); more requests before it may advance"))
+            return Verdict("insufficient", checks, stats)
+    return Verdict("pass", checks, stats)
+
+
+def _checks(spec: RolloutSpec, stats: dict[str, VariantStats]) -> list[Check]:
+    """Every gate of the spec on one set of per-variant stats."""
+    th = spec.thresholds
+    cand = stats.get(CANDIDATE, VariantStats(CANDIDATE))
+    base = stats.get(BASELINE)
+    if cand.requests < th.min_requests_per_check:
+        return []
+    comparable = base is not None and base.requests >= th.min_requests_per_check
     checks: list[Check] = []
     if th.max_error_rate is not None:
-        checks.append(_upper("error_rate", cand.error_rate, th.max_error_rate,
+        low, _ = wilson(cand.errors, cand.requests, th.confidence)
+        checks.append(_upper("error_rate", low, th.max_error_rate,
                              f"candidate error rate {cand.error_rate:.1%} ({cand.errors}/{cand.requests})"
-                             f" > {th.max_error_rate:.1%}"))
+                             f" > {th.max_error_rate:.1%} (lower bound {low:.1%} at {th.confidence:.0%})"))
+    checks += _rate_vs_baseline("error_rate_vs_baseline", "error rate (5xx)", cand.errors, base.errors if base else 0,
+                                cand, base, th.max_error_rate_increase, th, comparable)
+    checks += _rate_vs_baseline("client_errors_vs_baseline", "client-error (4xx) share", cand.client_errors,
+                                base.client_errors if base else 0, cand, base, th.max_client_error_increase, th,
+                                comparable)
+    if th.max_latency_ratio_vs_baseline is not None:
+        checks.append(_latency_vs_baseline(cand, base, th, comparable))
     if th.max_p99_ms is not None and cand.p99_ms is not None:
         checks.append(_upper("p99_ms", cand.p99_ms, th.max_p99_ms,
                              f"candidate p99 {cand.p99_ms:.1f} ms > {th.max_p99_ms:g} ms"))
     if th.max_p99_ratio_vs_baseline is not None and cand.p99_ms is not None:
-        if base is None or base.p99_ms is None or base.requests < th.min_requests_per_check:
+        if not comparable or base is None or base.p99_ms is None:
             checks.append(Check("p99_ratio", "insufficient", reason="too few baseline requests to compare p99"))
         else:
             ratio = cand.p99_ms / max(base.p99_ms, 1e-9)
@@ -132,8 +186,36 @@ def evaluate(spec: RolloutSpec, stats: dict[str, VariantStats]) -> Verdict:
                                 f"candidate {name} {value:.4g} > {bound.max:g}"))
         else:
             checks.append(Check(f"metric:{name}", "pass", value))
-    status: Status = "fail" if any(c.status == "fail" for c in checks) else "pass"
-    return Verdict(status, checks, stats)
+    return checks
+
+
+def _rate_vs_baseline(name: str, what: str, x_c: int, x_b: int, cand: VariantStats, base: VariantStats | None,
+                      margin: float | None, th: Thresholds, comparable: bool) -> list[Check]:
+    """Fail when candidate − baseline of a rate is above ``margin`` at the spec's one-sided confidence."""
+    if margin is None:
+        return []
+    if not comparable or base is None:
+        return [Check(name, "insufficient", reason=f"too few baseline requests to compare the {what}")]
+    low = rate_increase_lower_bound(x_c, cand.requests, x_b, base.requests, th.confidence)
+    reason = (f"candidate {what} {x_c / cand.requests:.1%} ({x_c}/{cand.requests}) exceeds the baseline's "
+              f"{x_b / base.requests:.1%} ({x_b}/{base.requests}) on the same interval by more than "
+              f"{margin:.1%} (lower bound of the difference {low:+.1%} at {th.confidence:.0%})")
+    return [_upper(name, low, margin, reason)]
+
+
+def _latency_vs_baseline(cand: VariantStats, base: VariantStats | None, th: Thresholds, comparable: bool) -> Check:
+    assert th.max_latency_ratio_vs_baseline is not None
+    ratio = th.max_latency_ratio_vs_baseline
+    if not comparable or base is None:
+        return Check("latency_vs_baseline", "insufficient", reason="too few baseline requests to compare latency")
+    p_value = slower_than(base.latencies_ms, cand.latencies_ms, ratio)
+    alpha = 1 - th.confidence
+    if p_value < alpha:
+        shift = (cand.p50_ms or 0.0) / max(base.p50_ms or 0.0, 1e-9)
+        return Check("latency_vs_baseline", "fail", p_value, alpha,
+                     f"candidate latency is more than {ratio:g}x the baseline's on the same interval "
+                     f"(median ratio {shift:.2f}, one-sided Mann-Whitney p={p_value:.2g})")
+    return Check("latency_vs_baseline", "pass", p_value, alpha)
 
 
 def _upper(name: str, value: float, limit: float, reason: str) -> Check:
@@ -155,6 +237,33 @@ def samples(windows: Iterable[VariantWindow], variant: str, metric: str) -> list
     return out
 
 
+def samples_per_key(windows: Iterable[VariantWindow], variant: str, metric: str) -> list[float] | None:
+    """One sample per sticky key (a user's success rate or mean latency), or None when assignment is not sticky.
+
+    With sticky assignment a user's requests all go to one variant and are correlated; testing them
+    as independent requests overstates the evidence. Aggregating per key makes the user the unit.
+    Only when every live request of the variant carried a key; model metrics have no per-key sums.
+    """
+    if metric not in (SUCCESS_METRIC, LATENCY_METRIC):
+        return None
+    merged: dict[str, list[float]] = {}
+    for w in windows:
+        if w.variant != variant or w.shadow:
+            continue
+        if sum(n for n, _, _ in w.by_key.values()) != w.requests:
+            return None
+        for key, (n, errors, latency) in w.by_key.items():
+            into = merged.setdefault(key, [0, 0, 0.0])
+            into[0] += n
+            into[1] += errors
+            into[2] += latency
+    if not merged:
+        return None
+    if metric == SUCCESS_METRIC:
+        return [1.0 - errors / n for n, errors, _ in merged.values()]
+    return [latency / n for n, _, latency in merged.values()]
+
+
 @dataclass
 class _Stamped:
     at: float
@@ -168,13 +277,11 @@ class WindowLog:
     def __init__(self, retention_s: float = 3600.0) -> None:
         self.retention_s = retention_s
         self._items: deque[_Stamped] = deque()
-        self._last_report: dict[str, tuple[float, list[VariantWindow]]] = {}
 
     def add(self, now: float, router_id: str, windows: Iterable[VariantWindow]) -> None:
         batch = list(windows)
         for w in batch:
             self._items.append(_Stamped(now, router_id, w))
-        self._last_report[router_id] = (now, batch)
         while self._items and self._items[0].at < now - self.retention_s:
             self._items.popleft()
 
@@ -184,14 +291,3 @@ class WindowLog:
     def requests_since(self, start: float, variant: str, shadow: bool = False) -> int:
         """Live requests of ``variant`` since ``start``; with ``shadow``, its mirrored copies instead."""
         return sum(w.requests for w in self.since(start) if w.variant == variant and w.shadow == shadow)
-
-    def routers_quiet_on(self, variant: str, after: float, active_within_s: float, now: float) -> bool:
-        """True when every router heard from recently has reported after ``after`` with no ``variant`` requests.
-
-        That is the evidence that a traffic change (e.g. rollback) reached every router.
-        """
-        recent = {r: (at, ws) for r, (at, ws) in self._last_report.items() if at >= now - active_within_s}
-        for at, ws in recent.values():
-            if at < after or any(w.variant == variant and not w.shadow and w.requests for w in ws):
-                return False
-        return True

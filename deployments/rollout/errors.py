@@ -22,3 +22,10 @@ class SpecError(RolloutError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, status_code=400)
+
+
+class LostWrite(RolloutError):
+    """Another controller wrote the rollout first; this one reloaded and did nothing (409: retry the command)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status_code=409)

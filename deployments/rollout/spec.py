@@ -32,11 +32,26 @@ class MetricBound(_Strict):
 
 
 class Thresholds(_Strict):
+    """Gates judged on the candidate *against the baseline over the same interval*, at ``confidence``.
+
+    A rate check fails only when the data show, one-sided at ``confidence``, that the candidate is
+    worse: its Wilson lower bound above ``max_error_rate``, or the Newcombe (Wilson-score) lower bound of
+    candidate − baseline above ``max_error_rate_increase`` (5xx) / ``max_client_error_increase`` (4xx).
+    """
+
     max_error_rate: float | None = Field(0.05, ge=0.0, le=1.0)
+    max_error_rate_increase: float | None = Field(0.01, ge=0.0, le=1.0,
+                                                  description="5xx share over the baseline's, same interval")
+    max_client_error_increase: float | None = Field(0.01, ge=0.0, le=1.0,
+                                                    description="4xx share over the baseline's, same traffic")
+    max_latency_ratio_vs_baseline: float | None = Field(
+        None, gt=1.0, description="median latency ratio the candidate may not significantly exceed")
+    confidence: float = Field(0.99, ge=0.5, lt=1.0, description="one-sided confidence of every comparison")
     max_p99_ms: float | None = Field(None, gt=0)
     max_p99_ratio_vs_baseline: float | None = Field(None, gt=0)
     model_metrics: dict[str, MetricBound] = Field(default_factory=dict)
-    min_requests_per_check: int = Field(10, ge=1, description="candidate requests in one interval to judge it")
+    min_requests_per_check: int = Field(10, ge=1, description="candidate (and baseline, to compare) requests "
+                                                              "in one interval to judge it")
 
 
 class ABSettings(_Strict):
@@ -82,6 +97,10 @@ class RolloutSpec(_Strict):
     failed_checks_before_rollback: int = Field(2, ge=1)
     keep_old_warm_s: float = Field(600.0, ge=0)
     stale_after_s: float = Field(120.0, gt=0, description="a restarted controller holds at baseline past this age")
+    router_lease_s: float | None = Field(None, gt=0, description="a router that has not heard from the controller "
+                                         "this long sends everything to the baseline (default 3 intervals)")
+    allow_new_required_fields: bool = Field(False, description="start even though the candidate requires input "
+                                            "fields the baseline does not (recorded in the audit log)")
     ab: ABSettings | None = None
     shadow: ShadowSettings | None = None
 
@@ -122,6 +141,11 @@ class RolloutSpec(_Strict):
             assert self.ab is not None
             return self.ab.split
         return self.steps[step_index]
+
+    @property
+    def lease_s(self) -> float:
+        """How long a router keeps a split without hearing from the controller."""
+        return self.router_lease_s if self.router_lease_s is not None else 3 * self.interval_s
 
     @property
     def last_step(self) -> int:

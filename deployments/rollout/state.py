@@ -13,6 +13,20 @@ No clock, no I/O: time comes in ``Observation.now``, effects go out as actions
 (:class:`SetTraffic`, :class:`MoveAlias`, :class:`RecordEvent`, :class:`ReleaseWarm`) that the controller
 carries out *after* persisting the new state. Every change of phase, step or traffic is
 an event with actor, command and reason.
+
+Fencing, so that a part that fails can only make things safer:
+
+* ``generation`` counts persisted writes; the controller saves with a compare-and-swap on it and a
+  writer that loses stops acting and reloads (:mod:`deployments.rollout.store`).
+* Traffic carries a monotonic ``epoch`` (routers ignore older ones), a ``lease_s`` after which a
+  router that has not heard from the controller serves only ``fallback``, and that fallback: the
+  baseline while a rollout can still fail, the version in charge once it has ended.
+* Every :class:`MoveAlias` carries the rollout id and an ``alias_epoch``; any change of intent
+  (pause, abort, a newer move) bumps the epoch, so a queued or late move is stale and dropped
+  (:func:`alias_move_current`). A rollback that ever issued a move ends only after the controller
+  read ``champion`` back from the registry and found it where it was before the rollout.
+* A rollback is settled only when every live router acknowledged the baseline-only epoch
+  (``Observation.traffic_settled``, from :mod:`deployments.rollout.leases`).
 """
 
 from __future__ import annotations
@@ -25,12 +39,14 @@ from typing import Any
 
 from deployments.contracts import BASELINE, CANDIDATE, Traffic
 from deployments.rollout.analysis import Verdict
+from deployments.rollout.compat import describe_schema, new_required_fields
 from deployments.rollout.errors import RolloutError
 from deployments.rollout.spec import RolloutSpec, parse_spec
 from deployments.rollout.stats import TestResult
 
 CHAMPION = "champion"
 SYSTEM = "controller"
+REGISTRY = "registry"     # paused_by: the registry failed a promotion (retried when it is back)
 
 
 class Phase(StrEnum):
@@ -75,6 +91,14 @@ class RolloutState:
     warm_until: float | None = None
     warm_released: bool = False
     ab_p_value: float = 1.0          # running minimum of the sequential test's p-value
+    generation: int = 0              # persisted writes so far: the compare-and-swap fence of the store
+    paused_by: str | None = None     # who paused: an actor, or REGISTRY (only that pause retries by itself)
+    alias_epoch: int = 0             # bumped by every alias move issued or cancelled; older moves are stale
+    alias_target: str | None = None  # the version the current move puts on champion (None: no move wanted)
+    alias_pending: bool = False      # the current move was issued and its result has not come back
+    champion_seen: str | None = None   # what champion names, as last read or moved by this controller
+    champion_verified: bool = False  # rolling back: champion read back on the version it must name
+    forced_fields: list[str] = field(default_factory=list)   # new required input fields allowed by the spec
 
     @property
     def parsed_spec(self) -> RolloutSpec:
@@ -108,9 +132,13 @@ class Observation:
     now: float
     verdict: Verdict | None = None
     step_requests: int = 0                 # candidate requests since the step started (shadow: mirrored ones)
-    traffic_settled: bool = False          # every router reported after the epoch with no candidate requests
-    alias_result: str | None = None        # "ok" or an error line, right after a MoveAlias was tried
+    traffic_settled: bool = False          # every live router acknowledged the current baseline-only epoch
+    alias_result: str | None = None        # "ok" or an error line, once a MoveAlias was tried
+    alias_epoch: int | None = None         # the alias_epoch of the move that result belongs to (None: current)
+    alias_version: str | None = None       # the version that move put on champion
+    alias_in_flight: bool = False          # a move is still out (its result will come back)
     registry_healthy: bool | None = None   # probed while paused for the registry
+    champion: str | None = None            # champion read back from the registry (rolling back)
     ab_result: TestResult | None = None    # A/B mode: the test on all samples so far
 
 
@@ -134,6 +162,8 @@ class MoveAlias:
     model: str
     alias: str
     version: str
+    rollout_id: str = ""
+    epoch: int = 0         # the state's alias_epoch when issued: stale (never sent) once that changes
 
 
 @dataclass(frozen=True)
@@ -150,6 +180,18 @@ class ReleaseWarm:
 Action = SetTraffic | MoveAlias | RecordEvent | ReleaseWarm
 
 
+def alias_move_current(state: RolloutState | None, move: MoveAlias) -> bool:
+    """True while ``move`` is still what ``state`` wants: same rollout, same alias epoch. Checked right
+    before a move is sent, so a move queued before a pause, an abort or a newer move never lands."""
+    return (state is not None and move.rollout_id == state.rollout_id and move.epoch == state.alias_epoch
+            and state.alias_target == move.version)
+
+
+def restore_target(state: RolloutState) -> str:
+    """The version champion must name after a rollback: what it named when the rollout started."""
+    return state.previous_champion or state.baseline_version
+
+
 def weights_for(percent: float) -> dict[str, float]:
     """Traffic weights with ``percent`` on the candidate; variants with no traffic are left out."""
     share = round(percent / 100.0, 6)
@@ -164,20 +206,50 @@ def weights_for(percent: float) -> dict[str, float]:
 
 def start(spec: RolloutSpec, baseline_version: str, candidate_version: str, now: float, epoch: int,
           actor: str, reason: str = "", rollout_id: str | None = None,
-          previous: RolloutState | None = None) -> tuple[RolloutState, list[Action]]:
-    """A new rollout in Pending. Refused while another rollout of the model is active."""
+          previous: RolloutState | None = None, served: dict[str, str] | None = None,
+          schemas: tuple[dict[str, str], dict[str, str]] | None = None,
+          champion: str | None = None, generation: int = 0) -> tuple[RolloutState, list[Action]]:
+    """A new rollout in Pending, before any traffic moves. Refused (409) while another rollout of the
+    model is active, when the spec's versions are not the ones the slots serve (``served``), and when
+    the candidate requires input fields the baseline does not (``schemas``: baseline's and candidate's
+    ``{field: kind}``) unless the spec allows it, which the start event records."""
     if previous is not None and previous.active:
         raise RolloutError(f"rollout {previous.rollout_id} is {previous.phase.value}; abort it or wait for it to end")
     if str(baseline_version) == str(candidate_version):
         raise RolloutError(f"baseline and candidate are the same version ({baseline_version})", 400)
+    if served:
+        _require_served(spec, str(baseline_version), str(candidate_version), served)
+    forced: list[str] = []
+    if schemas is not None:
+        forced = new_required_fields(*schemas)
+        if forced and not spec.allow_new_required_fields:
+            raise RolloutError(
+                f"candidate v{candidate_version} requires input fields the baseline v{baseline_version} does not: "
+                f"{', '.join(forced)}; callers of the baseline do not send them. Baseline schema: "
+                f"{describe_schema(schemas[0])}; candidate schema: {describe_schema(schemas[1])}. Set "
+                f"allow_new_required_fields: true in the spec to roll out anyway (audited)", 409)
     rid = rollout_id or f"{spec.name or spec.model}-{uuid.uuid4().hex[:8]}"
     state = RolloutState(rollout_id=rid, model=spec.model, spec=spec.model_dump(mode="json"),
                          baseline_version=str(baseline_version), candidate_version=str(candidate_version),
-                         created_at=now, updated_at=now,
-                         traffic=Traffic(weights={BASELINE: 1.0}, epoch=epoch, rollout_id=rid))
-    event = _event(None, state, now, "start", actor, reason or f"{spec.mode} rollout of v{candidate_version} "
-                   f"against v{baseline_version}")
-    return state, [RecordEvent(event)]
+                         created_at=now, updated_at=now, generation=generation,
+                         previous_champion=champion, champion_seen=champion, forced_fields=forced,
+                         traffic=Traffic(weights={BASELINE: 1.0}, epoch=epoch, rollout_id=rid, lease_s=spec.lease_s))
+    why = reason or f"{spec.mode} rollout of v{candidate_version} against v{baseline_version}"
+    details = {"forced_new_required_fields": forced} if forced else {}
+    if forced:
+        why += f"; allowed new required input fields {', '.join(forced)} (allow_new_required_fields)"
+    return state, [RecordEvent(_event(None, state, now, "start", actor, why, **details))]
+
+
+def _require_served(spec: RolloutSpec, baseline: str, candidate: str, served: dict[str, str]) -> None:
+    """409 when the slots serve other versions than the spec resolves to: canarying one version and then
+    promoting another is the failure this prevents."""
+    slots = (str(served.get(BASELINE)), str(served.get(CANDIDATE)))
+    if slots != (baseline, candidate):
+        raise RolloutError(
+            f"the spec resolves to baseline v{baseline} ({spec.baseline}) / candidate v{candidate} "
+            f"({spec.candidate}), but the app serves baseline v{slots[0]} / candidate v{slots[1]}; redeploy the "
+            f"app with those versions (`rayline serve deploy`) or start with a spec that names what it serves", 409)
 
 
 # ---- transition -----------------------------------------------------------------------------------------------
@@ -193,9 +265,36 @@ def transition(state: RolloutState, obs: Observation, command: Command | None = 
         if handler is None:
             raise RolloutError(f"unknown command {command.name!r}", 400)
         handler(state, new, obs, command, actions)
-    else:
-        _TICKS.get(state.phase, _nothing)(state, new, obs, actions)
+        return new, actions
+    if obs.alias_result is not None and not _alias_result_current(state, obs):
+        _stale_alias_result(state, new, obs, actions)
+        obs = _without_alias_result(obs)
+    elif obs.alias_result is not None:
+        new.alias_pending = False
+        if obs.alias_result == "ok":
+            new.champion_seen = state.alias_target
+    _TICKS.get(state.phase, _nothing)(state, new, obs, actions)
     return new, actions
+
+
+def _alias_result_current(state: RolloutState, obs: Observation) -> bool:
+    return obs.alias_epoch is None or obs.alias_epoch == state.alias_epoch
+
+
+def _without_alias_result(obs: Observation) -> Observation:
+    return Observation(**{**obs.__dict__, "alias_result": None, "alias_epoch": None, "alias_version": None})
+
+
+def _stale_alias_result(old: RolloutState, new: RolloutState, obs: Observation, actions: list[Action]) -> None:
+    """A move that was already out when the intent changed came back. If it landed, champion moved: what
+    the state knows of champion follows, and a rollback will put it back (see ``_tick_rolling_back``)."""
+    if obs.alias_result != "ok":
+        return
+    new.champion_seen = obs.alias_version
+    new.champion_verified = False
+    actions.append(RecordEvent(_event(old, new, obs.now, "stale_alias_move", SYSTEM,
+                                      f"a superseded move (alias epoch {obs.alias_epoch}) put {CHAMPION} on "
+                                      f"v{obs.alias_version}", alias_epoch=obs.alias_epoch)))
 
 
 # ---- ticks ----------------------------------------------------------------------------------------------------
@@ -217,6 +316,7 @@ def _tick_shadowing(old: RolloutState, new: RolloutState, obs: Observation, acti
     if obs.verdict.status == "fail":
         _count_failure(old, new, obs, actions)
         return
+    new.failed_checks = 0
     new.passed_checks = old.passed_checks + 1
     if new.passed_checks < spec.shadow.passing_checks or obs.step_requests < spec.min_requests:
         return
@@ -241,6 +341,8 @@ def _tick_progressing(old: RolloutState, new: RolloutState, obs: Observation, ac
     if obs.verdict.status == "fail":
         _count_failure(old, new, obs, actions)
         return
+    if obs.verdict.status == "pass":
+        new.failed_checks = 0   # failed checks count only while consecutive (as Flagger's threshold)
     if spec.mode == "ab":
         _maybe_conclude(old, new, obs, spec, actions)
         return
@@ -261,7 +363,9 @@ def _tick_paused(old: RolloutState, new: RolloutState, obs: Observation, actions
     if obs.verdict is not None and obs.verdict.status == "fail" and watched:
         _count_failure(old, new, obs, actions)
         return
-    if old.paused_from == Phase.PROMOTING and obs.registry_healthy:
+    if obs.verdict is not None and obs.verdict.status == "pass":
+        new.failed_checks = 0
+    if old.paused_from == Phase.PROMOTING and old.paused_by == REGISTRY and obs.registry_healthy:
         _enter_promoting(old, new, obs, SYSTEM, "retry", "registry reachable again; retrying promotion", actions)
 
 
@@ -277,33 +381,50 @@ def _tick_promoting(old: RolloutState, new: RolloutState, obs: Observation, acti
         new.decision = {"outcome": "promoted", "at": obs.now, "version": old.candidate_version,
                         "previous_champion": old.previous_champion or old.baseline_version}
         new.reason = f"alias {CHAMPION} moved to v{old.candidate_version}"
+        _set_traffic(new, {CANDIDATE: 1.0}, actions, fallback=CANDIDATE)   # the candidate is in charge now
         actions.append(RecordEvent(_event(old, new, obs.now, "promote", SYSTEM, new.reason,
                                           warm_until=new.warm_until)))
     else:
         new.phase = Phase.PAUSED
         new.paused_from = Phase.PROMOTING
+        new.paused_by = REGISTRY
         new.reason = f"registry unreachable: {obs.alias_result}"
         actions.append(RecordEvent(_event(old, new, obs.now, "pause", SYSTEM, new.reason)))
 
 
 def _tick_rolling_back(old: RolloutState, new: RolloutState, obs: Observation, actions: list[Action]) -> None:
-    needs_alias = old.alias_moved
-    if obs.alias_result is not None and needs_alias:
+    """Done when every live router acknowledged baseline-only traffic and, if this rollout ever issued an
+    alias move, champion was read back on the version it named before the rollout with no move still out."""
+    target = restore_target(old)
+    if obs.alias_result is not None and old.alias_target == target:
         if obs.alias_result != "ok":
             actions.append(RecordEvent(_event(old, new, obs.now, "alias_revert_failed", SYSTEM, obs.alias_result)))
+        else:
+            new.alias_moved = False
+            new.champion_verified = not obs.alias_in_flight   # nothing else out that could move it again
+            actions.append(RecordEvent(_event(old, new, obs.now, "alias_reverted", SYSTEM,
+                                              f"alias {CHAMPION} back on v{target}")))
+    if _alias_touched(old) and not obs.alias_in_flight and obs.champion is not None:
+        new.champion_seen = obs.champion
+        new.champion_verified = obs.champion == target
+        if obs.champion != target and not new.alias_pending:
+            _issue_move(new, target, actions)
+            actions.append(RecordEvent(_event(old, new, obs.now, "alias_restore", SYSTEM,
+                                              f"{CHAMPION} names v{obs.champion}; putting it back on v{target}")))
             return
+    if new.champion_verified or not _alias_touched(new):
         new.alias_moved = False
-        needs_alias = False
-        actions.append(RecordEvent(_event(old, new, obs.now, "alias_reverted", SYSTEM,
-                                          f"alias {CHAMPION} back on v{old.baseline_version}")))
-    if needs_alias and obs.registry_healthy:
-        actions.append(MoveAlias(old.model, CHAMPION, old.baseline_version))
-        return
-    if not needs_alias and obs.traffic_settled:
+    if obs.traffic_settled and not obs.alias_in_flight and (new.champion_verified or not _alias_touched(new)):
         new.phase = Phase.ROLLED_BACK
         new.reason = old.reason
         actions.append(RecordEvent(_event(old, new, obs.now, "rolled_back", SYSTEM,
-                                          "every router serves the baseline only")))
+                                          "every live router acknowledged baseline-only traffic"
+                                          + (f"; {CHAMPION} verified on v{target}" if _alias_touched(new) else ""))))
+
+
+def _alias_touched(state: RolloutState) -> bool:
+    """This rollout issued an alias move, or saw champion elsewhere than where it must end."""
+    return state.alias_epoch > 0 or (state.champion_seen is not None and state.champion_seen != restore_target(state))
 
 
 def _tick_succeeded(old: RolloutState, new: RolloutState, obs: Observation, actions: list[Action]) -> None:
@@ -331,7 +452,10 @@ def _cmd_pause(old: RolloutState, new: RolloutState, obs: Observation, cmd: Comm
     _require(old, cmd, {Phase.PENDING, Phase.PROGRESSING, Phase.SHADOWING, Phase.PROMOTING})
     new.phase = Phase.PAUSED
     new.paused_from = old.phase
+    new.paused_by = cmd.actor
     new.reason = cmd.reason or "paused"
+    if old.phase == Phase.PROMOTING:
+        _cancel_moves(new)   # a paused promotion does not move champion: the queued move is now stale
     actions.append(RecordEvent(_event(old, new, obs.now, cmd.name, cmd.actor, new.reason)))
 
 
@@ -339,6 +463,7 @@ def _cmd_resume(old: RolloutState, new: RolloutState, obs: Observation, cmd: Com
     _require(old, cmd, {Phase.PAUSED, Phase.HELD})
     resume_to = old.paused_from if old.phase == Phase.PAUSED else Phase.PROGRESSING
     new.paused_from = None
+    new.paused_by = None
     if resume_to == Phase.PROMOTING:
         _enter_promoting(old, new, obs, cmd.actor, cmd.name, cmd.reason or "resumed", actions)
     elif resume_to in (Phase.PENDING, Phase.SHADOWING) or old.step_index < 0:
@@ -354,6 +479,7 @@ def _cmd_promote(old: RolloutState, new: RolloutState, obs: Observation, cmd: Co
         return
     spec = old.parsed_spec
     new.paused_from = None
+    new.paused_by = None
     if cmd.full or spec.mode == "ab" or old.step_index >= spec.last_step:
         _enter_promoting(old, new, obs, cmd.actor, cmd.name, cmd.reason or "manual promotion", actions)
     else:
@@ -371,7 +497,7 @@ def _cmd_rollback(old: RolloutState, new: RolloutState, obs: Observation, cmd: C
         if old.warm_released:
             raise RolloutError(f"v{old.baseline_version} is no longer kept warm; start a new rollout back to it")
         _enter_rolling_back(old, new, obs, cmd.actor, cmd.name, cmd.reason or "rollback after promotion", actions)
-        actions.append(MoveAlias(old.model, CHAMPION, old.baseline_version))
+        _issue_move(new, restore_target(old), actions)
         return
     _cmd_abort(old, new, obs, cmd, actions)
 
@@ -392,15 +518,17 @@ def _cmd_restart(old: RolloutState, new: RolloutState, obs: Observation, cmd: Co
     if old.phase in TERMINAL and old.phase != Phase.SUCCEEDED:
         _set_traffic(new, {BASELINE: 1.0}, actions)
     else:
-        _set_traffic(new, dict(old.traffic.weights), actions, shadow=old.traffic.shadow)
+        _set_traffic(new, dict(old.traffic.weights), actions, shadow=old.traffic.shadow,
+                     fallback=old.traffic.fallback)
     if old.phase in (Phase.PROGRESSING, Phase.SHADOWING):
         new.step_started_at = obs.now   # requests counted before the restart are gone with the old process
     actions.append(RecordEvent(_event(old, new, obs.now, "restart", cmd.actor,
                                       f"controller restarted; resuming {old.phase.value}", away_s=age)))
     if old.phase == Phase.PROMOTING:
-        actions.append(MoveAlias(old.model, CHAMPION, old.candidate_version))
-    if old.phase == Phase.ROLLING_BACK and old.alias_moved:
-        actions.append(MoveAlias(old.model, CHAMPION, old.baseline_version))
+        _issue_move(new, old.candidate_version, actions)   # a newer epoch: a move of the old process is stale
+    if old.phase == Phase.ROLLING_BACK:
+        new.alias_pending = False         # whatever the old process had out is gone with it
+        new.champion_verified = False     # read champion back before calling the rollback done
 
 
 _COMMANDS = {
@@ -424,9 +552,26 @@ def _require(old: RolloutState, cmd: Command, phases: set[Phase] | frozenset[Pha
 
 
 def _set_traffic(new: RolloutState, weights: dict[str, float], actions: list[Action],
-                 shadow: str | None = None) -> None:
-    new.traffic = Traffic(weights=weights, shadow=shadow, epoch=new.traffic.epoch + 1, rollout_id=new.rollout_id)
+                 shadow: str | None = None, fallback: str = BASELINE) -> None:
+    new.traffic = Traffic(weights=weights, shadow=shadow, epoch=new.traffic.epoch + 1, rollout_id=new.rollout_id,
+                          lease_s=new.parsed_spec.lease_s, fallback=fallback)
     actions.append(SetTraffic(copy.deepcopy(new.traffic)))
+
+
+def _issue_move(new: RolloutState, version: str, actions: list[Action]) -> None:
+    """A new alias move under a new epoch: every earlier one is stale from now on."""
+    new.alias_epoch += 1
+    new.alias_target = version
+    new.alias_pending = True
+    new.champion_verified = False
+    actions.append(MoveAlias(new.model, CHAMPION, version, new.rollout_id, new.alias_epoch))
+
+
+def _cancel_moves(new: RolloutState) -> None:
+    """No move wanted any more: a queued one is dropped, one already out is reported as stale."""
+    new.alias_epoch += 1
+    new.alias_target = None
+    new.alias_pending = False
 
 
 def _enter_first(old: RolloutState, new: RolloutState, obs: Observation, actor: str, command: str,
@@ -466,19 +611,23 @@ def _enter_promoting(old: RolloutState, new: RolloutState, obs: Observation, act
                      reason: str, actions: list[Action]) -> None:
     new.phase = Phase.PROMOTING
     new.paused_from = None
+    new.paused_by = None
     new.reason = reason
     if new.traffic.weights != {CANDIDATE: 1.0}:
         _set_traffic(new, {CANDIDATE: 1.0}, actions)
     actions.append(RecordEvent(_event(old, new, obs.now, command, actor, reason)))
-    actions.append(MoveAlias(old.model, CHAMPION, old.candidate_version))
+    _issue_move(new, old.candidate_version, actions)
 
 
 def _enter_rolling_back(old: RolloutState, new: RolloutState, obs: Observation, actor: str, command: str,
                         reason: str, actions: list[Action]) -> None:
     new.phase = Phase.ROLLING_BACK
     new.paused_from = None
+    new.paused_by = None
     new.reason = reason
     new.decided_at = obs.now
+    if new.alias_target is not None and new.alias_target != restore_target(old):
+        _cancel_moves(new)   # a promotion's move still queued is dropped; one already out is checked afterwards
     _set_traffic(new, {BASELINE: 1.0}, actions)
     new.decision = {"outcome": "rolled_back", "at": obs.now, "epoch": new.traffic.epoch, "reason": reason,
                     "actor": actor}

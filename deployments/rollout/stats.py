@@ -144,3 +144,40 @@ def run_test(test: str, baseline: list[float], candidate: list[float], alpha: fl
     if test == "sequential":
         return sequential(baseline, candidate, alpha, higher_is_better, tau, previous_p)
     raise ValueError(f"unknown test {test!r}")
+
+
+# ---- gates: one-sided bounds the canary checks use -------------------------------------------------------------
+
+def wilson(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """One-sided Wilson score bounds (lower, upper) of a proportion at ``confidence``; (0, 1) when ``n`` is 0."""
+    if n <= 0:
+        return 0.0, 1.0
+    z = float(sps.norm.ppf(confidence))
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def rate_increase_lower_bound(x_c: int, n_c: int, x_b: int, n_b: int, confidence: float = 0.95) -> float:
+    """One-sided lower bound of p_candidate − p_baseline (Newcombe's hybrid score interval, method 10).
+
+    Above the allowed increase ⇒ the candidate's rate is worse than the baseline's *on the same interval*
+    at ``confidence``: that, not a point estimate on a handful of requests, is what fails a check.
+    """
+    p_c, p_b = x_c / n_c, x_b / n_b
+    lo_c, _ = wilson(x_c, n_c, confidence)
+    _, hi_b = wilson(x_b, n_b, confidence)
+    return (p_c - p_b) - math.sqrt((p_c - lo_c) ** 2 + (hi_b - p_b) ** 2)
+
+
+def slower_than(baseline: list[float], candidate: list[float], ratio: float) -> float:
+    """One-sided Mann–Whitney p-value that the candidate's latencies exceed ``ratio`` × the baseline's.
+
+    Candidate latencies are divided by ``ratio`` first, so a small p says "slower by more than the
+    allowed ratio", not merely "slower". Returns 1.0 when either side is empty.
+    """
+    if not baseline or not candidate:
+        return 1.0
+    scaled = np.asarray(candidate, float) / ratio
+    return float(sps.mannwhitneyu(scaled, np.asarray(baseline, float), alternative="greater").pvalue)

@@ -24,7 +24,7 @@ def windows(cand_requests: int, cand_errors: int = 0, base_requests: int = 100, 
             VariantWindow(CANDIDATE, "2", cand_requests, 0, cand_errors, [cand_latency] * cand_requests)]
 
 
-def verdict(spec: RolloutSpec, cand_requests: int = 50, cand_errors: int = 0, **kw: Any):
+def verdict(spec: RolloutSpec, cand_requests: int = 200, cand_errors: int = 0, **kw: Any):
     return evaluate(spec, aggregate(windows(cand_requests, cand_errors, **kw)))
 
 

@@ -16,6 +16,7 @@ from deployments.rollout.state import (
     ReleaseWarm,
     RolloutState,
     SetTraffic,
+    alias_move_current,
     start,
     transition,
     weights_for,
@@ -30,6 +31,11 @@ def kinds(actions):
 
 def events(actions):
     return [a.event for a in actions if isinstance(a, RecordEvent)]
+
+
+def moves(actions):
+    """(model, alias, version) of every alias move, without its fencing tags."""
+    return [(a.model, a.alias, a.version) for a in actions if isinstance(a, MoveAlias)]
 
 
 def traffic_of(actions):
@@ -133,7 +139,7 @@ def test_passing_the_last_step_starts_promotion_by_moving_the_champion_alias():
     spec = make_spec(steps=[100])
     new, actions = transition(progressing(spec), Observation(now=102.0, verdict=verdict(spec), step_requests=50))
     assert new.phase == Phase.PROMOTING
-    assert MoveAlias("iris", CHAMPION, "2") in actions
+    assert ("iris", CHAMPION, "2") in moves(actions)
 
 
 def test_alias_moved_marks_success_and_keeps_the_old_version_warm_for_the_configured_time():
@@ -158,7 +164,7 @@ def test_registry_unreachable_at_promotion_pauses_without_promoting_and_keeps_tr
     waiting, actions = transition(paused, Observation(now=104.0, registry_healthy=False))
     assert waiting.phase == Phase.PAUSED and actions == []
     retry, actions = transition(paused, Observation(now=105.0, registry_healthy=True))
-    assert retry.phase == Phase.PROMOTING and MoveAlias("iris", CHAMPION, "2") in actions
+    assert retry.phase == Phase.PROMOTING and ("iris", CHAMPION, "2") in moves(actions)
 
 
 def test_pause_keeps_traffic_and_stops_steps_but_a_breach_still_rolls_back():
@@ -184,7 +190,7 @@ def test_promote_moves_one_step_and_promote_full_goes_straight_to_promotion():
     assert step.step_index == 1 and traffic_of(actions).weights[CANDIDATE] == 0.5
     full, actions = transition(state, Observation(now=101.0), Command("promote", "alice", full=True))
     assert full.phase == Phase.PROMOTING and traffic_of(actions).weights == {CANDIDATE: 1.0}
-    assert MoveAlias("iris", CHAMPION, "2") in actions
+    assert ("iris", CHAMPION, "2") in moves(actions)
 
 
 def test_abort_rolls_back_with_the_actor_and_reason_recorded():
@@ -199,7 +205,7 @@ def test_rollback_after_success_restores_baseline_traffic_and_moves_the_alias_ba
     done, _ = transition(promoting, Observation(now=103.0, alias_result="ok"))
     back, actions = transition(done, Observation(now=104.0), Command("rollback", "alice"))
     assert back.phase == Phase.ROLLING_BACK and traffic_of(actions).weights == {BASELINE: 1.0}
-    assert MoveAlias("iris", CHAMPION, "1") in actions
+    assert ("iris", CHAMPION, "1") in moves(actions)
     not_yet, _ = transition(back, Observation(now=104.5, traffic_settled=True))
     assert not_yet.phase == Phase.ROLLING_BACK       # alias not back yet
     reverted, _ = transition(back, Observation(now=105.0, alias_result="ok", traffic_settled=True))
@@ -251,7 +257,7 @@ def test_restart_while_promoting_retries_the_alias_move():
     spec = make_spec(steps=[100])
     promoting, _ = transition(progressing(spec), Observation(now=102.0, verdict=verdict(spec), step_requests=50))
     new, actions = transition(promoting, Observation(now=103.0), Command("restart"))
-    assert new.phase == Phase.PROMOTING and MoveAlias("iris", CHAMPION, "2") in actions
+    assert new.phase == Phase.PROMOTING and ("iris", CHAMPION, "2") in moves(actions)
 
 
 def test_restart_while_rolling_back_keeps_all_traffic_on_the_baseline():
@@ -306,7 +312,7 @@ def test_ab_mode_promotes_a_significant_winner_when_asked_to():
     spec = ab_spec(promote_on_win=True)
     new, actions = transition(progressing(spec), Observation(now=105.0, verdict=verdict(spec),
                                                              ab_result=two_proportion(80, 100, 97, 100)))
-    assert new.phase == Phase.PROMOTING and MoveAlias("iris", CHAMPION, "2") in actions
+    assert new.phase == Phase.PROMOTING and ("iris", CHAMPION, "2") in moves(actions)
 
 
 # ---- shadow mode ----------------------------------------------------------------------------------------------
@@ -392,3 +398,82 @@ def test_a_restarted_controller_restores_the_mirror_or_holds_and_then_resumes_sh
     assert held.phase == Phase.HELD and traffic_of(actions).shadow is None
     resumed, actions = transition(held, Observation(now=300.0), Command("resume", "alice"))
     assert resumed.phase == Phase.SHADOWING and traffic_of(actions).weights == {BASELINE: 1.0}
+
+
+# ---- fencing, fail-closed and gates (issue 15) ----------------------------------------------------------------
+
+def test_start_is_a_conflict_naming_both_version_pairs_when_the_slots_serve_other_versions():
+    with pytest.raises(RolloutError) as err:
+        start(make_spec(), "1", "3", now=1.0, epoch=0, actor="bob", served={BASELINE: "1", CANDIDATE: "2"})
+    assert err.value.status_code == 409
+    assert "baseline v1" in str(err.value) and "candidate v3" in str(err.value) and "candidate v2" in str(err.value)
+
+
+def test_a_candidate_requiring_a_field_the_baseline_does_not_is_refused_before_traffic_with_both_schemas():
+    schemas = ({"x1": "double"}, {"x1": "double", "x4": "double"})
+    with pytest.raises(RolloutError) as err:
+        start(make_spec(), "1", "2", now=1.0, epoch=0, actor="bob", schemas=schemas)
+    assert err.value.status_code == 409 and "x4" in str(err.value)
+    assert "{x1: double}" in str(err.value) and "{x1: double, x4: double}" in str(err.value)
+
+
+def test_allowing_new_required_fields_starts_and_records_them_in_the_audit_event():
+    schemas = ({"x1": "double"}, {"x1": "double", "x4": "double"})
+    state, actions = start(make_spec(allow_new_required_fields=True), "1", "2", now=1.0, epoch=0, actor="bob",
+                           schemas=schemas)
+    assert state.forced_fields == ["x4"] and events(actions)[0]["forced_new_required_fields"] == ["x4"]
+
+
+def test_failed_checks_must_be_consecutive_a_pass_in_between_resets_them():
+    spec = make_spec(failed_checks_before_rollback=2)
+    state = progressing(spec)
+    for now in (101.0, 103.0, 105.0):
+        state, _ = transition(state, Observation(now=now, verdict=verdict(spec, 50, 25)))
+        assert state.phase == Phase.PROGRESSING and state.failed_checks == 1
+        state, _ = transition(state, Observation(now=now + 1, verdict=verdict(spec, 200)))
+        assert state.failed_checks == 0
+
+
+def test_a_pause_during_promotion_stays_paused_and_its_queued_move_is_stale():
+    spec = make_spec(steps=[100])
+    promoting, actions = transition(progressing(spec), Observation(now=102.0, verdict=verdict(spec), step_requests=50))
+    (move,) = [a for a in actions if isinstance(a, MoveAlias)]
+    paused, _ = transition(promoting, Observation(now=102.5), Command("pause", "alice"))
+    assert not alias_move_current(paused, move)
+    still, actions = transition(paused, Observation(now=110.0, registry_healthy=True))
+    assert still.phase == Phase.PAUSED and moves(actions) == []
+    landed, _ = transition(paused, Observation(now=111.0, alias_result="ok", alias_epoch=move.epoch,
+                                               alias_version="2"))
+    assert landed.phase == Phase.PAUSED and landed.champion_seen == "2"   # a move already out did land
+
+
+def test_an_abort_during_promotion_reads_champion_back_and_puts_it_back_before_rolled_back():
+    spec = make_spec(steps=[100])
+    state, _ = transition(progressing(spec), Observation(now=102.0, verdict=verdict(spec), step_requests=50))
+    state, _ = transition(state, Observation(now=102.1), Command("abort", "alice"))
+    state, _ = transition(state, Observation(now=103.0, alias_result="ok", alias_epoch=1, alias_version="2"))
+    assert state.phase == Phase.ROLLING_BACK and state.champion_seen == "2"
+    waiting, actions = transition(state, Observation(now=104.0, traffic_settled=True, champion="2"))
+    assert waiting.phase == Phase.ROLLING_BACK and moves(actions) == [("iris", CHAMPION, "1")]
+    done, _ = transition(waiting, Observation(now=105.0, traffic_settled=True, alias_result="ok"))
+    assert done.phase == Phase.ROLLED_BACK
+
+
+def test_a_rollback_is_not_settled_while_an_alias_move_is_still_out():
+    spec = make_spec(steps=[100])
+    state, _ = transition(progressing(spec), Observation(now=102.0, verdict=verdict(spec), step_requests=50))
+    state, _ = transition(state, Observation(now=102.1), Command("abort", "alice"))
+    out, _ = transition(state, Observation(now=104.0, traffic_settled=True, alias_in_flight=True))
+    assert out.phase == Phase.ROLLING_BACK
+    checked, _ = transition(state, Observation(now=104.0, traffic_settled=True, champion="1"))
+    assert checked.phase == Phase.ROLLED_BACK
+
+
+def test_traffic_carries_a_lease_and_falls_back_to_the_version_in_charge():
+    spec = make_spec(steps=[100], interval_s=2)
+    state = progressing(spec)
+    assert state.traffic.lease_s == 6.0 and state.traffic.fallback == BASELINE
+    promoting, _ = transition(state, Observation(now=103.0, verdict=verdict(spec), step_requests=50))
+    done, actions = transition(promoting, Observation(now=104.0, alias_result="ok"))
+    assert done.phase == Phase.SUCCEEDED and traffic_of(actions).fallback == CANDIDATE
+    assert traffic_of(actions).epoch > promoting.traffic.epoch

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from cluster.files import WriteConflict
 from deployments.rollout.errors import RolloutError
 from deployments.rollout.state import Command, Observation, RecordEvent, transition
 from deployments.rollout.store import RolloutStore
@@ -28,7 +29,7 @@ def test_state_file_is_replaced_atomically_and_leaves_no_temporary_files(tmp_pat
     for _ in range(3):
         store.save(state)
     folder = store.root / state.rollout_id
-    assert sorted(p.name for p in folder.iterdir()) == ["state.json"]
+    assert sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock")) == ["state.json"]
     assert json.loads((folder / "state.json").read_text())["phase"] == "progressing"
 
 
@@ -70,3 +71,27 @@ def test_history_left_in_the_old_doubled_folder_is_moved_to_the_one_folder(tmp_p
     store = RolloutStore(tmp_path, "iris")
     assert store.root == tmp_path / "rollouts" / "iris" and store.load().rollout_id == state.rollout_id
     assert not (tmp_path / "rollouts" / "rollouts").joinpath("iris").exists()
+
+
+def test_a_second_writer_of_the_same_rollout_loses_its_save_and_writes_nothing_until_it_reloads(tmp_path):
+    first, second = RolloutStore(tmp_path, "iris"), RolloutStore(tmp_path, "iris")
+    state = progressing()
+    first.save(state)
+    assert second.load() == state
+    paused, actions = transition(state, Observation(now=101.0), Command("pause", "alice"))
+    first.save(paused, [a.event for a in actions if isinstance(a, RecordEvent)])
+    assert second.changed_since_saved()
+    aborted, actions = transition(state, Observation(now=101.0), Command("abort", "bob"))
+    with pytest.raises(WriteConflict):
+        second.save(aborted, [a.event for a in actions if isinstance(a, RecordEvent)])
+    assert RolloutStore(tmp_path, "iris").load().phase.value == "paused"
+    assert [e["actor"] for e in first.events(state.rollout_id)] == ["alice"]   # the loser's event is not kept
+    assert second.load().phase.value == "paused" and not second.changed_since_saved()
+
+
+def test_two_controllers_starting_rollouts_at_once_claim_the_model_once(tmp_path):
+    first, second = RolloutStore(tmp_path, "iris"), RolloutStore(tmp_path, "iris")
+    assert first.load() is None and second.load() is None
+    first.save(progressing())
+    with pytest.raises(WriteConflict):
+        second.save(progressing())

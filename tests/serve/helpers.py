@@ -50,25 +50,37 @@ def instance(i: int = 0, **overrides: Any) -> dict[str, Any]:
     return {"x1": float(i % 7), "x2": (i % 5) / 5.0, "x3": 10.0 + i % 3, "color": COLORS[i % 3], **overrides}
 
 
-def tiny_model(seed: int, failure_rate: float | None = None) -> torch.nn.Module:
+# The test preprocessing with one more required field: a candidate trained on it answers 422 to callers
+# that send only the baseline's fields.
+PREPROCESSING_WITH_X4 = Preprocessing.from_manifest({
+    **PREPROCESSING.to_dict(),
+    "features": [*PREPROCESSING.to_dict()["features"], {"name": "x4", "kind": "numeric"}],
+    "normalization": {**PREPROCESSING.to_dict()["normalization"], "x4": {"mean": 0.0, "std": 1.0}},
+})
+
+
+def tiny_model(seed: int, failure_rate: float | None = None,
+               preprocessing: Preprocessing = PREPROCESSING) -> torch.nn.Module:
     """A 2-class MLP over the test fields; wrapped in FaultyModel when ``failure_rate`` is given."""
     from models.faulty import FaultyModel
     from models.tabular import TabularMLP, TabularMLPConfig
 
     torch.manual_seed(seed)
-    module = TabularMLP(TabularMLPConfig(PREPROCESSING.num_inputs, PREPROCESSING.num_outputs, hidden=(8,)))
+    module = TabularMLP(TabularMLPConfig(preprocessing.num_inputs, preprocessing.num_outputs, hidden=(8,)))
     return FaultyModel(module, failure_rate) if failure_rate is not None else module
 
 
-def register_version(settings: Settings, name: str, module: torch.nn.Module) -> str:
+def register_version(settings: Settings, name: str, module: torch.nn.Module,
+                     preprocessing: Preprocessing = PREPROCESSING) -> str:
     """Log ``module`` with the test preprocessing and register it as the next version of ``name``."""
     import mlflow
 
     from models.packaging import log_model
 
     registry = Registry(settings)
+    example = {**instance(0), **{f.name: 0.5 for f in preprocessing.features if f.name == "x4"}}
     with mlflow.start_run(experiment_id=registry.ensure_experiment()):
-        log_model(module, PREPROCESSING, input_example=[instance(0)], registered_model_name=name)
+        log_model(module, preprocessing, input_example=[example], registered_model_name=name)
     return registry.versions(name)[-1].version
 
 
@@ -161,10 +173,14 @@ TERMINAL = {"succeeded", "rolled_back", "concluded"}
 
 
 def spec(app: ServeApp, **overrides: Any) -> dict[str, Any]:
-    """A rollout spec for ``app``: challenger over champion in 25/50/100 % steps, checked every second."""
+    """A rollout spec for ``app``: challenger over champion in 25/50/100 % steps, checked every second.
+
+    Gates at 95 % one-sided confidence (the default is 99 %): a step needs ~50 clean candidate requests
+    instead of ~100 before it may advance, which keeps the suites' rollouts short on 2 cores.
+    """
     return {"model": app.model, "baseline": "champion", "candidate": "challenger", "steps": [25, 50, 100],
             "interval_s": 1, "min_requests": 15, "failed_checks_before_rollback": 2, "keep_old_warm_s": 60,
-            "thresholds": {"max_error_rate": 0.05, "min_requests_per_check": 5}, **overrides}
+            "thresholds": {"max_error_rate": 0.05, "min_requests_per_check": 5, "confidence": 0.95}, **overrides}
 
 
 def admin_ok(app: ServeApp, method: str, path: str, body: Any = None) -> dict[str, Any]:

@@ -48,3 +48,14 @@ def test_sticky_key_prefers_the_header_then_a_scalar_body_field():
     assert sticky_key(None, [{"user_id": {"nested": 1}}], "user_id") is None
     assert sticky_key(None, [{"user_id": True}], "user_id") is None
     assert sticky_key(None, [{}], "user_id") is None
+
+
+def test_a_router_past_its_lease_serves_only_the_fallback_and_never_applies_an_older_epoch():
+    from deployments.contracts import Traffic
+    from deployments.routing import effective_traffic, newer_or_same
+
+    split = Traffic(weights={"baseline": 0.5, "candidate": 0.5}, shadow="candidate", epoch=7, lease_s=3.0)
+    assert effective_traffic(split, silent_s=2.9) == (split.weights, "candidate", False)
+    assert effective_traffic(split, silent_s=3.1) == ({"baseline": 1.0}, None, True)
+    assert effective_traffic(Traffic(weights={"candidate": 1.0}), silent_s=1e9)[2] is False   # static: no lease
+    assert not newer_or_same(split, Traffic(epoch=6)) and newer_or_same(split, Traffic(epoch=7))
