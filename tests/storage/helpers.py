@@ -1,12 +1,15 @@
-"""S3 test helpers: moto's standalone server as a separate process (shared by tests/conftest.py's fixtures)."""
+"""Storage test helpers: moto's standalone S3 server as a separate process (tests/conftest.py's fixtures use
+it) and a counter that racing processes bump through compare-and-swap."""
 
 from __future__ import annotations
 
+import os
 import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
+from cluster import files
 from cluster.processes import free_port, session_members, start_detached, tcp_reachable, terminate, wait_until
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -43,3 +46,22 @@ class S3Server:
     def stop(self) -> None:
         terminate(session_members(self.proc.pid), grace_s=5)
         self.proc.wait(timeout=10)
+
+
+def bump(url: str, times: int, endpoint: str | None = None) -> int:
+    """Increment a counter file ``times`` times by read + conditional write, retrying lost races.
+
+    Returns how many races this process lost. ``endpoint``: the S3 server (a pool worker's env may predate it).
+    """
+    if endpoint:
+        os.environ[files.S3_ENDPOINT_ENV] = endpoint
+    lost = 0
+    for _ in range(times):
+        while True:
+            data, token = files.read_versioned(url) or (b"0", None)
+            try:
+                files.write_if(url, str(int(data) + 1), token)
+                break
+            except files.WriteConflict:
+                lost += 1
+    return lost

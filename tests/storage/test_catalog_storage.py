@@ -183,8 +183,12 @@ def test_refused_credentials_stop_the_ingest_in_one_line_and_write_nothing(tmp_p
 def test_quarantine_and_splits_read_back_from_s3(tmp_path: Path, s3: S3Server) -> None:
     df = table(300).with_columns(pl.when(pl.col("id") == "K5").then(pl.lit("zzz")).otherwise(pl.col("cat"))
                                  .alias("cat"))
-    v = run_ingest(write_csv(df, tmp_path / "a.csv"), contract(), DATASET, f"s3://{s3.bucket()}/datasets")
+    bucket = s3.bucket()
+    v = run_ingest(write_csv(df, tmp_path / "a.csv"), contract(), DATASET, f"s3://{bucket}/datasets")
     q = v.quarantine()
     assert q is not None and q.collect()["id"].to_list() == ["K5"]
     assert v.lazy("train").collect().height + v.lazy("validation").collect().height == 299
-    assert files.exists(files.join(v.path, MANIFEST))
+    keys = {o["Key"] for o in s3.client().list_objects_v2(Bucket=bucket)["Contents"]}
+    prefix = f"datasets/{DATASET}/{v.version}"
+    assert {f"{prefix}/{MANIFEST}", f"datasets/{DATASET}/LATEST"} <= keys
+    assert {f"{prefix}/{name}" for name in v.manifest["checksums"]} <= keys

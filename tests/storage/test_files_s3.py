@@ -7,14 +7,13 @@ writers raced, which the two-process test makes them do.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
 from cluster import files
 from cluster.files import StorageAccessError, WriteConflict, atomic_write, read_versioned, write_if
-from tests.storage.helpers import S3Server
+from tests.storage.helpers import S3Server, bump
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -44,25 +43,10 @@ def test_atomic_write_and_listing_behave_as_on_disk(s3: S3Server) -> None:
     assert files.listdir(root) == ["b.csv"] and not files.exists(files.join(root, "a", "summary.md"))
 
 
-def _bump(url: str, endpoint: str, times: int) -> int:
-    """Increment a counter object ``times`` times by read + conditional write, retrying lost races."""
-    os.environ[files.S3_ENDPOINT_ENV] = endpoint
-    lost = 0
-    for _ in range(times):
-        while True:
-            data, token = read_versioned(url) or (b"0", None)
-            try:
-                write_if(url, str(int(data) + 1), token)
-                break
-            except WriteConflict:
-                lost += 1
-    return lost
-
-
 def test_two_processes_racing_on_s3_never_lose_an_increment(s3: S3Server) -> None:
     url = f"s3://{s3.bucket()}/counter"
     with ProcessPoolExecutor(2) as pool:
-        lost = list(pool.map(_bump, [url, url], [s3.endpoint] * 2, [40, 40]))
+        lost = list(pool.map(bump, [url, url], [40, 40], [s3.endpoint] * 2))
     assert files.read_bytes(url) == b"80"
     assert sum(lost) > 0, "the writers never overlapped: the test proved nothing"
 
