@@ -47,6 +47,7 @@ T = TypeVar("T")
 STATE_FILE = "train_state.json"
 EXTRAS_FILE = "extras.pt"
 CHECKPOINT_PREFIX = "checkpoint_step"
+REDO_SUFFIX = "-redo"  # a step trained again after a fallback (see Checkpointer)
 
 
 class CheckpointError(RaylineError):
@@ -212,22 +213,32 @@ def read_state(directory: Path, rank: int, strategy: Any, extras: dict[str, Stat
 
 
 class Checkpointer:
-    """Saves through ``ray.train.report`` and restores from ``ray.train.get_checkpoint()``."""
+    """Saves through ``ray.train.report`` and restores from ``ray.train.get_checkpoint()``.
+
+    After a fallback from a refused checkpoint at step ``n``, the steps up to ``n`` are trained
+    again; their checkpoints get a ``-redo`` suffix, so they never share a folder with a
+    checkpoint Ray still has registered (its keep-N eviction of the refused one would delete
+    the new one's files).
+    """
 
     def __init__(self, rank: int, world_size: int) -> None:
         self.rank = rank
         self.world_size = world_size
+        self.redo_through: int | None = None
 
     def save(self, strategy: Any, state: TrainState, extras: dict[str, Stateful], metrics: dict[str, Any]) -> None:
         import ray.train
 
         state.world_size = self.world_size
+        name = checkpoint_dir_name(state.step)
+        if self.redo_through is not None and state.step <= self.redo_through:
+            name += REDO_SUFFIX
         with _storage(Path(tempfile.gettempdir())):
             staging = Path(tempfile.mkdtemp(prefix="rayline-ckpt-"))
         try:
             write_rank_files(staging, self.rank, strategy, state, extras)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(staging)),
-                             checkpoint_dir_name=checkpoint_dir_name(state.step))
+                             checkpoint_dir_name=name)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -238,4 +249,14 @@ class Checkpointer:
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             return None
-        return restore_latest_good(checkpoint, lambda directory: read_state(directory, self.rank, strategy, extras))
+        state = restore_latest_good(checkpoint, lambda directory: read_state(directory, self.rank, strategy, extras))
+        refused_step = checkpoint_step(str(checkpoint.path))
+        if state.step < refused_step:
+            self.redo_through = refused_step
+        return state
+
+
+def checkpoint_step(path: str) -> int:
+    """The step a checkpoint folder was saved at (``…/checkpoint_step00000036[-redo]`` -> 36)."""
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    return int(name.removeprefix(CHECKPOINT_PREFIX).removesuffix(REDO_SUFFIX))
