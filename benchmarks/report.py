@@ -1,5 +1,7 @@
 """One way to write benchmark reports: ``reports/<date>-<name>/metrics.csv`` and ``summary.md``.
 
+``RAYLINE_REPORTS_ROOT`` moves them (any root :mod:`cluster.files` writes: a path, ``s3://`` …).
+
 Every benchmark measures its baseline in the same script and reports medians over
 n >= 5 repeats plus percentiles, with the hardware and versions it ran on.
 """
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import io
 import os
 import platform
 import statistics
@@ -17,7 +20,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from cluster import files
+
 ROOT = Path(__file__).resolve().parent.parent
+REPORTS_ROOT_ENV = "RAYLINE_REPORTS_ROOT"
 MIN_REPEATS = 5
 
 
@@ -99,22 +105,24 @@ class Report:
             lines.append("| " + " | ".join(_fmt(row.get(c, "")) for c in cols) + " |")
         return "\n".join(lines)
 
-    def write(self, command: str) -> Path:
-        out = self.out_dir or ROOT / "reports" / f"{dt.date.today().isoformat()}-{self.name}"
-        out.mkdir(parents=True, exist_ok=True)
+    def write(self, command: str) -> Path | str:
+        """Both files under ``out_dir``, else ``$RAYLINE_REPORTS_ROOT`` (a path or s3:// …), else ``reports/``."""
+        root = os.environ.get(REPORTS_ROOT_ENV) or ROOT / "reports"
+        out = self.out_dir or files.join(root, f"{dt.date.today().isoformat()}-{self.name}")
         if self.rows:
             cols: list[str] = []
             for row in self.rows:
                 cols += [k for k in row if k not in cols]
-            with open(out / "metrics.csv", "w", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=cols)
-                writer.writeheader()
-                writer.writerows(self.rows)
+            buffer = io.StringIO()
+            writer = csv.DictWriter(buffer, fieldnames=cols)
+            writer.writeheader()
+            writer.writerows(self.rows)
+            files.atomic_write(files.join(out, "metrics.csv"), buffer.getvalue())
         env = environment()
         head = [f"# Benchmark: {self.name}", "", f"Command: `{command}`", "", f"Workload: {self.workload}", "",
                 "## Environment", "", self.table([env]), ""]
-        (out / "summary.md").write_text("\n".join(head) + "\n" + "\n".join(self.sections))
-        return out
+        files.atomic_write(files.join(out, "summary.md"), "\n".join(head) + "\n" + "\n".join(self.sections))
+        return files.local_path(out) if files.is_local(out) else str(out)
 
 
 def _fmt(value: Any) -> str:

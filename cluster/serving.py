@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 
 from cluster.errors import RaylineError
+from cluster.files import atomic_write
 from cluster.processes import wait_until
 from cluster.settings import Settings
 
@@ -89,9 +90,7 @@ def deploy(settings: Settings, cfg: Any, name: str = APP_NAME) -> str:
         serve.run(build(cfg, admin_token=admin, predict_token=predict), name=name, route_prefix="/")
     except RuntimeError as exc:
         raise ServeError(f"deploying {name} failed: {str(exc).splitlines()[0]}") from None
-    record = _deployed_record(settings, name)
-    record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps(cfg.model_dump(mode="json"), indent=1))
+    atomic_write(_deployed_record(settings, name), json.dumps(cfg.model_dump(mode="json"), indent=1))
     return serve_url(settings)
 
 

@@ -20,7 +20,9 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from cluster import files
 from cluster.errors import ConfigError
+from cluster.files import join
 
 CONFIG_ENV = "RAYLINE_CONFIG"
 DEFAULT_CONFIG_FILE = "rayline.yaml"
@@ -60,10 +62,16 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     serve_predict_token: SecretStr | None = None
 
-    # Storage
+    # Storage: local paths, file://, s3:// or another fsspec URL. ``storage_root`` alone puts the
+    # datasets and checkpoints under it (``<root>/datasets``, ``<root>/checkpoints``). S3 fields
+    # left unset come from the AWS chain (AWS_* variables, shared config, IRSA).
+    storage_root: str | None = None
     datasets_root: str | None = None
     checkpoints_root: str | None = None
     s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
 
     # Observability
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -80,10 +88,17 @@ class Settings(BaseSettings):
         if self.ray_auth_token_path is None:
             self.ray_auth_token_path = self.state_dir / "ray_auth_token"
         if self.datasets_root is None:
-            self.datasets_root = str(self.state_dir / "datasets")
+            self.datasets_root = join(self.storage_root, "datasets") if self.storage_root else \
+                str(self.state_dir / "datasets")
         if self.checkpoints_root is None:
-            self.checkpoints_root = str((self.state_dir / "checkpoints").absolute())
+            self.checkpoints_root = join(self.storage_root, "checkpoints") if self.storage_root else \
+                str((self.state_dir / "checkpoints").absolute())
         return self
+
+    def configure_storage(self) -> None:
+        """Point the storage layer (cluster.files) at this S3 endpoint, region and keys."""
+        secret = self.s3_secret_access_key.get_secret_value() if self.s3_secret_access_key else None
+        files.configure(self.s3_endpoint_url, self.s3_region, self.s3_access_key_id, secret)
 
     @classmethod
     def settings_customise_sources(
@@ -137,8 +152,17 @@ def job_env(settings: Settings) -> dict[str, str]:
         "RAYLINE_MLFLOW_EXPERIMENT": settings.mlflow_experiment,
         "RAYLINE_LOG_FORMAT": settings.log_format,
         "RAYLINE_LOG_LEVEL": settings.log_level,
-        **({"RAYLINE_S3_ENDPOINT_URL": settings.s3_endpoint_url} if settings.s3_endpoint_url else {}),
+        **{f"RAYLINE_{name.upper()}": value for name, value in _s3_fields(settings).items()},
     }
+
+
+def _s3_fields(settings: Settings) -> dict[str, str]:
+    """The S3 settings that are set, as strings (a job must reach the same bucket)."""
+    secret = settings.s3_secret_access_key
+    values = {"s3_endpoint_url": settings.s3_endpoint_url, "s3_region": settings.s3_region,
+              "s3_access_key_id": settings.s3_access_key_id,
+              "s3_secret_access_key": secret.get_secret_value() if secret else None}
+    return {k: v for k, v in values.items() if v}
 
 
 def _config_file() -> Path | None:
@@ -161,8 +185,10 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         os.environ[CONFIG_ENV] = str(config_file)
     given = {k: v for k, v in overrides.items() if v is not None}
     try:
-        return Settings(**given)
+        settings = Settings(**given)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "settings"
         raise ConfigError(f"invalid setting '{field}': {first['msg']} (got {first.get('input')!r})") from None
+    settings.configure_storage()
+    return settings

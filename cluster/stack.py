@@ -26,6 +26,7 @@ import httpx
 import psutil
 
 from cluster.errors import ConfigError, PortInUseError, StackError
+from cluster.files import atomic_write
 from cluster.processes import (
     free_port,
     port_is_free,
@@ -105,10 +106,7 @@ def load_state(settings: Settings) -> StackState | None:
 
 
 def _save_state(settings: Settings, state: StackState) -> None:
-    path = state_path(settings)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(state.to_json())
-    os.replace(tmp, path)
+    atomic_write(state_path(settings), state.to_json())
 
 
 def ensure_token(settings: Settings) -> str:

@@ -1,26 +1,45 @@
 """The dataset catalog: immutable versions under ``<root>/<name>/<version>/`` and a LATEST pointer.
 
-A run writes into a hidden staging directory, names the version by the hash of what it wrote,
-then publishes with one ``rename`` (atomic on a POSIX filesystem) and moves ``LATEST`` with an
-atomic replace. Readers only ever see directories that have a ``manifest.json`` (written last,
-before the rename); a killed run leaves only a ``.staging-*`` directory, which readers ignore
-and the next run removes. A run that fails because the disk is full or read-only removes its
+The root is a local path, ``file://``, ``s3://`` or another fsspec URL (see :mod:`cluster.files`).
+A run writes into a private local staging directory and names the version by the hash of what it
+wrote. A version is published when its ``manifest.json`` exists: written last, it lists every
+file with its sha256, and readers ignore any folder without one.
+
+- Local root: staging is a hidden ``.staging-<pid>@<host>-<id>`` folder beside the versions; the
+  manifest goes in last, then one ``rename`` (atomic on POSIX) publishes the folder.
+- Object storage (no rename): the files are uploaded under the version's prefix, then the
+  manifest. Because the version name is the content hash, two runs of the same content upload the
+  same bytes; a killed upload leaves a prefix without a manifest that readers never see.
+
+``LATEST`` moves by compare-and-swap (:func:`cluster.files.write_if`: a lock-guarded replace on
+disk, ``If-Match``/``If-None-Match`` on S3) to the version of the run that *started* last, so two
+ingests racing to publish both land, in either finishing order, and LATEST names one of them.
+Stale staging is removed by owner and age: a folder whose owner is a dead process on this host, or
+that nobody has written for ``STALE_AFTER_S`` (another pod's run on a shared volume is never judged
+by this host's process table). A run that fails because the disk is full or read-only removes its
 staging directory and raises :class:`StorageError`, one line that says the latest is untouched.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import shutil
+import socket
+import tempfile
+import time
 import uuid
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from cluster import files
+from cluster.processes import process_alive
 from cluster.storage import describe, remedy, storage_errors
 from ingest.errors import DatasetNotFound, StorageError
 
@@ -29,11 +48,15 @@ if TYPE_CHECKING:
 
     from models.preprocessing import Preprocessing
 
+log = logging.getLogger(__name__)
+
 MANIFEST = "manifest.json"
 LATEST = "LATEST"
 STAGING_PREFIX = ".staging-"
 SPLITS = ("train", "validation")
 SMALL_BYTES = 64 * 1024**2  # versions up to this size reach Ray as in-memory Arrow tables
+STALE_AFTER_S = 24 * 3600.0  # staging nobody wrote to for this long is debris, whoever owns it
+LATEST_ATTEMPTS = 50
 
 
 @dataclass(frozen=True)
@@ -44,17 +67,19 @@ class DatasetVersion:
     manifest: dict[str, Any]
 
     def files(self, split: str | None = None) -> list[str]:
-        splits = [split] if split is not None else [s for s in SPLITS if (Path(self.path) / f"split={s}").is_dir()]
-        for s in splits:
+        """The version's Parquet files (of one split, or both), as the manifest lists them."""
+        for s in [split] if split is not None else []:
             if s not in SPLITS:
                 raise DatasetNotFound(f"dataset {self.name} {self.version}: no split {s!r} (have {list(SPLITS)})")
-        return [str(p) for s in splits for p in sorted((Path(self.path) / f"split={s}").glob("*.parquet"))]
+        prefixes = tuple(f"split={s}/" for s in ([split] if split is not None else SPLITS))
+        return [files.join(self.path, f["path"]) for f in self.manifest["files"] if f["path"].startswith(prefixes)]
 
     def lazy(self, split: str | None = None) -> pl.LazyFrame:
         """The version as a LazyFrame; without ``split`` both splits, with a ``split`` column."""
+        options = files.polars_options(self.path)
         if split is not None:
-            return pl.scan_parquet(self.files(split))
-        return pl.scan_parquet(self.files(), hive_partitioning=True)
+            return pl.scan_parquet(self.files(split), storage_options=options)
+        return pl.scan_parquet(self.files(), hive_partitioning=True, storage_options=options)
 
     def ray_dataset(self, split: str | None = None) -> ray.data.Dataset:
         """The version as a Ray Dataset (with a ``split`` column when no split is named).
@@ -65,12 +90,15 @@ class DatasetVersion:
         """
         import ray.data
 
-        files = self.files(split)
-        if sum(Path(f).stat().st_size for f in files) <= SMALL_BYTES:
+        paths = self.files(split)
+        size = sum(f["bytes"] for f in self.manifest["files"] if files.join(self.path, f["path"]) in paths)
+        if size <= SMALL_BYTES:
             return ray.data.from_arrow(self.lazy(split).collect().to_arrow())
-        if split is not None:
-            return ray.data.read_parquet(files)
-        return ray.data.read_parquet(files, partitioning=ray.data.datasource.Partitioning("hive"))
+        fs, _ = files.arrow_filesystem(self.path)
+        if fs is not None:
+            paths = [p.split("://", 1)[1] for p in paths]
+        partitioning = None if split is not None else ray.data.datasource.Partitioning("hive")
+        return ray.data.read_parquet(paths, filesystem=fs, partitioning=partitioning)
 
     def preprocessing(self) -> Preprocessing:
         from models.preprocessing import Preprocessing
@@ -78,143 +106,218 @@ class DatasetVersion:
         return Preprocessing.from_manifest(self.manifest)
 
     def quarantine(self) -> pl.LazyFrame | None:
-        files = sorted((Path(self.path) / "quarantine").glob("*.parquet"))
-        return pl.scan_parquet(files) if files else None
+        names = sorted(n for n in self.manifest.get("checksums", {}) if n.startswith("quarantine/"))
+        if not names and files.is_local(self.path):  # versions published before manifests had checksums
+            names = [f"quarantine/{p.name}" for p in sorted(files.local_path(self.path).glob("quarantine/*.parquet"))]
+        paths = [files.join(self.path, n) for n in names]
+        return pl.scan_parquet(paths, storage_options=files.polars_options(self.path)) if paths else None
 
 
 class Catalog:
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
+        self.root = str(root)
+        self.local = files.is_local(self.root)
+        self._started: dict[str, int] = {}  # staging dir -> when its run started (orders LATEST)
 
-    def dataset_dir(self, name: str) -> Path:
-        return self.root / name
+    def dataset_dir(self, name: str) -> str:
+        return files.join(self.root, name)
+
+    def has(self, name: str) -> bool:
+        """True when the dataset's folder exists (published or not)."""
+        return files.exists(self.dataset_dir(name))
 
     def versions(self, name: str) -> list[str]:
-        """Published versions, oldest first."""
-        directory = self.dataset_dir(name)
-        if not directory.is_dir():
+        """Published versions (those with a manifest), oldest first."""
+        if not self.has(name):
             raise DatasetNotFound(f"no dataset {name!r} under {self.root}")
         found = []
-        for child in directory.iterdir():
-            manifest = child / MANIFEST
-            if child.name.startswith(".") or not manifest.is_file():
+        for child in files.listdir(self.dataset_dir(name)):
+            if child.startswith(".") or child == LATEST:
                 continue
-            found.append((json.loads(manifest.read_text()).get("created_at", ""), child.name))
+            manifest = files.read_bytes(files.join(self.dataset_dir(name), child, MANIFEST))
+            if manifest is not None:
+                found.append((json.loads(manifest).get("created_at", ""), child))
         return [v for _, v in sorted(found)]
 
     def latest_version(self, name: str) -> str | None:
-        pointer = self.dataset_dir(name) / LATEST
-        if not pointer.is_file():
-            return None
-        return json.loads(pointer.read_text())["version"]
+        pointer = files.read_bytes(files.join(self.dataset_dir(name), LATEST))
+        return None if pointer is None else json.loads(pointer)["version"]
 
     def latest(self, name: str) -> DatasetVersion:
-        if not self.dataset_dir(name).is_dir():
-            raise DatasetNotFound(f"no dataset {name!r} under {self.root}")
         version = self.latest_version(name)
         if version is None:
+            if not self.has(name):
+                raise DatasetNotFound(f"no dataset {name!r} under {self.root}")
             raise DatasetNotFound(f"dataset {name!r} under {self.root} has no published version")
         return self.get(name, version)
 
     def get(self, name: str, version: str) -> DatasetVersion:
         if version == "latest":
             return self.latest(name)
-        path = self.dataset_dir(name) / version
-        manifest = path / MANIFEST
-        if not manifest.is_file():
-            if not self.dataset_dir(name).is_dir():
+        path = files.join(self.dataset_dir(name), version)
+        manifest = files.read_bytes(files.join(path, MANIFEST))
+        if manifest is None:
+            if not self.has(name):
                 raise DatasetNotFound(f"no dataset {name!r} under {self.root}")
             raise DatasetNotFound(f"dataset {name!r} has no version {version!r} (have {self.versions(name)})")
-        return DatasetVersion(name, version, str(path), json.loads(manifest.read_text()))
+        if self.local:
+            path = str(files.local_path(path))
+        return DatasetVersion(name, version, path, json.loads(manifest))
 
     # -- writing (used by the pipeline) ------------------------------------------------------
 
     def writing(self, name: str) -> AbstractContextManager[None]:
         """Around a run: a full or read-only filesystem becomes one StorageError line."""
-        return storage_errors(self.dataset_dir(name), lambda problem: self._write_error(name, problem))
+        return storage_errors(self._staging_parent(name), lambda problem: self._write_error(name, problem))
+
+    def _staging_parent(self, name: str) -> Path:
+        return files.local_path(self.dataset_dir(name)) if self.local else Path(tempfile.gettempdir())
 
     def _write_error(self, name: str, problem: str) -> StorageError:
-        latest = self.latest_version(name) if self.dataset_dir(name).is_dir() else None
+        latest = None
+        with suppress(Exception):
+            latest = self.latest_version(name)
         kept = f"latest is still {latest}" if latest else "the dataset has no version yet"
+        where = self._staging_parent(name)
         return StorageError(f"dataset {name!r}: cannot write a new version under {self.root}: "
-                            f"{describe(problem, self.dataset_dir(name))}; nothing was published ({kept}) — "
+                            f"{describe(problem, where)}; nothing was published ({kept}) — "
                             f"{remedy(problem)}, or point --root / RAYLINE_DATASETS_ROOT at another disk")
 
     def stage(self, name: str) -> Path:
-        """A fresh private directory for one run; stale ones of dead runs are removed first.
+        """A fresh private local directory for one run; stale staging is removed first.
 
-        Made before the expensive passes, so a read-only catalog fails at once (under ``writing``).
+        Made before the expensive passes, so a read-only catalog, a missing bucket or refused
+        credentials fail at once (one line naming the root).
         """
-        directory = self.dataset_dir(name)
-        directory.mkdir(parents=True, exist_ok=True)
+        files.check_writable(self.dataset_dir(name))
         self.clean_stale(name)
-        path = directory / f"{STAGING_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        path.mkdir()
+        owner = f"{os.getpid()}@{socket.gethostname()}"
+        if self.local:
+            directory = files.local_path(self.dataset_dir(name))
+            directory.mkdir(parents=True, exist_ok=True)
+            path = directory / f"{STAGING_PREFIX}{owner}-{uuid.uuid4().hex[:8]}"
+            path.mkdir()
+        else:
+            path = Path(tempfile.mkdtemp(prefix=f"rayline-{name}-"))
+        self._started[str(path)] = time.time_ns()
         return path
 
-    def clean_stale(self, name: str) -> list[str]:
+    def clean_stale(self, name: str, stale_after_s: float = STALE_AFTER_S) -> list[str]:
+        """Remove staging left by dead runs: owned by a dead process here, or untouched for ``stale_after_s``."""
+        if not self.local:
+            return self._clean_stale_remote(name, stale_after_s)
         removed = []
-        for child in self.dataset_dir(name).glob(f"{STAGING_PREFIX}*"):
-            pid = child.name.removeprefix(STAGING_PREFIX).split("-", 1)[0]
-            if not pid.isdigit() or not _alive(int(pid)):
+        for child in files.local_path(self.dataset_dir(name)).glob(f"{STAGING_PREFIX}*"):
+            owner = child.name.removeprefix(STAGING_PREFIX).rsplit("-", 1)[0]
+            pid, _, host = owner.partition("@")
+            dead_here = host == socket.gethostname() and pid.isdigit() and not process_alive(int(pid))
+            if dead_here or time.time() - _last_write(child) > stale_after_s:
                 shutil.rmtree(child, ignore_errors=True)
                 removed.append(child.name)
         return removed
 
+    def _clean_stale_remote(self, name: str, stale_after_s: float) -> list[str]:
+        """Version prefixes without a manifest (killed uploads) that nobody wrote to for ``stale_after_s``."""
+        fs, base = files.filesystem(self.dataset_dir(name))
+        removed = []
+        for child in files.listdir(self.dataset_dir(name)):
+            prefix = f"{base}/{child}"
+            if child == LATEST or fs.exists(f"{prefix}/{MANIFEST}"):
+                continue
+            stamps = [info.get("LastModified") for info in fs.find(prefix, detail=True).values()]
+            newest = max((s.timestamp() for s in stamps if s is not None), default=0.0)
+            if time.time() - newest > stale_after_s and not fs.exists(f"{prefix}/{MANIFEST}"):
+                fs.rm(prefix, recursive=True)
+                removed.append(child)
+        return removed
+
     def publish(self, name: str, staging: Path, version: str, manifest: dict[str, Any]) -> DatasetVersion:
-        """Manifest last into staging, then one rename; an identical version already there is reused.
+        """Manifest (with every file's sha256) last, then LATEST; an identical version already there is reused."""
+        started = self._started.pop(str(staging), time.time_ns())
+        manifest = {**manifest, "checksums": checksums(staging)}
+        target = files.join(self.dataset_dir(name), version)
+        if files.exists(files.join(target, MANIFEST)):
+            shutil.rmtree(staging, ignore_errors=True)
+        elif self.local:
+            _publish_local(staging, files.local_path(target), manifest)
+        else:
+            _publish_remote(staging, target, manifest)
+        published = self.get(name, version)
+        self._move_latest(name, version, started)
+        return published
 
-        The new LATEST is written aside before the rename, so once the version is in place only
-        renames remain: a disk that fills up cannot leave a published version LATEST misses.
-        """
-        target = self.dataset_dir(name) / version
-        pointer = _write_json_aside(self.dataset_dir(name) / LATEST, {"version": version})
-        try:
-            if (target / MANIFEST).is_file():
-                shutil.rmtree(staging, ignore_errors=True)
-                existing = self.get(name, version)
-            else:
-                _write_json(staging / MANIFEST, manifest)
-                os.replace(staging, target) if not target.exists() else _replace_dir(staging, target)
-                existing = DatasetVersion(name, version, str(target), manifest)
-        except BaseException:
-            pointer.unlink(missing_ok=True)
+    def _move_latest(self, name: str, version: str, started: int) -> None:
+        """Point LATEST at ``version`` unless a run that started later already moved it there first."""
+        pointer = files.join(self.dataset_dir(name), LATEST)
+        body = json.dumps({"version": version, "run_started_ns": started}, sort_keys=True)
+        for _ in range(LATEST_ATTEMPTS):
+            current = files.read_versioned(pointer)
+            token = None
+            if current is not None:
+                data, token = current
+                held = json.loads(data)
+                if held["version"] != version and held.get("run_started_ns", 0) > started:
+                    log.warning("dataset %s: LATEST stays at %s, published by a run that started after this one "
+                                "(%s is published beside it)", name, held["version"], version)
+                    return
+            try:
+                files.write_if(pointer, body, token)
+                return
+            except files.WriteConflict:
+                continue  # another run moved LATEST in between: reload and decide again
+        raise StorageError(f"dataset {name!r}: {version} is published but LATEST under {self.root} kept changing "
+                           f"({LATEST_ATTEMPTS} attempts); run the ingest again to point LATEST at it")
+
+
+def checksums(directory: Path) -> dict[str, str]:
+    """sha256 of every file under ``directory`` by relative path (what the manifest vouches for)."""
+    out = {}
+    for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST):
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            while chunk := fh.read(8 * 1024 * 1024):
+                digest.update(chunk)
+        out[str(path.relative_to(directory))] = digest.hexdigest()
+    return out
+
+
+def _publish_local(staging: Path, target: Path, manifest: dict[str, Any]) -> None:
+    """Manifest into staging, then one rename; losing the rename to a run of the same content is fine."""
+    files.atomic_write(staging / MANIFEST, _json(manifest))
+    try:
+        if target.exists() and not (target / MANIFEST).is_file():
+            shutil.rmtree(target)  # no manifest: debris of an older crash, never a published version
+        os.replace(staging, target)
+    except OSError:
+        if not (target / MANIFEST).is_file():
             raise
-        os.replace(pointer, self.dataset_dir(name) / LATEST)
-        return existing
+        shutil.rmtree(staging, ignore_errors=True)  # a racing run published the same bytes first
+    files.fsync_dir(target.parent)
 
 
-def _replace_dir(staging: Path, target: Path) -> None:
-    """A directory without a manifest at the target is debris of an older crash: replace it."""
-    shutil.rmtree(target)
-    os.replace(staging, target)
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    os.replace(_write_json_aside(path, data), path)
-
-
-def _write_json_aside(path: Path, data: dict[str, Any]) -> Path:
-    """``data`` written and synced to a hidden sibling of ``path`` (removed if the write fails)."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+def _publish_remote(staging: Path, target: str, manifest: dict[str, Any]) -> None:
+    """Upload the files, then the manifest; then check every file the manifest names is there."""
     try:
-        with open(tmp, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True, default=str)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return tmp
+        files.upload_tree(staging, target, skip=(MANIFEST,))
+        files.atomic_write(files.join(target, MANIFEST), _json(manifest))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    fs, path = files.filesystem(target)
+    present = {p[len(path) + 1:] for p in fs.find(path)}
+    missing = sorted(set(manifest["checksums"]) - present)
+    if missing:
+        raise StorageError(f"{target}: published, but {len(missing)} files are missing ({missing[:3]}); "
+                           f"LATEST was not moved — run the ingest again")
 
 
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _json(data: dict[str, Any]) -> str:
+    return json.dumps(data, indent=2, sort_keys=True, default=str)
+
+
+def _last_write(directory: Path) -> float:
+    """The newest modification time of ``directory`` or anything in it."""
+    stamps = [directory.stat().st_mtime]
+    for path in directory.rglob("*"):
+        with suppress(FileNotFoundError):
+            stamps.append(path.stat().st_mtime)
+    return max(stamps)

@@ -26,7 +26,8 @@ def mlflow_dataset(version: DatasetVersion):  # -> mlflow.data.meta_dataset.Meta
                      for name, t in version.manifest.get("schema", {}).items()])
     with warnings.catch_warnings():  # MLflow registers the local-artifact source twice and warns about it
         warnings.simplefilter("ignore", UserWarning)
-        source = resolve_dataset_source(Path(version.path).resolve().as_uri())
+        uri = version.path if "://" in version.path else Path(version.path).resolve().as_uri()
+        source = resolve_dataset_source(uri)
     return MetaDataset(source=source, name=version.name, digest=version.version.removeprefix("v-"), schema=schema)
 
 

@@ -69,7 +69,7 @@ def run_ingest(source: str | list[str], contract: str | Path | Contract, dataset
 
 
 def _parent(catalog: Catalog, dataset: str) -> DatasetVersion | None:
-    version = catalog.latest_version(dataset) if catalog.dataset_dir(dataset).is_dir() else None
+    version = catalog.latest_version(dataset)
     return catalog.get(dataset, version) if version else None
 
 

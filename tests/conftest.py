@@ -1,4 +1,4 @@
-"""Shared fixtures: one real Ray instance and one real MLflow server per test session.
+"""Shared fixtures: one real Ray instance, one real MLflow server and one S3 server per test session.
 
 Starting Ray costs 5–8 s and each MLflow server ~9 s on 2 cores, so they are shared;
 every test that uses them must leave them usable (unique names, no global teardown).
@@ -23,6 +23,8 @@ os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".tools" / "torch_exten
 from cluster.processes import free_port, session_members, terminate  # noqa: E402
 from cluster.settings import CONFIG_ENV, Settings, load_settings  # noqa: E402
 from cluster.stack import mlflow_healthy, start_mlflow  # noqa: E402
+from tests.storage.helpers import CREDENTIALS as S3_CREDENTIALS  # noqa: E402
+from tests.storage.helpers import S3Server  # noqa: E402
 
 RAY_TEST_CPUS = 4  # logical CPUs: 2 train workers + Ray Data / Serve replicas on a 2-core box
 
@@ -81,6 +83,27 @@ def settings(mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFacto
         checkpoints_root=str(state / "checkpoints"),
         log_format="text",
     )
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """One S3 server for every S3 test; AWS_* point at it only inside a test that asks for ``s3``."""
+    server = S3Server(tmp_path_factory.mktemp("moto"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Server]:
+    """The session's S3 server, with the AWS variables and RAYLINE_S3_ENDPOINT_URL set for this test."""
+    from cluster import files
+
+    for key, value in S3_CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv(files.S3_ENDPOINT_ENV, s3_server.endpoint)
+    files.configure(endpoint_url=s3_server.endpoint)
+    yield s3_server
+    files.configure()
 
 
 RAY_METRICS_PORT = free_port()

@@ -12,32 +12,42 @@ Each rank writes into a fresh temporary directory and hands it to ``ray.train.re
 which uploads it and registers the checkpoint only once every rank reported. On load,
 every rank's manifest must be present and every digest must match, so a checkpoint
 interrupted mid-save (or damaged later) is refused with :class:`CheckpointError` instead
-of loading wrong. A save that fails because the disk is full or read-only raises a
-one-line :class:`CheckpointError` saying so; the checkpoints saved before stay as they were.
+of loading wrong. When the latest checkpoint is refused that way, the restore falls back to
+the newest older checkpoint of the run that verifies, with a warning, instead of failing the
+run. The run's storage is wherever ``checkpoints_root`` says (a local folder or ``s3://``): Ray
+Train uploads and downloads through its own storage filesystem, so the same code serves both.
+A save that fails because the disk is full or read-only raises a one-line
+:class:`CheckpointError` saying so; the checkpoints saved before stay as they were.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
+import logging
 import random
 import shutil
 import tempfile
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
 
+from cluster import files
 from cluster.errors import RaylineError
 from cluster.storage import describe, remedy, storage_errors
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 STATE_FILE = "train_state.json"
 EXTRAS_FILE = "extras.pt"
 CHECKPOINT_PREFIX = "checkpoint_step"
+REDO_SUFFIX = "-redo"  # a step trained again after a fallback (see Checkpointer)
 
 
 class CheckpointError(RaylineError):
@@ -117,9 +127,7 @@ def write_rank_files(directory: Path, rank: int, strategy: Any, state: TrainStat
         torch.save(rng_state(), directory / rng_file(rank))
         names.append(rng_file(rank))
         manifest = {name: _digest(directory / name) for name in names}
-        tmp = directory / f".{manifest_file(rank)}.tmp"
-        tmp.write_text(json.dumps(manifest, sort_keys=True))
-        os.replace(tmp, directory / manifest_file(rank))
+        files.atomic_write(directory / manifest_file(rank), json.dumps(manifest, sort_keys=True))
 
 
 def verify(directory: Path) -> TrainState:
@@ -142,19 +150,53 @@ def verify(directory: Path) -> TrainState:
     return state
 
 
-def latest_complete(run_dir: Path) -> Path | None:
+def latest_complete(run_dir: str | Path) -> Path | None:
     """The newest checkpoint of a run that verifies, for restores outside Ray Train (inspection, export).
 
     Ray Train registers a checkpoint only once every rank's upload finished; on disk, a save cut
     short (full disk, killed node) leaves a directory without its manifests, which is skipped here.
+    ``run_dir`` is local; for a run on object storage use :func:`restore_latest_good`.
     """
-    for directory in sorted(Path(run_dir).glob(f"{CHECKPOINT_PREFIX}*"), reverse=True):
+    for directory in sorted(files.local_path(run_dir).glob(f"{CHECKPOINT_PREFIX}*"), reverse=True):
         try:
             verify(directory)
         except CheckpointError:
             continue
         return directory
     return None
+
+
+def run_checkpoints(checkpoint: Any) -> list[Any]:
+    """``checkpoint`` and the older checkpoints of its run beside it, newest first (any storage)."""
+    import ray.train
+    from pyarrow.fs import FileSelector, FileType
+
+    parent, name = str(checkpoint.path).rstrip("/").rsplit("/", 1)
+    infos = checkpoint.filesystem.get_file_info(FileSelector(parent))
+    older = sorted((i.base_name for i in infos if i.type == FileType.Directory
+                    and i.base_name.startswith(CHECKPOINT_PREFIX) and i.base_name < name), reverse=True)
+    return [checkpoint, *(ray.train.Checkpoint(f"{parent}/{n}", filesystem=checkpoint.filesystem) for n in older)]
+
+
+def restore_latest_good(checkpoint: Any, load: Callable[[Path], T]) -> T:
+    """``load`` the checkpoint; when it is partial or corrupt, the newest older one of the run that loads.
+
+    Every rank sees the same files, so every rank makes the same choice. Raises
+    :class:`CheckpointError` only when no checkpoint of the run verifies.
+    """
+    refused: list[str] = []
+    for candidate in run_checkpoints(checkpoint):
+        with candidate.as_directory() as directory:
+            try:
+                result = load(Path(directory))
+            except CheckpointError as exc:  # named by where it is stored, not by the download's temp folder
+                refused.append(str(exc).replace(str(directory), str(candidate.path)))
+                continue
+        if refused:
+            log.warning("latest checkpoint refused (%s); resumed from the older %s instead", "; ".join(refused),
+                        candidate.path)
+        return result
+    raise CheckpointError(f"no checkpoint of the run verifies: {'; '.join(refused)}")
 
 
 def read_state(directory: Path, rank: int, strategy: Any, extras: dict[str, Stateful]) -> TrainState:
@@ -171,22 +213,32 @@ def read_state(directory: Path, rank: int, strategy: Any, extras: dict[str, Stat
 
 
 class Checkpointer:
-    """Saves through ``ray.train.report`` and restores from ``ray.train.get_checkpoint()``."""
+    """Saves through ``ray.train.report`` and restores from ``ray.train.get_checkpoint()``.
+
+    After a fallback from a refused checkpoint at step ``n``, the steps up to ``n`` are trained
+    again; their checkpoints get a ``-redo`` suffix, so they never share a folder with a
+    checkpoint Ray still has registered (its keep-N eviction of the refused one would delete
+    the new one's files).
+    """
 
     def __init__(self, rank: int, world_size: int) -> None:
         self.rank = rank
         self.world_size = world_size
+        self.redo_through: int | None = None
 
     def save(self, strategy: Any, state: TrainState, extras: dict[str, Stateful], metrics: dict[str, Any]) -> None:
         import ray.train
 
         state.world_size = self.world_size
+        name = checkpoint_dir_name(state.step)
+        if self.redo_through is not None and state.step <= self.redo_through:
+            name += REDO_SUFFIX
         with _storage(Path(tempfile.gettempdir())):
             staging = Path(tempfile.mkdtemp(prefix="rayline-ckpt-"))
         try:
             write_rank_files(staging, self.rank, strategy, state, extras)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(staging)),
-                             checkpoint_dir_name=checkpoint_dir_name(state.step))
+                             checkpoint_dir_name=name)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -197,5 +249,14 @@ class Checkpointer:
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             return None
-        with checkpoint.as_directory() as directory:
-            return read_state(Path(directory), self.rank, strategy, extras)
+        state = restore_latest_good(checkpoint, lambda directory: read_state(directory, self.rank, strategy, extras))
+        refused_step = checkpoint_step(str(checkpoint.path))
+        if state.step < refused_step:
+            self.redo_through = refused_step
+        return state
+
+
+def checkpoint_step(path: str) -> int:
+    """The step a checkpoint folder was saved at (``…/checkpoint_step00000036[-redo]`` -> 36)."""
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    return int(name.removeprefix(CHECKPOINT_PREFIX).removesuffix(REDO_SUFFIX))

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from cluster import files
 from cluster.provenance import GIT_COMMIT_ENV, git_commit, source  # noqa: F401 - re-exported for callers
 from cluster.registry import ModelVersionInfo, Registry
 from train.config import RegistrationSection, TrainConfig
@@ -54,15 +55,15 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def start_run(registry: Registry, config: TrainConfig, plan: Any, run_dir: Path) -> str:
+def start_run(registry: Registry, config: TrainConfig, plan: Any, run_dir: str | Path) -> str:
     """Create or reopen the run for ``config.run_name``; returns its id."""
     import mlflow
     from mlflow.entities import Param, RunTag
 
     experiment_id = registry.ensure_experiment()
     client = registry.client
-    id_file = run_dir / RUN_ID_FILE
-    run_id = id_file.read_text().strip() if id_file.is_file() else None
+    id_file = files.join(run_dir, RUN_ID_FILE)
+    run_id = (files.read_bytes(id_file) or b"").decode().strip() or None
     if run_id:
         try:
             client.get_run(run_id)
@@ -70,8 +71,7 @@ def start_run(registry: Registry, config: TrainConfig, plan: Any, run_dir: Path)
             run_id = None
     if run_id is None:
         run_id = registry._call(client.create_run, experiment_id, None, {}, config.run_name).info.run_id
-        run_dir.mkdir(parents=True, exist_ok=True)
-        id_file.write_text(run_id)
+        files.atomic_write(id_file, run_id)
         params = [Param(k, v[:6000]) for k, v in flatten(config.model_dump(mode="json")).items()]
         tags = {**system_info(), **source().tags(), "rayline.run_name": config.run_name,
                 **{f"rayline.{k}": v for k, v in plan.description.items()}}

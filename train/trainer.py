@@ -2,8 +2,10 @@
 
 Everything that can be wrong with the request (config fields, strategy, dataset version,
 batch size vs. data) fails here, before a worker starts. The run's storage is
-``settings.checkpoints_root / run_name``: submitting the same run name again makes Ray
-Train find the checkpoint manager snapshot there and resume from the latest checkpoint;
+``settings.checkpoints_root / run_name``, a local folder or ``s3://`` (Ray Train's native
+``storage_path``, with a ``storage_filesystem`` carrying the endpoint and keys): submitting
+the same run name again makes Ray Train find the checkpoint manager snapshot there and
+resume from the latest checkpoint;
 ``FailureConfig(max_failures)`` restarts the worker group from it after a worker dies.
 """
 
@@ -15,6 +17,7 @@ from typing import Any
 
 import torch
 
+from cluster import files
 from cluster.errors import JobError
 from cluster.registry import Registry
 from cluster.settings import Settings
@@ -33,8 +36,16 @@ class TrainingFailedError(JobError):
     """Training did not finish (failures beyond max_failures, or an error in the train function)."""
 
 
+def run_url(config: TrainConfig, settings: Settings) -> str:
+    """Where the run's checkpoints, Ray's snapshot and the MLflow run id live (a path or a URL)."""
+    return files.join(str(settings.checkpoints_root), config.run_name)
+
+
 def run_dir(config: TrainConfig, settings: Settings) -> Path:
-    return Path(str(settings.checkpoints_root)) / config.run_name
+    """The run's local folder (test hooks' markers and progress): the run itself on a local root,
+    else ``state_dir/runs/<run_name>``."""
+    url = run_url(config, settings)
+    return files.local_path(url) if files.is_local(url) else settings.state_dir / "runs" / config.run_name
 
 
 def prepare(config: TrainConfig, settings: Settings) -> tuple[DataPlan, int]:
@@ -65,6 +76,7 @@ def build_trainer(config: TrainConfig, settings: Settings, plan: DataPlan, steps
         "preprocessing": plan.preprocessing, "steps_per_epoch": steps,
         "tracking": tracking_info, "fault": fault.to_dict(),
     }
+    storage_filesystem, storage_path = files.arrow_filesystem(str(settings.checkpoints_root))
     return TorchTrainer(
         train_loop,
         train_loop_config=loop_config,
@@ -77,7 +89,8 @@ def build_trainer(config: TrainConfig, settings: Settings, plan: DataPlan, steps
         dataset_config=ray.train.DataConfig(datasets_to_split=[], execution_options=ingest),
         run_config=ray.train.RunConfig(
             name=config.run_name,
-            storage_path=str(settings.checkpoints_root),
+            storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=config.checkpoint.keep,
                 checkpoint_score_attribute=config.checkpoint.score_metric,
@@ -123,9 +136,9 @@ def train(config: TrainConfig, settings: Settings, register: bool = True) -> tra
     plan, steps = prepare(config, settings)
     registry = Registry(settings)
     registry.require_healthy()
-    directory = run_dir(config, settings)
-    run_id = tracking.start_run(registry, config, plan, directory)
-    fault = FaultPlan.from_env(directory)
+    with files.access(run_url(config, settings), "store the run's checkpoints"):
+        run_id = tracking.start_run(registry, config, plan, run_url(config, settings))
+    fault = FaultPlan.from_env(run_dir(config, settings))
     trainer = build_trainer(config, settings, plan, steps,
                             {"uri": str(settings.mlflow_tracking_uri), "run_id": run_id}, fault)
     log.info("training", extra={"run_name": config.run_name, "run_id": run_id, "steps_per_epoch": steps})

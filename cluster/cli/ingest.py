@@ -27,7 +27,8 @@ def command(
 ) -> None:
     """Ingest raw tables into a new contract-checked dataset version."""
     settings = settings_of(ctx)
-    root = root or str(Path(str(settings.datasets_root)).absolute())
+    root = root or str(settings.datasets_root)
+    root = root if "://" in root else str(Path(root).absolute())  # an s3:// root is not a path
     if not submit:
         from ingest.pipeline import run_ingest
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from cluster.files import WriteConflict, atomic_write, join, read_versioned, write_if
+from tests.storage.helpers import bump
 
 
 def test_join_keeps_url_slashes() -> None:
@@ -34,22 +35,8 @@ def test_write_if_refuses_a_stale_token(tmp_path: Path) -> None:
     assert read_versioned(target) == (b"v2", second)
 
 
-def _bump(path: str, times: int) -> int:
-    """Increment a counter file ``times`` times by read + conditional write, retrying lost races."""
-    lost = 0
-    for _ in range(times):
-        while True:
-            data, token = read_versioned(path) or (b"0", None)
-            try:
-                write_if(path, str(int(data) + 1), token)
-                break
-            except WriteConflict:
-                lost += 1
-    return lost
-
-
 def test_two_processes_racing_never_lose_an_increment(tmp_path: Path) -> None:
     counter = str(tmp_path / "counter")
     with ProcessPoolExecutor(2) as pool:
-        list(pool.map(_bump, [counter, counter], [200, 200]))
+        list(pool.map(bump, [counter, counter], [200, 200]))
     assert Path(counter).read_text() == "400"

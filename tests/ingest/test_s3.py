@@ -1,47 +1,36 @@
 """Sources on S3: the same job reads ``s3://`` globs through an S3-compatible endpoint setting.
 
-No S3 service runs here, so the endpoint is moto's standalone S3 server: a real HTTP
-server speaking the S3 API (ListObjectsV2, GetObject with ranges, ETags), reached over
-the network by fsspec/s3fs (listing, checksums) and by Polars' object store (the scan).
+No S3 service runs here, so the endpoint is moto's standalone S3 server (the session's
+``s3_server`` fixture, a separate process): a real HTTP server speaking the S3 API
+(ListObjectsV2, GetObject with ranges, ETags), reached over the network by fsspec/s3fs
+(listing, checksums) and by Polars' object store (the scan).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from cluster.processes import free_port
 from cluster.settings import load_settings
 from ingest.errors import SourceError
 from ingest.pipeline import run_ingest
 from tests.ingest.helpers import contract, table, write_csv
+from tests.storage.helpers import S3Server
 
 BUCKET = "raw"
 
 
 @pytest.fixture
-def s3_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
+def s3_endpoint(s3: S3Server) -> str:
+    s3.client().create_bucket(Bucket=BUCKET)
+    return s3.endpoint
 
 
 def _upload(endpoint: str, files: list[Path], prefix: str) -> None:
     import boto3
 
     s3 = boto3.client("s3", endpoint_url=endpoint)
-    s3.create_bucket(Bucket=BUCKET)
     for f in files:
         s3.upload_file(str(f), BUCKET, f"{prefix}/{f.name}")
 

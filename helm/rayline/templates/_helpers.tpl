@@ -131,12 +131,13 @@ deployments/serve_config.py ServeAppConfig (extra fields fail the deployment).
 {{- end -}}
 {{- end -}}
 
-{{/* Storage roots: a mounted volume or an S3 prefix */}}
+{{/* Storage roots: a mounted volume or an S3 prefix (no trailing slash: an empty prefix is the bucket) */}}
 {{- define "rayline.storageRoot" -}}
 {{- if eq .Values.storage.type "s3" -}}
-s3://{{ required "storage.s3.bucket is required when storage.type is s3" .Values.storage.s3.bucket }}/{{ .Values.storage.s3.prefix }}
+{{- $bucket := required "storage.s3.bucket is required when storage.type is s3" .Values.storage.s3.bucket -}}
+{{- printf "s3://%s/%s" $bucket (trimAll "/" (toString .Values.storage.s3.prefix)) | trimSuffix "/" -}}
 {{- else -}}
-{{ .Values.storage.pvc.mountPath }}
+{{- .Values.storage.pvc.mountPath | toString | trimSuffix "/" -}}
 {{- end -}}
 {{- end -}}
 
@@ -155,6 +156,8 @@ Call with a dict: {"root": $, "rayAddress": "..."}.
   value: {{ $root.Values.settings.mlflowExperiment | quote }}
 - name: RAYLINE_STATE_DIR
   value: /tmp/rayline
+- name: RAYLINE_STORAGE_ROOT
+  value: {{ include "rayline.storageRoot" $root | quote }}
 - name: RAYLINE_DATASETS_ROOT
   value: {{ printf "%s/datasets" (include "rayline.storageRoot" $root) | quote }}
 - name: RAYLINE_CHECKPOINTS_ROOT
@@ -189,6 +192,8 @@ Call with a dict: {"root": $, "rayAddress": "..."}.
   value: {{ $root.Values.storage.s3.endpointUrl | quote }}
 {{- end }}
 - name: AWS_DEFAULT_REGION
+  value: {{ $root.Values.storage.s3.region | quote }}
+- name: RAYLINE_S3_REGION
   value: {{ $root.Values.storage.s3.region | quote }}
 {{- if $root.Values.storage.s3.credentialsSecret }}
 - name: AWS_ACCESS_KEY_ID
