@@ -116,8 +116,18 @@ def ready(url: str) -> bool:
     return http_ok(f"{url}/readyz", timeout_s=5.0)[0]
 
 
+def waiting(url: str) -> dict[str, str]:
+    """{variant: what to run} for the model versions the app at ``url`` still waits for (a fresh install
+    without ``champion``: the app is up and answers 503 until the alias exists); {} when none or unknown."""
+    try:
+        body = httpx.get(f"{url}/readyz", timeout=5.0).json()
+    except (httpx.HTTPError, ValueError):
+        return {}
+    return dict(body.get("waiting") or {}) if isinstance(body, dict) else {}
+
+
 def deploy_ready(settings: Settings, cfg: Any, name: str = APP_NAME, timeout_s: float = READY_TIMEOUT_S) -> str:
-    """:func:`deploy`, then wait until every model version answers; returns the base URL."""
+    """:func:`deploy`, then wait until every model version answers (or waits for its reference); the base URL."""
     url = deploy(settings, cfg, name)
     if not wait_until(lambda: ready(url), timeout_s=timeout_s, interval_s=0.5):
         raise ServeError(f"{name} at {url} was deployed but not ready within {timeout_s:.0f} s "

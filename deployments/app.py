@@ -4,7 +4,10 @@
 chart's RayService ``serveConfigV2`` (``import_path: deployments.app:build_app`` with the
 args of :class:`~deployments.serve_config.ServeAppConfig`). Model references are resolved
 against the registry here, once, so every replica of a variant serves the same pinned
-version even if an alias moves while they start.
+version even if an alias moves while they start. A reference that does not resolve yet (a fresh
+install without ``champion``) still deploys: its model server waits for it (503 + Retry-After
+naming what to run) and loads it when it appears, so the first alias brings serving up without
+a redeploy (KubeRay never resubmits a config whose build failed).
 """
 
 from __future__ import annotations
@@ -16,10 +19,10 @@ from typing import Any
 from pydantic import SecretStr
 from ray.serve import Application
 
-from cluster.errors import ConfigError
+from cluster.errors import ConfigError, RegistryError
 from cluster.registry import Registry
 from cluster.settings import load_settings
-from deployments.model_server import ModelServer
+from deployments.model_server import ModelServer, ref_model
 from deployments.router import Router
 from deployments.serve_config import ServeAppConfig, parse_config
 from deployments.static_traffic import StaticTraffic, normalise
@@ -36,14 +39,20 @@ def controller_available() -> bool:
     return importlib.util.find_spec(CONTROLLER_MODULE) is not None
 
 
-def model_args(cfg: ServeAppConfig, variant: str, uri: str, version: str, tracking_uri: str) -> dict[str, Any]:
-    """``ModelServer``'s constructor arguments for one variant (its own deployment, or inside the router)."""
+def model_args(cfg: ServeAppConfig, variant: str, uri: str, version: str | None, tracking_uri: str,
+               unresolved: str | None = None) -> dict[str, Any]:
+    """``ModelServer``'s constructor arguments for one variant (its own deployment, or inside the router).
+
+    ``version`` None: ``uri`` is the reference that did not resolve (``unresolved`` says why); the server waits.
+    """
     return {"model_uri": uri, "variant": variant, "version": version, "tracking_uri": tracking_uri,
             "batch_max_size": cfg.batch_max_size, "batch_wait_timeout_s": cfg.batch_wait_timeout_s,
-            "max_body_bytes": cfg.max_body_bytes, "max_instances": cfg.max_instances}
+            "max_body_bytes": cfg.max_body_bytes, "max_instances": cfg.max_instances,
+            "unresolved": unresolved, "resolve_interval_s": cfg.resolve_interval_s}
 
 
-def model_server(cfg: ServeAppConfig, variant: str, uri: str, version: str, tracking_uri: str) -> Application:
+def model_server(cfg: ServeAppConfig, variant: str, uri: str, version: str | None, tracking_uri: str,
+                 unresolved: str | None = None) -> Application:
     """The bound model deployment of one variant (also deployable alone: the benchmark's direct path)."""
     return ModelServer.options(
         name=f"model-{variant}",
@@ -54,7 +63,7 @@ def model_server(cfg: ServeAppConfig, variant: str, uri: str, version: str, trac
         backpressure_config={"retry_after_s": cfg.retry_after_s},
         logging_config=cfg.logging_config,
         **cfg.placement,
-    ).bind(**model_args(cfg, variant, uri, version, tracking_uri))
+    ).bind(**model_args(cfg, variant, uri, version, tracking_uri, unresolved))
 
 
 def build(cfg: ServeAppConfig, admin_token: str | None = None, predict_token: str | None = None) -> Application:
@@ -63,14 +72,20 @@ def build(cfg: ServeAppConfig, admin_token: str | None = None, predict_token: st
     tracking_uri = str(settings.mlflow_tracking_uri)
     registry = Registry(settings)
     servers: dict[str, Application | dict[str, Any]] = {}   # colocated: the args the router loads it with
-    versions: dict[str, str] = {}
+    versions: dict[str, str] = {}   # only the variants that resolved; the others wait for their reference
     for variant in cfg.variants:
-        info = registry.resolve(cfg.ref(variant))
-        if info.name != cfg.model_name:
-            raise ConfigError(f"{variant} {cfg.ref(variant)} is not a version of {cfg.model_name!r}")
-        versions[variant] = info.version
-        servers[variant] = (model_args if cfg.colocate else model_server)(cfg, variant, info.uri, info.version,
-                                                                          tracking_uri)
+        ref = cfg.ref(variant)
+        if ref_model(ref) != cfg.model_name:
+            raise ConfigError(f"{variant} {ref} is not a version of {cfg.model_name!r}")
+        uri, version, unresolved = ref, None, None
+        try:
+            info = registry.resolve(ref)
+            uri, version = info.uri, info.version
+            versions[variant] = info.version
+        except RegistryError as exc:   # no such alias/model yet, or MLflow away: the model server waits for it
+            unresolved = str(exc).splitlines()[0]
+        servers[variant] = (model_args if cfg.colocate else model_server)(cfg, variant, uri, version,
+                                                                          tracking_uri, unresolved)
     managed = cfg.controller
     if managed:
         if not controller_available():

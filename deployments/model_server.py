@@ -11,11 +11,21 @@ replica itself stays up.
 Called by the router through a handle (``predict``), in-process inside the router's replicas
 when the app is colocated (``deployments.colocated``), or over HTTP directly when deployed
 as its own app (``__call__``; the benchmark's "direct" path).
+
+A reference that does not resolve yet (a fresh install: no ``champion`` alias, no registered
+model) does not fail the deployment: the replica starts healthy with no model, answers predict
+with a JSON 503 + ``Retry-After`` naming what is missing and what to run, and re-resolves the
+reference every ``resolve_interval_s`` in a background thread; once it resolves, that version is
+loaded and pinned like one resolved at start. (KubeRay does not resubmit a Serve config whose build
+failed, so failing here would leave a fresh install unready until someone restarts the head.)
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -29,44 +39,103 @@ from models.preprocessing import Feature, InputError
 logger = logging.getLogger(__name__)
 
 CONFIDENCE_METRIC = "confidence"   # mean top-class probability, reported per request (classification)
+RESOLVE_INTERVAL_S = 15.0          # how often a replica whose reference does not resolve yet asks again
+
+
+def ref_model(ref: str) -> str:
+    """The registered model a ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` reference names."""
+    return ref.removeprefix("models:/").split("/")[0].split("@")[0]
+
+
+def waiting_message(ref: str, reason: str) -> str:
+    """What a replica waiting for ``ref`` tells clients and ``rayline serve status``: what is missing, what to run."""
+    body = ref.removeprefix("models:/")
+    if "@" in body:
+        name, alias = body.split("@", 1)
+        todo = (f"register a version of {name} (e.g. run the train job), then "
+                f"`rayline models alias {name} {alias} VERSION`")
+        what = f"alias {alias!r} of model {name!r}"
+    else:
+        name, _, version = body.rpartition("/")
+        todo = f"register version {version} of {name} (e.g. run the train job)"
+        what = f"version {version} of model {name!r}"
+    return f"waiting for {what} ({reason}): {todo}; serving starts by itself once it resolves"
 
 
 @serve.deployment(name="model", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32,
                   health_check_period_s=5)
 class ModelServer:
-    def __init__(self, model_uri: str, variant: str, version: str, tracking_uri: str | None = None,
+    def __init__(self, model_uri: str, variant: str, version: str | None, tracking_uri: str | None = None,
                  batch_max_size: int = 32, batch_wait_timeout_s: float = 0.002,
-                 max_body_bytes: int = 1_000_000, max_instances: int = 1024) -> None:
+                 max_body_bytes: int = 1_000_000, max_instances: int = 1024,
+                 unresolved: str | None = None, resolve_interval_s: float = RESOLVE_INTERVAL_S) -> None:
+        """``version`` None: ``model_uri`` is a reference that did not resolve (``unresolved`` says why)."""
         import mlflow
-
-        from models.packaging import load_model
 
         if tracking_uri:
             mlflow.set_tracking_uri(tracking_uri)
             mlflow.set_registry_uri(tracking_uri)
-        self.loaded = load_model(model_uri)
-        self.preprocessing = self.loaded.preprocessing
+        self.loaded: Any = None
+        self.preprocessing: Any = None
         self.model_uri = model_uri
-        self.model_name = model_uri.removeprefix("models:/").split("/")[0].split("@")[0]
+        self.model_name = ref_model(model_uri)
         self.variant = variant
         self.version = version
+        self.tracking_uri = tracking_uri
+        self.resolve_interval_s = resolve_interval_s
         self.max_body_bytes = max_body_bytes
         self.max_instances = max_instances
         self._forward.set_max_batch_size(batch_max_size)
         self._forward.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self.waiting: str | None = None
+        if version is not None:
+            self._load(model_uri, version)
+        else:
+            self.waiting = waiting_message(model_uri, unresolved or "not resolved")
+            logger.warning("model %s (%s): %s", self.model_name, variant, self.waiting)
+            threading.Thread(target=self._await_model, name=f"resolve-{variant}", daemon=True).start()
+
+    def _load(self, uri: str, version: str) -> None:
+        from models.packaging import load_model
+
+        loaded = load_model(uri)
+        self.preprocessing, self.loaded, self.model_uri, self.version = loaded.preprocessing, loaded, uri, version
+        self.waiting = None   # last: predict serves once this is None
+
+    def _await_model(self) -> None:
+        """Until the reference resolves: ask the registry again every ``resolve_interval_s``, then load and pin."""
+        from cluster.registry import Registry
+        from cluster.settings import load_settings
+
+        ref = self.model_uri
+        while self.waiting is not None:
+            time.sleep(self.resolve_interval_s)
+            try:
+                info = Registry(load_settings(mlflow_tracking_uri=self.tracking_uri)).resolve(ref)
+                self._load(info.uri, info.version)
+                logger.warning("model %s (%s): %s resolved to version %s; serving it",
+                               self.model_name, self.variant, ref, info.version)
+            except Exception as exc:  # still missing, or the registry is away: keep waiting
+                self.waiting = waiting_message(ref, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
     def check_health(self) -> None:
-        """Serve's replica health check: a replica without a model is restarted."""
-        if self.loaded is None:
+        """Serve's replica health check: a replica that lost its model is restarted (one still waiting is fine)."""
+        if self.loaded is None and self.waiting is None:
             raise RuntimeError("model not loaded")
 
     def ready(self) -> dict[str, Any]:
+        if self.waiting is not None:
+            return {"variant": self.variant, "version": None, "uri": self.model_uri, "waiting": self.waiting,
+                    "task": None, "classes": [], "fields": []}
         return {"variant": self.variant, "version": self.version, "uri": self.model_uri,
                 "task": self.preprocessing.task, "classes": list(self.preprocessing.classes),
                 "fields": [field_rules(f) for f in self.preprocessing.features]}
 
     async def predict(self, instances: list[dict[str, Any]]) -> dict[str, Any]:
         """Instances → ``{status, predictions, version, metrics}``; never raises for bad input or model errors."""
+        if self.waiting is not None:
+            return {"status": 503, "version": None, "retry_after_s": self.resolve_interval_s,
+                    **error_body(503, None, self.waiting, rule="model_pending")}
         try:
             matrix = self.preprocessing.records_to_matrix(instances)
         except InputError as exc:
@@ -120,7 +189,15 @@ class ModelServer:
             return JSONResponse(exc.body(), status_code=exc.status)
         result = await self.predict(instances)
         status = result.pop("status")
-        return JSONResponse({**result, "model": self.model_name, "variant": self.variant}, status_code=status)
+        retry = result.pop("retry_after_s", None)
+        headers = {"Retry-After": retry_after(retry)} if retry is not None else None
+        return JSONResponse({**result, "model": self.model_name, "variant": self.variant}, status_code=status,
+                            headers=headers)
+
+
+def retry_after(seconds: float) -> str:
+    """A ``Retry-After`` header value: whole seconds, at least 1."""
+    return str(max(1, math.ceil(seconds)))
 
 
 def field_rules(feature: Feature) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import math
 import time
 import uuid
 from typing import Any
@@ -117,6 +118,7 @@ class Router:
         self._predict = {v: h.options(method_name="predict", **options.get("model_call_options", {}))
                          for v, h in self.servers.items()}  # one per call path
         self.versions = versions
+        self.waiting = set(self.servers) - set(versions)   # model servers still waiting for their reference
         self.controller = controller
         self.options = options
         self.admin_token = admin_token
@@ -145,6 +147,12 @@ class Router:
 
     async def _poll_traffic(self) -> None:
         while True:
+            for variant in list(self.waiting):   # a waiting model server: learn its version once it resolves
+                with contextlib.suppress(Exception):
+                    info = await asyncio.wait_for(_awaited(self.servers[variant].ready.remote()), CONTROLLER_TIMEOUT_S)
+                    if info.get("version"):
+                        self.versions[variant] = str(info["version"])
+                        self.waiting.discard(variant)
             with contextlib.suppress(Exception):   # controller away: the split stands until its lease runs out
                 managed = self.options.get("managed")
                 sent = time.monotonic()   # the lease counts from the send: a late answer cannot extend it
@@ -213,8 +221,9 @@ class Router:
         status, body = await self._call(variant, instances)
         self.recorder.record(variant, body.get("version") or self.versions.get(variant), status,
                              time.perf_counter() - started, body.pop("metrics", None), key=key)
+        retry_s = body.pop("retry_after_s", None) or self.options.get("retry_after_s", 1)  # a waiting model: its own
         if status == 503:
-            headers["Retry-After"] = str(max(1, round(self.options.get("retry_after_s", 1))))
+            headers["Retry-After"] = str(max(1, math.ceil(retry_s)))
         if status != 200:
             return JSONResponse(body, status_code=status, headers=headers)
         return JSONResponse({"predictions": body["predictions"], "model": self.model_name,
@@ -228,7 +237,8 @@ class Router:
                 raise PayloadError(422, HEADER_FORCE, f"unknown variant {forced!r}; serving {sorted(self.servers)}")
             return forced, None
         routed, _, _ = self._routing()
-        weights = {v: w for v, w in routed.items() if v in self.servers} or {BASELINE: 1.0}
+        weights = {v: w for v, w in routed.items()
+                   if v in self.servers and v not in self.waiting} or {BASELINE: 1.0}   # no model yet: no traffic
         key = sticky_key(request.headers.get(HEADER_STICKY), instances, self.options.get("sticky_field"))
         return choose(weights, key, salt=self.model_name), key
 
@@ -313,17 +323,21 @@ class Router:
     async def readyz(self) -> Response:
         """Ready when every model version answers; 503 naming the ones that do not."""
         self._ensure_loops()
-        missing = []
+        missing, waiting = [], {}
         for variant, handle in self.servers.items():
             try:
-                await asyncio.wait_for(_awaited(handle.ready.remote()), 2.0)
+                info = await asyncio.wait_for(_awaited(handle.ready.remote()), 2.0)
             except Exception:  # any failure means not ready
                 missing.append(variant)
+                continue
+            if info.get("waiting"):   # up and healthy, but no model yet: says what to run
+                waiting[variant] = info["waiting"]
         weights, _, closed = self._routing()
         body = {"ready": not missing, "variants": sorted(self.servers), "not_ready": missing,
                 "controller": {"heard_s_ago": round(time.monotonic() - self._heard_at, 3),
                                "lease_s": self.traffic.lease_s, "epoch": self.traffic.epoch,
-                               "fail_closed": closed, "serving": weights}}
+                               "fail_closed": closed, "serving": weights},
+                "waiting": waiting}
         return JSONResponse(body, status_code=503 if missing else 200)
 
     @api.get("/metrics")

@@ -71,6 +71,9 @@ class ServeAppConfig(BaseModel):
         default_factory=lambda: dict(FAST_PATH_ENV),
         description="env of router and model replicas; the default runs handler and handle calls on one event loop")
     max_shadow_in_flight: int = Field(64, ge=0, description="shadow copies beyond this are dropped, never queued")
+    resolve_interval_s: float = Field(
+        15.0, gt=0, description="a model reference that does not resolve yet (no champion on a fresh install) is "
+                                "asked for again this often; the replica serves 503 + Retry-After until then")
 
     @field_validator("baseline", "candidate")
     @classmethod

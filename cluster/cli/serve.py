@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cluster.cli.context import settings_of
-from cluster.serving import APP_NAME, ServeError, app_config, deploy_ready, serve_url
+from cluster.serving import APP_NAME, ServeError, app_config, deploy_ready, serve_url, waiting
 
 app = typer.Typer(help="Serve a registered model (baseline, optional candidate) behind the rollout router.",
                   no_args_is_help=True)
@@ -48,6 +48,7 @@ def deploy(
     with console.status(f"deploying {model} ({', '.join(cfg.variants)})…"):
         url = deploy_ready(settings, cfg, name)
     console.print(f"[green]serving[/] {model} at {url}/v1/models/{model}:predict")
+    _print_waiting(waiting(url))
     if settings.admin_token is None:
         console.print("[yellow]no admin token set (RAYLINE_ADMIN_TOKEN): the admin API answers 401 to everything[/]")
 
@@ -68,7 +69,10 @@ def status(
     ctx: typer.Context,
     url: Annotated[str | None, typer.Option(help="Router base URL (default: settings' serve port).")] = None,
 ) -> None:
-    """Readiness, versions and traffic of the serving app; exits 1 when it is not ready."""
+    """Readiness, versions and traffic of the serving app; exits 1 when it is not ready.
+
+    An app up but still waiting for a model (fresh install, no champion yet) is ready; it says what to run.
+    """
     settings = settings_of(ctx)
     base = serve_url(settings, url)
     token = settings.admin_token.get_secret_value() if settings.admin_token else ""
@@ -85,8 +89,15 @@ def status(
     table.add_row("traffic", _ok(traffic_code == 200), _describe(traffic_code, traffic, "weights"))
     table.add_row("rollout", _ok(rollout_code == 200), _describe(rollout_code, rollout, "rollout"))
     console.print(table)
+    _print_waiting(ready.get("waiting") or {} if isinstance(ready, dict) else {})
     if ready_code != 200:
         raise typer.Exit(1)
+
+
+def _print_waiting(waiting_for: dict[str, str]) -> None:
+    """One unwrapped line per variant still waiting for its model: what is missing and what to run."""
+    for variant, todo in waiting_for.items():
+        console.print(f"[yellow]{variant}: {todo}[/]", soft_wrap=True)
 
 
 def _ok(ok: bool) -> str:
