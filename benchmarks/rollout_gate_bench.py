@@ -33,14 +33,19 @@ from __future__ import annotations
 
 import argparse
 import random
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
-from benchmarks.report import Report, percentile, summarize
-from deployments.contracts import BASELINE, CANDIDATE, VariantWindow
-from deployments.rollout.analysis import Check, Verdict, WindowLog, aggregate, evaluate
-from deployments.rollout.spec import RolloutSpec, parse_spec
-from deployments.rollout.state import TERMINAL, Observation, Phase, start, transition
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))   # `python benchmarks/rollout_gate_bench.py` (make bench) as well as `-m`
+
+from benchmarks.report import Report, percentile, summarize  # noqa: E402
+from deployments.contracts import BASELINE, CANDIDATE, VariantWindow  # noqa: E402
+from deployments.rollout.analysis import Check, Verdict, WindowLog, aggregate, evaluate  # noqa: E402
+from deployments.rollout.spec import RolloutSpec, parse_spec  # noqa: E402
+from deployments.rollout.state import TERMINAL, Observation, Phase, start, transition  # noqa: E402
 
 RATE = 20                 # requests per second
 BASE_ERROR = 0.01
