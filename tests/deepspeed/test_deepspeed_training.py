@@ -53,15 +53,15 @@ ZERO3_GPT = {"n_layer": 4, "n_head": 4, "n_embd": 256}  # 3.2 M parameters (12 M
 ZERO3_ACCUMULATION = 2
 ZERO3_VALIDATION = 40  # global batches of 8 x 2: 16, 16, then 8 rows, all on rank 0 (rank 1's share is empty)
 ZERO3_STEPS = 16  # optimizer steps: 4 epochs x 128 / (8 per worker x 2 workers x 2 micro-batches)
-ZERO3_TIMEOUT_S = 600  # before the fix, evaluation of the ragged batch hung here
+ZERO3_TIMEOUT_S = 600  # a rank that skips a forward under ZeRO-3 can leave the other waiting
 
 
 def zero3_job(run_name: str):
     return job(run_name, stage=3, batch_size=8, optimizer={"name": "adamw", "lr": 3e-3},
                model={"name": "gpt", "params": ZERO3_GPT},
                deepspeed={"stage": 3, "gradient_accumulation_steps": ZERO3_ACCUMULATION, "raw": {
-                   # Partition every parameter and re-gather it in every forward, as ZeRO-3 does for a
-                   # model too big to keep gathered (small ones would stay gathered between forwards).
+                   # Partition every parameter (none kept whole on every rank) and do not keep gathered
+                   # ones for reuse, as for a model too big for either.
                    "zero_optimization": {"stage3_param_persistence_threshold": 0, "stage3_max_reuse_distance": 0}}},
                data={"synthetic_tokens": {"vocab_size": VOCAB, "seq_len": SEQ, "train_sequences": 128,
                                           "validation_sequences": ZERO3_VALIDATION, "successors": 2}},
