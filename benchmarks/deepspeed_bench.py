@@ -1,4 +1,4 @@
-"""ZeRO stages 0–3 vs plain DDP on the GPT model, 2 workers: optimizer memory per rank and step time.
+"""ZeRO stages 0–3 vs plain DDP on the GPT model, 2 workers: peak memory per rank, step time, checkpoint.
 
 Two processes share one gloo (CPU) or NCCL (GPU) process group, like two Ray Train workers
 without Ray's fixed start-up cost, and run the real strategies (``DDPStrategy`` with plain
@@ -7,9 +7,13 @@ same loss. Repeats are interleaved (DDP, stage 0, 1, 2, 3, DDP, ...) so machine 
 alike; each repeat builds a fresh model + engine and times ``--steps`` steps after warm-up.
 
 Per rank it records what the optimizer holds (moments + fp32 master partitions), reported
-by ``train.memory`` from the tensors themselves; the target is stage 2 <= 55 % of stage 0.
+by ``train.memory`` from the tensors themselves (the target is stage 2 <= 55 % of stage 0);
+the peak resident memory each variant adds above the process's live memory while it builds
+and trains (``train.memory.rss_window``: the kernel's high-water mark, reset per variant, so
+variants run one after another in one process are measured apart); and the same while it
+saves a checkpoint with the strategy's own ``save`` (ZeRO-3: rank 0 alone gathers the model).
 
-    python benchmarks/deepspeed_bench.py [--precision bf16] [--repeats 5] [--steps 8]
+    python benchmarks/deepspeed_bench.py [--precision bf16] [--repeats 5] [--steps 8] [--n-layer 4 --n-embd 256]
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +40,19 @@ from benchmarks.report import MIN_REPEATS, Report, summarize  # noqa: E402
 
 WORLD = 2
 WARMUP = 2
-MODEL = {"n_layer": 4, "n_head": 4, "n_embd": 256}
 VOCAB, SEQ = 256, 64
 VARIANTS = ["ddp", "zero0", "zero1", "zero2", "zero3"]
 
 
-def train_config(variant: str, precision: str, batch: int, use_gpu: bool):
+def model_params(args: argparse.Namespace) -> dict[str, int]:
+    return {"n_layer": args.n_layer, "n_head": args.n_head, "n_embd": args.n_embd}
+
+
+def train_config(variant: str, precision: str, batch: int, use_gpu: bool, model: dict[str, int]):
     from train.config import parse_config
 
     data: dict[str, Any] = {
-        "run_name": f"bench-{variant}", "model": {"name": "gpt", "params": MODEL}, "batch_size": batch,
+        "run_name": f"bench-{variant}", "model": {"name": "gpt", "params": model}, "batch_size": batch,
         "precision": precision, "grad_clip": 1.0, "optimizer": {"name": "adamw", "lr": 1e-3},
         "scaling": {"num_workers": WORLD, "use_gpu": use_gpu},
         "data": {"synthetic_tokens": {"vocab_size": VOCAB, "seq_len": SEQ}},
@@ -64,14 +72,38 @@ def make_strategy(variant: str, config: Any, device: torch.device):
 
 
 def run_variant(variant: str, args: argparse.Namespace, device: torch.device, rank: int) -> dict[str, float]:
-    from models.registry import DataSpec, build_model
+    """Build and train one variant inside a memory window, then save one checkpoint inside another."""
+    import gc
+
+    from train.memory import rss_window
+
+    gc.collect()
+    with rss_window() as training:
+        strategy, times = train_variant(variant, args, device, rank)
+        report = memory_report_of(strategy)
+    with tempfile.TemporaryDirectory() as tmp, rss_window() as saving:
+        strategy.save(Path(tmp), rank)
+    del strategy
+    return {"step_time_s": statistics.median(times), **report, "train_peak_growth_bytes": training.growth_bytes,
+            "save_peak_growth_bytes": saving.growth_bytes}
+
+
+def memory_report_of(strategy: Any) -> dict[str, int]:
     from train.memory import memory_report
+
+    report = asdict(memory_report(strategy.raw_model, strategy.optimizer))
+    report.pop("peak_rss_bytes")  # the process's, across variants: the windows measure each variant instead
+    return report
+
+
+def train_variant(variant: str, args: argparse.Namespace, device: torch.device, rank: int) -> tuple[Any, list[float]]:
+    from models.registry import DataSpec, build_model
     from train.optim import build_optimizer
     from train.tasks import task_for
 
-    config = train_config(variant, args.precision, args.batch, device.type == "cuda")
+    config = train_config(variant, args.precision, args.batch, device.type == "cuda", model_params(args))
     torch.manual_seed(0)
-    model = build_model("gpt", MODEL, DataSpec(kind="tokens", vocab_size=VOCAB, seq_len=SEQ))
+    model = build_model("gpt", model_params(args), DataSpec(kind="tokens", vocab_size=VOCAB, seq_len=SEQ))
     strategy = make_strategy(variant, config, device)
     strategy.setup(model, lambda m: build_optimizer(config.optimizer, m))
     task = task_for("language_modeling")
@@ -90,11 +122,7 @@ def run_variant(variant: str, args: argparse.Namespace, device: torch.device, ra
             torch.cuda.synchronize()
         if step >= WARMUP:
             times.append(time.perf_counter() - started)
-    report = memory_report(strategy.raw_model, strategy.optimizer)
-    return {"step_time_s": statistics.median(times), "optimizer_state_bytes": report.optimizer_state_bytes,
-            "optimizer_moment_bytes": report.optimizer_moment_bytes,
-            "master_weight_bytes": report.master_weight_bytes, "param_bytes": report.param_bytes,
-            "peak_rss_bytes": report.peak_rss_bytes, "gpu_peak_allocated_bytes": report.gpu_peak_allocated_bytes}
+    return strategy, times
 
 
 def worker(rank: int, args: argparse.Namespace, port: int, out: str) -> None:
@@ -124,6 +152,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="timed steps per repeat (after warm-up)")
     parser.add_argument("--batch", type=int, default=8, help="sequences per worker per step")
     parser.add_argument("--cpu", action="store_true", help="force CPU/gloo even if CUDA is present")
+    parser.add_argument("--n-layer", type=int, default=4)
+    parser.add_argument("--n-head", type=int, default=4)
+    parser.add_argument("--n-embd", type=int, default=256)
     args = parser.parse_args()
     from cluster.processes import free_port
 
@@ -134,8 +165,17 @@ def main() -> None:
     write_report(rows, args)
 
 
+def _median_mib(rows: list[dict[str, Any]], key: str, rank: int) -> float:
+    return statistics.median(r[key] for r in rows if r["rank"] == rank) / 2**20
+
+
 def write_report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    workload = (f"GPT {MODEL} vocab {VOCAB} seq {SEQ}, batch {args.batch}/worker, {WORLD} workers, "
+    from models.registry import DataSpec, build_model
+
+    model = build_model("gpt", model_params(args), DataSpec(kind="tokens", vocab_size=VOCAB, seq_len=SEQ))
+    params = sum(p.numel() for p in model.parameters())
+    workload = (f"GPT {model_params(args)} ({params / 1e6:.1f} M parameters, {params * 4 / 2**20:.0f} MiB fp32) "
+                f"vocab {VOCAB} seq {SEQ}, batch {args.batch}/worker, {WORLD} workers, "
                 f"{args.precision}, AdamW; {args.repeats} interleaved repeats x {args.steps} steps")
     report = Report(f"deepspeed-{args.precision}", workload)
     for row in rows:
@@ -158,7 +198,10 @@ def write_report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
             "step ms (median)": times["median"] * 1e3,
             "step p95 ms": times["p95"] * 1e3,
             "step vs DDP": times["median"] / ddp_time,
-            "peak RSS MiB": max(r["peak_rss_bytes"] for r in vrows) / 2**20,
+            "train peak MiB rank0": _median_mib(vrows, "train_peak_growth_bytes", 0),
+            "train peak MiB rank1": _median_mib(vrows, "train_peak_growth_bytes", 1),
+            "save peak MiB rank0": _median_mib(vrows, "save_peak_growth_bytes", 0),
+            "save peak MiB rank1": _median_mib(vrows, "save_peak_growth_bytes", 1),
         })
     ratio = next(t["opt vs zero0"] for t in table if t["variant"] == "zero2")
     report.section("Per-rank memory and step time (baseline: plain DDP and ZeRO stage 0, same script)",
@@ -169,6 +212,10 @@ def write_report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
                              "(train.memory). Under bf16, stage 0 keeps a full fp32 master copy; under fp32, "
                              "DDP/stage 0 optimizes the parameters themselves while ZeRO 1/2 still keep an fp32 "
                              "copy of their partition, so the fp32 ratio is ~75 %.\n\n"
+                             "Peak MiB: the resident memory a variant added above the process's live memory while "
+                             "it built and trained (train) or saved one checkpoint with its own save (save), "
+                             "median over repeats per rank (train.memory.rss_window). ZeRO-3's save gathers "
+                             "the model into rank 0 alone, one layer at a time.\n\n"
                              "Step time: rank 0's median per repeat, median over repeats. DDP under bf16 is "
                              "autocast over fp32 parameters, while DeepSpeed's bf16 mode casts the weights, so "
                              "bf16 step ratios compare different arithmetic; fp32 ratios compare like with like.")

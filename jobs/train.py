@@ -26,6 +26,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--config", required=True, help="training config YAML")
     parser.add_argument("--run-name", help="override the config's run_name (same name = resume)")
     parser.add_argument("--settings", help="rayline settings YAML (default: RAYLINE_* env / rayline.yaml)")
+    changed = parser.add_mutually_exclusive_group()
+    changed.add_argument("--new-run", action="store_true",
+                         help="start the run name over (its old folder is kept aside as <name>.replaced-<time>)")
+    changed.add_argument("--resume-with-changes", action="store_true",
+                         help="resume the run name although its config changed (recorded in its MLflow run)")
     args = parser.parse_args(argv)
     settings = load_settings(args.settings)
     configure_logging("jobs.train", level=settings.log_level, fmt=settings.log_format)
@@ -41,7 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
     import ray
 
     ray.init(ignore_reinit_error=True, logging_level="WARNING")
-    outcome = train(config, settings)
+    outcome = train(config, settings, new_run=args.new_run, resume_with_changes=args.resume_with_changes)
     summary = {
         "job": "train", "trace_id": trace_id, "run_name": config.run_name, "run_id": outcome.run_id,
         "metrics": {k: v for k, v in outcome.metrics.items() if k.startswith("val_") or k in RESULT_METRICS},

@@ -8,7 +8,12 @@ Worker side, ``RankBatches`` makes data order exact and resumable: every worker 
 whole (small) dataset in a fixed order (``preserve_order``) with a local shuffle seeded by
 ``seed + epoch``, cuts it into *global* batches of ``batch_size × world_size`` rows and keeps
 its own slice. So each step's rows depend only on (seed, epoch, step), and resuming at
-batch ``k`` of an epoch is skipping ``k`` global batches.
+optimizer step ``k`` of an epoch is skipping ``k × accumulation`` global batches.
+
+Every rank runs the same number of forward passes, at every ZeRO stage (stage 3 all-gathers
+parameters inside each forward, so a rank that skipped one would hang the others): training
+drops the ragged last batch, and validation pads each rank's share of it to a full batch and
+says how many rows are real, so metrics stay exact.
 """
 
 from __future__ import annotations
@@ -131,8 +136,9 @@ def collate_for(task: str, preprocessing: dict[str, Any] | None) -> NumpyBatchCo
     return TokenCollate() if task == "language_modeling" else TabularCollate(preprocessing or {})
 
 
-def steps_per_epoch(rows: int, batch_size: int, world_size: int) -> int:
-    return rows // (batch_size * world_size)
+def steps_per_epoch(rows: int, batch_size: int, world_size: int, accumulation: int = 1) -> int:
+    """Optimizer steps in one epoch: each takes ``accumulation`` global batches of ``batch_size × world_size``."""
+    return rows // (batch_size * world_size * accumulation)
 
 
 class RankBatches:
@@ -149,19 +155,46 @@ class RankBatches:
         self.shuffle_buffer = shuffle_buffer
         self.device = device or torch.device("cpu")
 
-    def epoch(self, epoch: int, skip: int = 0, limit: int | None = None, drop_last: bool = True,
-              shuffle: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches ``skip .. limit`` of ``epoch`` (global batch indices)."""
+    def _global_batches(self, epoch: int, drop_last: bool,
+                        shuffle: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         global_batch = self.batch_size * self.world_size
         buffer = max(self.shuffle_buffer, global_batch) if shuffle and self.shuffle_buffer else None
-        batches = self.iterator.iter_torch_batches(
+        return iter(self.iterator.iter_torch_batches(
             batch_size=global_batch, collate_fn=self.collate, drop_last=drop_last, device="cpu",
             local_shuffle_buffer_size=buffer, local_shuffle_seed=self.seed + epoch if buffer else None,
-        )
-        lo, hi = self.rank * self.batch_size, (self.rank + 1) * self.batch_size
-        for index, (x, y) in enumerate(batches):
+        ))
+
+    def _mine(self, t: torch.Tensor) -> torch.Tensor:
+        return t[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+
+    def steps(self, epoch: int, skip: int = 0, limit: int | None = None,
+              accumulation: int = 1) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Optimizer steps ``skip .. limit`` of ``epoch``: each a list of ``accumulation`` micro-batches."""
+        group: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for index, (x, y) in enumerate(self._global_batches(epoch, drop_last=True, shuffle=True)):
+            step = index // accumulation
+            if limit is not None and step >= limit:
+                break
+            if step < skip:
+                continue
+            group.append((self._mine(x).to(self.device, non_blocking=True),
+                          self._mine(y).to(self.device, non_blocking=True)))
+            if len(group) == accumulation:
+                yield group
+                group = []
+
+    def padded(self, limit: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        """The whole split in order as ``(x, y, valid)``: this rank's rows padded to ``batch_size``.
+
+        The same count of equally shaped batches on every rank; only the first ``valid`` rows are real
+        (the padding repeats rows of the global batch, which is never empty).
+        """
+        for index, (x, y) in enumerate(self._global_batches(0, drop_last=False, shuffle=False)):
             if limit is not None and index >= limit:
                 break
-            if index < skip:
-                continue
-            yield x[lo:hi].to(self.device, non_blocking=True), y[lo:hi].to(self.device, non_blocking=True)
+            mine_x, mine_y = self._mine(x), self._mine(y)
+            valid = len(mine_x)
+            if valid < self.batch_size:
+                fill = torch.arange(self.batch_size - valid) % len(x)
+                mine_x, mine_y = torch.cat([mine_x, x[fill]]), torch.cat([mine_y, y[fill]])
+            yield mine_x.to(self.device, non_blocking=True), mine_y.to(self.device, non_blocking=True), valid

@@ -8,15 +8,19 @@ and speaks the same interface to the loop and to the one checkpoint component:
   builds the optimizer from it (so CPU offload gets DeepSpeed's CPU Adam on GPUs), and reuses
   the process group Ray Train created (gloo on CPU, NCCL on GPU);
 - backward / step: ``engine.backward`` and ``engine.step`` (clipping, loss scaling and ZeRO's
-  reduce-scatter / all-gather happen in there);
+  reduce-scatter / all-gather happen in there); under gradient accumulation the loop calls
+  ``backward`` once per micro-batch and ``step`` once per optimizer step, and DeepSpeed's own
+  micro-step count advances inside ``backward``;
 - save: every rank writes its ZeRO shard with ``engine.save_checkpoint`` under ``deepspeed/``
-  of its own staging directory (Ray Train merges the ranks' files into one checkpoint), and rank 0
-  adds the plain full ``model.pt`` every strategy exports; load: ``engine.load_checkpoint``.
+  of its own staging directory (Ray Train merges the ranks' files into one checkpoint), and
+  ``engine.save_16bit_model`` writes the plain full ``model.pt`` every strategy exports — on
+  rank 0 only: under ZeRO-3 it gathers one layer at a time into rank 0 (DeepSpeed's
+  ``stage3_gather_16bit_weights_on_model_save``), so no other rank ever holds the whole model;
+  load: ``engine.load_checkpoint``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +32,7 @@ from torch import nn
 
 from train.checkpoint import CheckpointError
 from train.config import TrainConfig
-from train.deepspeed_config import DeepSpeedOptionError, DeepSpeedOptions, build_ds_config
+from train.deepspeed_config import DeepSpeedOptionError, DeepSpeedOptions, build_ds_config, resolved
 from train.memory import innermost_optimizer
 from train.strategy import MODEL_FILE, Strategy
 
@@ -99,6 +103,10 @@ class DeepSpeedStrategy(Strategy):
         """Driver-side: everything wrong with the DeepSpeed options fails here, before workers start."""
         ds_config_for(config, world_size=config.scaling.num_workers)
 
+    @classmethod
+    def accumulation_steps(cls, config: TrainConfig) -> int:
+        return resolved(options_of(config)).gradient_accumulation_steps
+
     @property
     def raw_model(self) -> nn.Module:
         assert self.engine is not None, "setup() first"
@@ -134,34 +142,27 @@ class DeepSpeedStrategy(Strategy):
                                                    "precision": self.config.precision})
 
     def backward(self, loss: torch.Tensor) -> None:
+        """``engine.backward``; before the last micro-batch of a step, DeepSpeed's micro-step too
+        (``engine.step`` off the accumulation boundary only counts; the optimizer steps in ``step``)."""
         self.engine.backward(loss)
+        if not self.engine.is_gradient_accumulation_boundary():
+            self.engine.step()
 
     def step(self, grad_clip: float | None) -> float:
         """``engine.step`` clips with the config's ``gradient_clipping`` (set from ``grad_clip``)."""
+        assert self.engine.is_gradient_accumulation_boundary(), "step() after the step's last micro-batch only"
         self.engine.step()
         norm = self.engine.get_global_grad_norm()
         return float(norm) if norm is not None else float("nan")
 
-    def export_state_dict(self) -> dict[str, torch.Tensor]:
-        """The full model as plain fp32 CPU tensors; collective under ZeRO-3 (every rank must call)."""
-        import deepspeed
-
-        params = list(self.engine.module.parameters())
-        gather = deepspeed.zero.GatheredParameters(params, modifier_rank=None) if self.stage == 3 \
-            else contextlib.nullcontext()
-        with gather:
-            state = self.engine.module.state_dict()
-            return {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().clone()
-                    for k, v in state.items()}
-
     def save(self, directory: Path, rank: int) -> list[str]:
-        """Every rank writes its DeepSpeed shard; rank 0 also writes the plain ``model.pt``."""
+        """Every rank writes its DeepSpeed shard; rank 0 alone writes the plain ``model.pt`` (collective)."""
         ds_dir = directory / DS_DIR
         before = {p for p in directory.rglob("*") if p.is_file()}
         self.engine.save_checkpoint(str(ds_dir), tag=DS_TAG, save_latest=True)
-        state = self.export_state_dict()  # all ranks (ZeRO-3 gathers)
-        if rank == 0:
-            torch.save(state, directory / MODEL_FILE)
+        if not self.engine.save_16bit_model(str(directory), MODEL_FILE):  # every rank calls; rank 0 writes
+            raise CheckpointError("DeepSpeed did not export the model: stage3_gather_16bit_weights_on_model_save "
+                                  "is off in the DeepSpeed config")
         written = sorted(p for p in directory.rglob("*") if p.is_file() and p not in before)
         return [str(p.relative_to(directory)) for p in written]
 

@@ -1,7 +1,8 @@
 """The train function each Ray Train worker runs: read it top to bottom like nanoGPT's loop.
 
-forward → backward → clip + step → schedule → log → checkpoint (every N steps and at epoch
-end, with validation metrics). Ray Train appears where it acts: rank/world/device from the
+forward → backward (× gradient-accumulation micro-batches) → clip + step → schedule → log →
+checkpoint (every N steps and at epoch end, with validation metrics). A step is an optimizer
+step, for checkpoints, the schedule and logs alike. Ray Train appears where it acts: rank/world/device from the
 context, the dataset shard, and ``report``/``get_checkpoint`` inside the Checkpointer.
 Everything else is a component: model factory, strategy, compression, checkpoint, data.
 """
@@ -22,8 +23,8 @@ from train.checkpoint import Checkpointer, TrainState
 from train.config import TrainConfig
 from train.data import RankBatches, collate_for, quiet_ray_data
 from train.faults import FaultPlan
-from train.memory import rank_metrics
-from train.optim import build_optimizer, build_scheduler
+from train.memory import rank_metrics, rss_window
+from train.optim import apply_config, build_optimizer, build_scheduler
 from train.strategy import Strategy, strategy_class
 from train.tasks import task_for
 from train.tracking import StepLogger
@@ -58,14 +59,19 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     strategy: Strategy = strategy_class(cfg)(cfg, device)
     strategy.setup(model, lambda m: build_optimizer(cfg.optimizer, m))
 
-    steps_per_epoch = loop_config["steps_per_epoch"]
+    steps_per_epoch = loop_config["steps_per_epoch"]  # optimizer steps
+    accumulation = loop_config.get("accumulation_steps", 1)
     total_steps = min(cfg.max_steps or 10**12, cfg.epochs * steps_per_epoch)
     scheduler = build_scheduler(cfg.schedule, strategy.optimizer, total_steps)
     extras = {"scheduler": scheduler}
 
     # Resume: after a worker failure or when the same run name is submitted again.
     checkpointer = Checkpointer(rank, world)
-    state = checkpointer.restore(strategy, extras) or TrainState(world_size=world)
+    state = checkpointer.restore(strategy, extras)
+    if state is None:
+        state = TrainState(world_size=world)
+    else:  # a resume with changes trains with the new hyperparameters from the restored step on
+        apply_config(cfg.optimizer, strategy.optimizer, scheduler)
 
     collate = collate_for(loop_config["task"], loop_config.get("preprocessing"))
     train_data = RankBatches(ray.train.get_dataset_shard("train"), collate, cfg.batch_size, rank, world,
@@ -78,21 +84,29 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 
     def checkpoint() -> None:
         metrics = {**evaluate(strategy, task, val_data, cfg.eval_batches), **stats.summary(),
-                   **rank_metrics(strategy.raw_model, strategy.optimizer), "step": state.step, "epoch": state.epoch}
+                   **rank_metrics(strategy.raw_model, strategy.optimizer,
+                                  {"checkpoint_rss_growth_bytes": stats.checkpoint_rss_growth}),
+                   "step": state.step, "epoch": state.epoch}
         if logger:
             logger.log(state.step, {k: v for k, v in metrics.items() if k.startswith("val_")}, force=True)
-        checkpointer.save(strategy, state, extras, metrics)
+        with rss_window() as window:  # this rank's peak memory growth while saving (reported with the next one)
+            checkpointer.save(strategy, state, extras, metrics)
+        stats.checkpoint_rss_growth = max(stats.checkpoint_rss_growth, window.growth_bytes)
 
     while state.step < total_steps:
-        for x, y in train_data.epoch(state.epoch, skip=state.batch_in_epoch, limit=steps_per_epoch):
+        for micro_batches in train_data.steps(state.epoch, skip=state.batch_in_epoch, limit=steps_per_epoch,
+                                              accumulation=accumulation):
             fault.maybe_fail(state.step, rank)
             started = time.perf_counter()
-            with strategy.autocast():
-                loss = task.loss(strategy.model, x, y)
-            strategy.backward(loss)
+            losses = []
+            for x, y in micro_batches:
+                with strategy.autocast():
+                    loss = task.loss(strategy.model, x, y)
+                strategy.backward(loss)
+                losses.append(loss.detach())
             grad_norm = strategy.step(cfg.grad_clip)
             scheduler.step()
-            loss_value = loss.item()
+            loss_value = torch.stack(losses).mean().item()
             step_time = time.perf_counter() - started
             state.step += 1
             state.batch_in_epoch += 1
@@ -103,7 +117,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             if logger:
                 logger.log(state.step, {
                     "loss": loss_value, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                    "step_time_s": step_time, f"{task.unit}_per_s": task.items(x) * world / step_time,
+                    "step_time_s": step_time,
+                    f"{task.unit}_per_s": task.items(x) * len(micro_batches) * world / step_time,
                     "bytes_uncompressed": comm.uncompressed, "bytes_sent": comm.sent,
                     "compression_ratio": comm.ratio,
                 })
@@ -122,15 +137,17 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 
 @torch.no_grad()
 def evaluate(strategy: Strategy, task: Any, data: RankBatches, limit: int | None) -> dict[str, float]:
-    """Validation metrics over the whole split, identical on every rank (sums all-reduced)."""
+    """Validation metrics over the whole split, identical on every rank (sums all-reduced).
+
+    Every rank runs a forward on every batch, padded where its share of the last one is short
+    (ZeRO-3 gathers parameters inside each forward); the padding is left out of the sums.
+    """
     model = strategy.raw_model
     model.eval()
     sums: dict[str, float] = defaultdict(float)
-    for x, y in data.epoch(0, limit=limit, drop_last=False, shuffle=False):
-        if len(x) == 0:
-            continue
+    for x, y, valid in data.padded(limit):
         with strategy.autocast():
-            for key, value in task.sums(model, x, y).items():
+            for key, value in task.sums(model, x, y, valid).items():
                 sums[key] += value
     model.train()
     if torch.distributed.is_initialized():
@@ -150,6 +167,7 @@ class _AttemptStats:
         self.uncompressed = 0
         self.sent = 0
         self.sent_per_step: list[int] = []
+        self.checkpoint_rss_growth = 0  # the largest peak-RSS growth of this rank across its saves so far
 
     def add(self, step_time: float, loss: float, uncompressed: int, sent: int) -> None:
         self.step_times.append(step_time)

@@ -8,8 +8,14 @@ under ZeRO-3 a parameter's own storage is its partition (``ds_tensor``).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
+import re
 import resource
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,9 +35,69 @@ class MemoryReport:
         return {f"{prefix}{k}": float(v) for k, v in asdict(self).items()}
 
 
+_PEAK_BEFORE_RESETS = 0  # the process's true peak, kept across rss_window's resets of the kernel's mark
+
+
 def peak_rss_bytes() -> int:
     """Peak resident set size of this process (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return max(_PEAK_BEFORE_RESETS, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        found = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
+    except OSError:
+        return None
+    return int(found.group(1)) if found else None
+
+
+@dataclass
+class RssWindow:
+    """Peak RSS growth of this process inside a ``with rss_window()`` block (after it closes)."""
+
+    start_bytes: int = 0
+    peak_bytes: int = 0
+
+    @property
+    def growth_bytes(self) -> int:
+        return max(0, self.peak_bytes - self.start_bytes)
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+@contextlib.contextmanager
+def rss_window() -> Iterator[RssWindow]:
+    """Measure the peak resident set reached inside the block, above the memory live at its start.
+
+    glibc keeps freed memory resident for reuse, which would hide new allocations; ``malloc_trim``
+    hands it back first, so the RSS at the start is what is live. Linux keeps one high-water mark
+    per process; writing 5 to ``/proc/self/clear_refs`` resets it to the current RSS, so the mark
+    read at the end is this block's own peak (exact, not sampled). ``peak_rss_bytes`` keeps
+    reporting the whole process's peak. Where either is unavailable, growth reads 0.
+    """
+    global _PEAK_BEFORE_RESETS
+    window = RssWindow()
+    _PEAK_BEFORE_RESETS = peak_rss_bytes()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+    start = _status_kib("VmRSS")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        start = None
+    window.start_bytes = (start or 0) * 1024
+    try:
+        yield window
+    finally:
+        peak = _status_kib("VmHWM") if start is not None else None
+        window.peak_bytes = peak * 1024 if peak is not None else window.start_bytes
 
 
 def innermost_optimizer(optimizer: Any) -> torch.optim.Optimizer | None:
@@ -94,11 +160,11 @@ def memory_report(model: torch.nn.Module, optimizer: Any) -> MemoryReport:
     )
 
 
-def rank_metrics(model: torch.nn.Module, optimizer: Any) -> dict[str, float]:
-    """Every rank's report as ``mem_rank{r}_*`` metrics (collective: every rank must call it)."""
+def rank_metrics(model: torch.nn.Module, optimizer: Any, extra: dict[str, float] | None = None) -> dict[str, float]:
+    """Every rank's report (plus ``extra`` figures) as ``mem_rank{r}_*`` metrics (collective: every rank calls it)."""
     import torch.distributed as dist
 
-    mine = memory_report(model, optimizer).metrics()
+    mine = {**memory_report(model, optimizer).metrics(), **{f"mem_{k}": float(v) for k, v in (extra or {}).items()}}
     if not dist.is_initialized():
         return {k.replace("mem_", "mem_rank0_", 1): v for k, v in mine.items()}
     every: list[Any] = [None] * dist.get_world_size()

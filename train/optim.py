@@ -1,4 +1,9 @@
-"""Optimizer and learning-rate schedule from the config (one place, every strategy)."""
+"""Optimizer and learning-rate schedule from the config (one place, every strategy).
+
+A checkpoint restores where training is (the schedule's step, the optimizer's moments), never
+what the config says: after a restore, ``apply_config`` puts the config's hyperparameters back,
+so a run resumed with changes trains with them (and an unchanged resume is bit for bit the same).
+"""
 
 from __future__ import annotations
 
@@ -41,6 +46,28 @@ class _Factor:
         return lr_factor(self.section, step, self.total_steps)
 
 
+class ConfiguredLR(torch.optim.lr_scheduler.LambdaLR):
+    """LambdaLR whose checkpointed state is its position only: the schedule itself is the config's."""
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict({**state_dict, "lr_lambdas": [None] * len(self.lr_lambdas)})
+
+
 def build_scheduler(section: ScheduleSection, optimizer: torch.optim.Optimizer,
-                    total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, _Factor(section, total_steps))
+                    total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    return ConfiguredLR(optimizer, _Factor(section, total_steps))
+
+
+def apply_config(section: OptimizerSection, optimizer: torch.optim.Optimizer,
+                 scheduler: torch.optim.lr_scheduler.LambdaLR) -> None:
+    """After a restore: the config's lr, weight decay, betas / momentum at the restored schedule step."""
+    scheduler.base_lrs = [section.lr] * len(optimizer.param_groups)
+    for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas, strict=True):
+        group["initial_lr"] = section.lr
+        group["lr"] = section.lr * factor(scheduler.last_epoch)
+        group["weight_decay"] = section.weight_decay
+        if "betas" in group:
+            group["betas"] = section.betas
+        if "momentum" in group:
+            group["momentum"] = section.momentum
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]

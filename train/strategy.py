@@ -4,11 +4,12 @@ torchtitan's rule: models know nothing of DDP or DeepSpeed; a strategy wraps the
 outside. The train loop only calls this interface, so adding DeepSpeed is one more class:
 
 - ``setup(model, optimizer)``: wrap for distributed training (device placement included);
-- ``autocast()`` / ``backward(loss)`` / ``step(grad_clip)``: one optimizer step, precision aware;
+- ``autocast()`` / ``backward(loss)`` per micro-batch / ``step(grad_clip)``: one optimizer step
+  over ``accumulation_steps(config)`` micro-batches, precision aware;
 - ``save(directory, rank)`` / ``load(directory, rank)``: this strategy's part of a checkpoint
   (model, optimizer, loss scaler, communication state) — the checkpoint component does the rest;
-  every strategy writes a plain, full ``state_dict`` to ``MODEL_FILE`` from rank 0, which is what
-  gets exported to MLflow;
+  every strategy writes a plain, full ``state_dict`` to ``MODEL_FILE`` from rank 0 only (no other
+  rank builds a full copy), which is what gets exported to MLflow;
 - ``comm_bytes()``: bytes the last steps would send uncompressed vs sent.
 """
 
@@ -46,6 +47,11 @@ class Strategy(ABC):
         self.model: nn.Module | None = None  # what the loop calls forward on (possibly wrapped)
         self.optimizer: torch.optim.Optimizer | None = None
 
+    @classmethod
+    def accumulation_steps(cls, config: TrainConfig) -> int:
+        """Micro-batches per optimizer step (the loop calls ``backward`` that often, then ``step`` once)."""
+        return 1
+
     @property
     @abstractmethod
     def raw_model(self) -> nn.Module:
@@ -76,9 +82,6 @@ class Strategy(ABC):
 
     def comm_bytes(self) -> compression.CommBytes:
         return compression.CommBytes()
-
-    def export_state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu().clone() for k, v in self.raw_model.state_dict().items()}
 
 
 def _ray_prepare(model: nn.Module) -> nn.Module:
@@ -139,6 +142,9 @@ class DDPStrategy(Strategy):
 
     def comm_bytes(self) -> compression.CommBytes:
         return compression.COUNTER.take() if self.compression else compression.CommBytes()
+
+    def export_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().clone() for k, v in self.raw_model.state_dict().items()}
 
     def save(self, directory: Path, rank: int) -> list[str]:
         assert self.optimizer is not None

@@ -1,7 +1,9 @@
 """What a batch means: the loss to train on and the metrics to evaluate, per kind of task.
 
-``loss(model, x, y)`` drives training; ``sums(model, x, y)`` returns additive statistics
-(so ranks can all-reduce them) and ``metrics(sums)`` turns them into ``val_*`` numbers.
+``loss(model, x, y)`` drives training; ``sums(model, x, y, valid)`` returns additive statistics
+(so ranks can all-reduce them) over the first ``valid`` rows of a padded batch — the forward
+runs on the whole batch, so every rank runs it even when its share of a ragged last batch is
+short or empty — and ``metrics(sums)`` turns them into ``val_*`` numbers.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ class Classification:
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(model(x).float(), y)
 
-    def sums(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        logits = model(x).float()
+    def sums(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, valid: int | None = None) -> dict[str, float]:
+        logits, y = model(x).float()[:valid], y[:valid]
         return {"loss": float(F.cross_entropy(logits, y, reduction="sum")),
                 "correct": float((logits.argmax(dim=1) == y).sum()), "n": float(len(y))}
 
@@ -39,8 +41,8 @@ class Regression(Classification):
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(model(x).float(), y)
 
-    def sums(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        pred = model(x).float()
+    def sums(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, valid: int | None = None) -> dict[str, float]:
+        pred, y = model(x).float()[:valid], y[:valid]
         return {"loss": float(F.mse_loss(pred, y, reduction="sum")),
                 "abs": float((pred - y).abs().sum()), "n": float(len(y))}
 
@@ -57,8 +59,8 @@ class LanguageModeling(Classification):
         logits = model(x).float()
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
 
-    def sums(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        logits = model(x).float()
+    def sums(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, valid: int | None = None) -> dict[str, float]:
+        logits, y = model(x).float()[:valid], y[:valid]
         return {"loss": float(F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum")),
                 "n": float(y.numel())}
 

@@ -2,7 +2,8 @@
 
 - Driver, before workers start: ``start_run`` creates (or, for a resubmitted run name, reopens)
   the MLflow run and logs params, the config, system info, the git commit and the dataset
-  version as the run's input (lineage).
+  version as the run's input (lineage); ``record_changes`` audits a resume with changes (params
+  are immutable in MLflow, so each one becomes a numbered tag naming what changed).
 - Rank 0, during training: ``StepLogger`` batches per-step metrics (loss, throughput, step
   time, bytes and compression ratio) into ``log_batch`` calls; MLflow hiccups never stop training.
 - Driver, after ``fit()``: ``finish`` logs the final model (``models.packaging``) and registers it
@@ -85,6 +86,19 @@ def start_run(registry: Registry, config: TrainConfig, plan: Any, run_dir: str |
             with mlflow.start_run(run_id=run_id):
                 log_dataset_input(plan.dataset_version)
     return run_id
+
+
+RESUME_TAG = "rayline.resume_with_changes"
+
+
+def record_changes(registry: Registry, run_id: str, changes: list[str]) -> str:
+    """Tag the reopened run with what a ``resume_with_changes`` changed; returns the tag's key."""
+    from mlflow.entities import RunTag
+
+    tags = registry._call(registry.client.get_run, run_id).data.tags
+    key = f"{RESUME_TAG}.{sum(1 for k in tags if k.startswith(RESUME_TAG + '.')) + 1}"
+    registry._call(registry.client.log_batch, run_id, [], [], [RunTag(key, "; ".join(changes)[:5000])])
+    return key
 
 
 class StepLogger:

@@ -5,7 +5,8 @@ batch size vs. data) fails here, before a worker starts. The run's storage is
 ``settings.checkpoints_root / run_name``, a local folder or ``s3://`` (Ray Train's native
 ``storage_path``, with a ``storage_filesystem`` carrying the endpoint and keys): submitting
 the same run name again makes Ray Train find the checkpoint manager snapshot there and
-resume from the latest checkpoint;
+resume from the latest checkpoint — only when ``train.fingerprint`` finds it is the same job
+(or the caller asked for a new run or to resume with changes);
 ``FailureConfig(max_failures)`` restarts the worker group from it after a worker dies.
 """
 
@@ -22,7 +23,7 @@ from cluster.errors import JobError
 from cluster.registry import Registry
 from cluster.settings import Settings
 from models.registry import build_model
-from train import tracking
+from train import fingerprint, tracking
 from train.config import TrainConfig, TrainConfigError
 from train.data import DataPlan, resolve_data, steps_per_epoch
 from train.faults import FaultPlan
@@ -49,13 +50,14 @@ def run_dir(config: TrainConfig, settings: Settings) -> Path:
 
 
 def prepare(config: TrainConfig, settings: Settings) -> tuple[DataPlan, int]:
-    """Driver-side checks that need the outside world; returns the data plan and steps per epoch."""
-    strategy_class(config)
+    """Driver-side checks that need the outside world; returns the data plan and optimizer steps per epoch."""
+    accumulation = strategy_class(config).accumulation_steps(config)
     plan = resolve_data(config, settings)
-    steps = steps_per_epoch(plan.rows["train"], config.batch_size, config.scaling.num_workers)
+    steps = steps_per_epoch(plan.rows["train"], config.batch_size, config.scaling.num_workers, accumulation)
     if steps == 0:
         raise TrainConfigError(
-            f"invalid 'batch_size': {config.batch_size} × {config.scaling.num_workers} workers is more than the "
+            f"invalid 'batch_size': {config.batch_size} × {config.scaling.num_workers} workers"
+            f"{f' × {accumulation} accumulation steps' if accumulation > 1 else ''} is more than the "
             f"{plan.rows['train']} training rows")
     return plan, steps
 
@@ -74,6 +76,7 @@ def build_trainer(config: TrainConfig, settings: Settings, plan: DataPlan, steps
     loop_config = {
         "config": config.model_dump(mode="json"), "spec": plan.spec.__dict__, "task": plan.task,
         "preprocessing": plan.preprocessing, "steps_per_epoch": steps,
+        "accumulation_steps": strategy_class(config).accumulation_steps(config),
         "tracking": tracking_info, "fault": fault.to_dict(),
     }
     storage_filesystem, storage_path = files.arrow_filesystem(str(settings.checkpoints_root))
@@ -131,13 +134,25 @@ def input_example(plan: DataPlan, rows: int = 2) -> list[dict[str, Any]] | None:
     return records
 
 
-def train(config: TrainConfig, settings: Settings, register: bool = True) -> tracking.Outcome:
-    """Run a training job end to end; resumes when ``config.run_name`` has checkpoints already."""
+def train(config: TrainConfig, settings: Settings, register: bool = True, *, new_run: bool = False,
+          resume_with_changes: bool = False) -> tracking.Outcome:
+    """Run a training job end to end; resumes when ``config.run_name`` has checkpoints of the same job.
+
+    A run name submitted again with another fingerprint is refused (``fingerprint.RunChangedError``)
+    unless ``new_run`` (start over) or ``resume_with_changes`` (audited in the MLflow run).
+    """
     plan, steps = prepare(config, settings)
+    url = run_url(config, settings)   # the fingerprint lives beside the checkpoints, local or s3://
+    accumulation = strategy_class(config).accumulation_steps(config)
+    with files.access(url, "record the run's fingerprint"):
+        claim = fingerprint.claim(url, fingerprint.of(config, plan, accumulation), config.run_name,
+                                  new_run=new_run, resume_with_changes=resume_with_changes)
     registry = Registry(settings)
     registry.require_healthy()
-    with files.access(run_url(config, settings), "store the run's checkpoints"):
-        run_id = tracking.start_run(registry, config, plan, run_url(config, settings))
+    with files.access(url, "store the run's checkpoints"):
+        run_id = tracking.start_run(registry, config, plan, url)
+    if claim.changes:
+        tracking.record_changes(registry, run_id, claim.changes)
     fault = FaultPlan.from_env(run_dir(config, settings))
     trainer = build_trainer(config, settings, plan, steps,
                             {"uri": str(settings.mlflow_tracking_uri), "run_id": run_id}, fault)

@@ -28,20 +28,26 @@ def command(
         "--wait-for-resources", metavar="SECONDS",
         help="With --submit: wait this long for free CPUs/GPUs (default: 600 on a cluster with an "
              "autoscaler, else fail at once).")] = None,
+    new_run: Annotated[bool, typer.Option("--new-run", help="Start the run name over (old folder kept aside).")
+                       ] = False,
+    resume_with_changes: Annotated[bool, typer.Option(
+        "--resume-with-changes", help="Resume the run name although its config changed (audited in MLflow).")] = False,
 ) -> None:
     """Train a model from CONFIG.yaml (bad configs fail here, before anything starts)."""
     from train.config import load_config
 
     settings = settings_of(ctx)
     cfg = load_config(config)  # fail fast on the client, naming the field
+    args = ["--config", str(config), *(["--run-name", run_name] if run_name else []),
+            *(["--new-run"] if new_run else []), *(["--resume-with-changes"] if resume_with_changes else [])]
     if not submit:
         from jobs.train import main
 
-        main(["--config", str(config), *(["--run-name", run_name] if run_name else [])])
+        main(args)
         return
     what = f"training job (run {run_name or cfg.run_name})"
     check_capacity(settings, cfg, str(config), what, wait)
-    entry = ["python", "-m", "jobs.train", "--config", str(config)] + (["--run-name", run_name] if run_name else [])
+    entry = ["python", "-m", "jobs.train", *args]
     submit_job(settings, entry, what=what, follow=follow)
 
 
