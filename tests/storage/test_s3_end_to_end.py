@@ -25,6 +25,7 @@ from tests.storage.helpers import S3Server
 from train.checkpoint import CHECKPOINT_PREFIX, checkpoint_step
 from train.config import parse_config
 from train.faults import FAIL_AT_STEP_ENV
+from train.fingerprint import FINGERPRINT_FILE
 from train.strategy import MODEL_FILE
 from train.trainer import run_url, train
 
@@ -81,7 +82,9 @@ def test_ingest_train_with_a_killed_worker_register_and_serve_on_s3(ray_cluster,
     # 2. the latest checkpoint is damaged in the bucket: a resubmit resumes from the one before it
     latest, previous = kept[-1], kept[-2]
     s3.client().put_object(Bucket=bucket, Key=f"{prefix}/{latest}/{MODEL_FILE}", Body=b"torn upload")
-    second = train(_config(epochs=3), on_s3)
+    # one more epoch is a changed fingerprint (kept beside the checkpoints in the bucket): resumed only when asked
+    assert s3.client().get_object(Bucket=bucket, Key=f"{prefix}/{FINGERPRINT_FILE}")["Body"].read()
+    second = train(_config(epochs=3), on_s3, resume_with_changes=True)
     assert second.metrics["resumed_from_step"] == checkpoint_step(previous)
     assert second.registered is not None and second.registered.aliases == ("challenger",)
 
