@@ -7,6 +7,8 @@ Every store test runs twice: on a local folder and on a real S3 API (moto's serv
 from __future__ import annotations
 
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -106,6 +108,33 @@ def test_two_controllers_starting_rollouts_at_once_claim_the_model_once(root):
     first.save(progressing())
     with pytest.raises(WriteConflict):
         second.save(progressing())
+
+
+def test_two_stores_saving_the_same_rollout_at_the_same_moment_one_wins_and_the_other_conflicts(root):
+    """Both read the same generation, then save at once from two threads: the storage's CAS picks one."""
+    state = progressing()
+    RolloutStore(root, "iris").save(state)
+    racers = [RolloutStore(root, "iris"), RolloutStore(root, "iris")]
+    for racer in racers:
+        racer.load()
+    moves = [transition(state, Observation(now=101.0), Command(cmd, actor))[0]
+             for cmd, actor in (("pause", "alice"), ("abort", "bob"))]
+    barrier = threading.Barrier(2)
+
+    def save(i: int) -> str:
+        barrier.wait()
+        try:
+            racers[i].save(moves[i], [{"actor": moves[i].reason or str(i)}])
+        except WriteConflict:
+            return "lost"
+        return "won"
+
+    with ThreadPoolExecutor(2) as pool:
+        outcome = list(pool.map(save, [0, 1]))
+    assert sorted(outcome) == ["lost", "won"]
+    winner = outcome.index("won")
+    assert _stored_phase(root, state.rollout_id) == moves[winner].phase.value
+    assert len(RolloutStore(root, "iris").events(state.rollout_id)) == 1   # only the winner's batch
 
 
 # -- local only ------------------------------------------------------------------------------------------
