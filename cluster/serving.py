@@ -27,7 +27,8 @@ from cluster.settings import Settings
 APP_NAME = "rayline"
 READY_TIMEOUT_S = 180.0
 # What a rollout's redeploy sets itself rather than carrying over from the last deploy.
-NOT_CARRIED = ("model_name", "baseline", "candidate", "tracking_uri", "state_dir", "controller", "traffic", "shadow")
+NOT_CARRIED = ("model_name", "baseline", "candidate", "tracking_uri", "state_dir", "rollouts_root", "controller",
+               "traffic", "shadow")
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -66,7 +67,8 @@ def app_config(settings: Settings, model: str, baseline: str | None = None, cand
     return parse_config({
         "model_name": model, "baseline": baseline or f"models:/{model}@champion", "candidate": candidate,
         "tracking_uri": str(settings.mlflow_tracking_uri),
-        "state_dir": str(settings.state_dir.absolute()), **options,   # the store adds rollouts/<model>
+        "state_dir": str(settings.state_dir.absolute()), "rollouts_root": settings.rollouts_root,
+        **options,   # the store adds <model>
     })
 
 

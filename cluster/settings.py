@@ -63,11 +63,13 @@ class Settings(BaseSettings):
     serve_predict_token: SecretStr | None = None
 
     # Storage: local paths, file://, s3:// or another fsspec URL. ``storage_root`` alone puts the
-    # datasets and checkpoints under it (``<root>/datasets``, ``<root>/checkpoints``). S3 fields
+    # datasets, checkpoints and rollout state under it (``<root>/datasets``, ``<root>/checkpoints``,
+    # ``<root>/rollouts``; without it rollouts stay in ``<state_dir>/rollouts``). S3 fields
     # left unset come from the AWS chain (AWS_* variables, shared config, IRSA).
     storage_root: str | None = None
     datasets_root: str | None = None
     checkpoints_root: str | None = None
+    rollouts_root: str | None = None
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
     s3_access_key_id: str | None = None
@@ -93,6 +95,9 @@ class Settings(BaseSettings):
         if self.checkpoints_root is None:
             self.checkpoints_root = join(self.storage_root, "checkpoints") if self.storage_root else \
                 str((self.state_dir / "checkpoints").absolute())
+        if self.rollouts_root is None:
+            self.rollouts_root = join(self.storage_root, "rollouts") if self.storage_root else \
+                str((self.state_dir / "rollouts").absolute())
         return self
 
     def configure_storage(self) -> None:

@@ -98,7 +98,7 @@ def build(cfg: ServeAppConfig, admin_token: str | None = None, predict_token: st
                                                              "resources": cfg.controller_resources}
                                            ) if cfg.controller_resources else RolloutController
         controller = placed.bind(state_dir=cfg.state_dir, model_name=cfg.model_name,
-                                 tracking_uri=tracking_uri, versions=versions)
+                                 tracking_uri=tracking_uri, versions=versions, rollouts_root=cfg.rollouts_root)
     else:
         controller = StaticTraffic.options(logging_config=cfg.logging_config).bind(
             cfg.variants, cfg.traffic, cfg.shadow)

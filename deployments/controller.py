@@ -27,7 +27,7 @@ from ray import serve
 
 from cluster import metrics
 from cluster.errors import RegistryError
-from cluster.files import WriteConflict
+from cluster.files import WriteConflict, join
 from cluster.logs import configure_logging
 from deployments.contracts import BASELINE, CANDIDATE, Traffic, VariantWindow
 from deployments.rollout.analysis import Verdict, WindowLog, aggregate, evaluate, samples, samples_per_key
@@ -72,11 +72,11 @@ class Controller:
     """Everything but the Serve decorator, so it also runs in a plain asyncio test or a benchmark."""
 
     def __init__(self, state_dir: str | Path, model_name: str, tracking_uri: str | None = None,
-                 versions: dict[str, str] | None = None) -> None:
+                 versions: dict[str, str] | None = None, rollouts_root: str | None = None) -> None:
         self.model = model_name
         self.tracking_uri = tracking_uri
         self.versions = dict(versions or {})   # variant → registered version the app serves now
-        self.store = RolloutStore(state_dir, model_name)
+        self.store = RolloutStore(rollouts_root or join(state_dir, "rollouts"), model_name)
         self.windows = WindowLog()
         self.leases = RouterLeases(watching_since=time.time())
         self.state: RolloutState | None = None
@@ -476,8 +476,8 @@ class RolloutController(Controller):
     """The Serve deployment: exactly one replica owns a model's rollout state."""
 
     def __init__(self, state_dir: str, model_name: str, tracking_uri: str | None = None,
-                 versions: dict[str, str] | None = None) -> None:
+                 versions: dict[str, str] | None = None, rollouts_root: str | None = None) -> None:
         configure_logging("rollout-controller", fmt="json")   # audit lines reach the replica's Serve log file
-        super().__init__(state_dir, model_name, tracking_uri, versions)
+        super().__init__(state_dir, model_name, tracking_uri, versions, rollouts_root)
         with contextlib.suppress(RuntimeError):   # no running loop yet: the first router poll starts it
             self._ensure_loop()

@@ -33,7 +33,10 @@ class ServeAppConfig(BaseModel):
     admin_token_env: str = Field("RAYLINE_ADMIN_TOKEN", description="env var holding the admin bearer token")
     predict_token_env: str = Field("RAYLINE_SERVE_PREDICT_TOKEN",
                                    description="env var holding a bearer token for predict (unset: predict open)")
-    state_dir: str = Field(".rayline", description="rollouts persist under <state_dir>/rollouts/<model>")
+    state_dir: str = Field(".rayline", description="rollouts persist under <state_dir>/rollouts/<model> "
+                                                       "unless rollouts_root is set")
+    rollouts_root: str | None = Field(None, description="where rollouts persist instead (<root>/<model>): a path, "
+                                                        "file:// or s3:// URL (default <state_dir>/rollouts)")
     controller: bool = Field(True, description="deploy the rollout controller (else a static traffic split)")
     traffic: dict[str, float] | None = Field(None, description="static split when there is no controller")
     shadow: str | None = Field(None, description="static shadow variant when there is no controller")

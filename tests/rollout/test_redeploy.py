@@ -22,7 +22,7 @@ from deployments.rollout.store import RolloutStore
 def _ended(tmp_path: Path, phase: Phase) -> None:
     spec = parse_spec({"model": "m", "candidate": "challenger", "steps": [50, 100], "interval_s": 1})
     state, _ = start(spec, "1", "2", now=0.0, epoch=1, actor="test")
-    RolloutStore(tmp_path, "m").save(dataclasses.replace(state, phase=phase), [])
+    RolloutStore(tmp_path / "rollouts", "m").save(dataclasses.replace(state, phase=phase), [])
 
 
 @pytest.mark.parametrize(

@@ -277,7 +277,7 @@ def test_two_controllers_of_one_model_never_both_act(safe_app, serve_url, settin
         wait_for(lambda: phase(second) in ("rolling_back", "rolled_back"), timeout_s=30)
         stored = []
         for _ in range(30):   # 3 s: every interval the old code's second controller saved its own state back
-            stored.append(RolloutStore(state_dir, first.model).load().phase.value)
+            stored.append(RolloutStore(f"{state_dir}/rollouts", first.model).load().phase.value)
             time.sleep(0.1)
         wait_for(lambda: phase(second) == "rolled_back" and phase(first) == "rolled_back", timeout_s=60)
         served = {second.predict([instance(i)]).headers[HEADER_VARIANT] for i in range(20)}
