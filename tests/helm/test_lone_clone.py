@@ -1,7 +1,7 @@
 """The project carries what its chart tests need: they pass in a copy with nothing beside it.
 
 Real files, a real nested pytest run; nothing is mocked. Our CI clones the repository next to
-a `shared/` folder, so a test that reads `../shared` would pass there and fail for everyone
+a `shared/` folder, so a test that reads a sibling shared folder would pass there and fail for everyone
 else: the copy here is made in an empty temporary folder to catch exactly that.
 """
 
