@@ -141,18 +141,12 @@ class Router:
         if self._loops_started:
             return
         self._loops_started = True
-        for coro in (self._poll_traffic(), self._report_windows()):
+        for coro in (self._poll_traffic(), self._report_windows(), self._learn_versions()):
             task = asyncio.get_running_loop().create_task(coro)
             self._tasks.add(task)
 
     async def _poll_traffic(self) -> None:
         while True:
-            for variant in list(self.waiting):   # a waiting model server: learn its version once it resolves
-                with contextlib.suppress(Exception):
-                    info = await asyncio.wait_for(_awaited(self.servers[variant].ready.remote()), CONTROLLER_TIMEOUT_S)
-                    if info.get("version"):
-                        self.versions[variant] = str(info["version"])
-                        self.waiting.discard(variant)
             with contextlib.suppress(Exception):   # controller away: the split stands until its lease runs out
                 managed = self.options.get("managed")
                 sent = time.monotonic()   # the lease counts from the send: a late answer cannot extend it
@@ -168,6 +162,18 @@ class Router:
                         logger.info("traffic changed", extra={"epoch": new.epoch, "weights": new.weights,
                                                               "shadow": new.shadow, "rollout_id": new.rollout_id})
                     self.traffic = new
+            await asyncio.sleep(TRAFFIC_POLL_S)
+
+    async def _learn_versions(self) -> None:
+        """A waiting model server: learn its version once it resolves (its own loop: a slow server must not
+        delay the controller poll, whose lease would run out)."""
+        while self.waiting:
+            for variant in list(self.waiting):
+                with contextlib.suppress(Exception):
+                    info = await asyncio.wait_for(_awaited(self.servers[variant].ready.remote()), CONTROLLER_TIMEOUT_S)
+                    if info.get("version"):
+                        self.versions[variant] = str(info["version"])
+                        self.waiting.discard(variant)
             await asyncio.sleep(TRAFFIC_POLL_S)
 
     def _routing(self) -> tuple[dict[str, float], str | None, bool]:
