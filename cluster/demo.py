@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import SecretStr
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cluster import stack
@@ -226,7 +227,8 @@ def run_demo(settings: Settings, console: Console, keep_up: bool = False) -> Dem
             with console.status(title + "…"):
                 outcome = fn(ctx)
             timings.append((title, time.monotonic() - t0, outcome))
-            console.print(f"[green]✓[/] {outcome}  [dim]({timings[-1][1]:.1f} s)[/]")
+            # One line per outcome, never wrapped or read as markup: logs and tests grep these lines.
+            console.print(f"[green]✓[/] {escape(outcome)}  [dim]({timings[-1][1]:.1f} s)[/]", soft_wrap=True)
     finally:
         _summary(ctx, timings, time.monotonic() - started)
         if keep_up:
