@@ -57,6 +57,9 @@ class VariantWindow:
     model_metrics: dict[str, list[float]] = field(default_factory=dict)   # name → samples
     shadow: bool = False
     by_key: dict[str, list[float]] = field(default_factory=dict)   # sticky key → [requests, 5xx, latency ms sum]
+    # Outcome samples joined from feedback that arrived since the last report (labels and rewards come
+    # seconds to days after the response): name ("reward", "correct", "abs_error", ...) → samples.
+    outcomes: dict[str, list[float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -38,6 +38,7 @@ class VariantStats:
     model_metrics: dict[str, float] = field(default_factory=dict)   # name → mean
     versions: list[str] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list, repr=False)   # pooled; left out of to_dict
+    outcomes: dict[str, list[float]] = field(default_factory=dict, repr=False)   # pooled feedback samples by name
 
 
 @dataclass
@@ -63,6 +64,7 @@ class Verdict:
         data = asdict(self)
         for s in data["stats"].values():
             s.pop("latencies_ms", None)
+            s["outcomes"] = {name: {"n": len(v), "mean": sum(v) / len(v)} for name, v in s["outcomes"].items() if v}
         return data
 
 
@@ -93,6 +95,8 @@ def aggregate(windows: Iterable[VariantWindow], include_shadow: bool = False) ->
         s.latencies_ms.extend(w.latencies_ms)
         for name, samples in w.model_metrics.items():
             metrics.setdefault(w.variant, {}).setdefault(name, []).extend(samples)
+        for name, samples in w.outcomes.items():
+            s.outcomes.setdefault(name, []).extend(samples)
     for variant, s in out.items():
         s.error_rate = s.errors / s.requests if s.requests else 0.0
         s.client_error_rate = s.client_errors / s.requests if s.requests else 0.0
