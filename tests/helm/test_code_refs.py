@@ -77,6 +77,20 @@ def test_serve_config_validation_rejects_args_the_old_chart_rendered() -> None:
                       "variants": [{"name": "champion", "model_uri": "models:/m@champion"}]})
 
 
+def test_placement_and_resolve_options_reach_the_serve_app(renderer) -> None:
+    """Spreading replicas over nodes, pinning the controller and the alias re-resolve interval are chart values."""
+    def spread(values: dict[str, Any]) -> None:
+        values["serving"]["app"].update(maxReplicasPerNode=1, controllerResources={"rayline_serving": 0.01},
+                                        resolveIntervalSeconds=5)
+
+    [app] = serve_apps(renderer.render(renderer.values(spread)))
+    cfg = parse_config(app["args"])
+    assert (cfg.max_replicas_per_node, cfg.controller_resources, cfg.resolve_interval_s) == (
+        1, {"rayline_serving": 0.01}, 5.0)
+    [default] = serve_apps(renderer.render())
+    assert "max_replicas_per_node" not in default["args"] and "controller_resources" not in default["args"]
+
+
 @pytest.mark.parametrize("example", list(EXAMPLES))
 def test_serve_app_state_dir_is_on_a_claim_mounted_in_every_serving_pod(rendered: dict[str, Manifest],
                                                                         example: str) -> None:

@@ -104,7 +104,10 @@ deployments/serve_config.py ServeAppConfig (extra fields fail the deployment).
   "access_log" $app.accessLog
   "serve_log_level" $app.serveLogLevel
   "max_shadow_in_flight" $app.maxShadowInFlight
+  "resolve_interval_s" $app.resolveIntervalSeconds
 -}}
+{{- with $app.maxReplicasPerNode }}{{ $_ := set $args "max_replicas_per_node" . }}{{ end -}}
+{{- with $app.controllerResources }}{{ $_ := set $args "controller_resources" . }}{{ end -}}
 {{- with $app.candidateAlias }}{{ $_ := set $args "candidate" (printf "models:/%s@%s" $app.modelName .) }}{{ end -}}
 {{- with $app.traffic }}{{ $_ := set $args "traffic" . }}{{ end -}}
 {{- with $app.shadow }}{{ $_ := set $args "shadow" . }}{{ end -}}
