@@ -78,7 +78,7 @@ class Controller:
         self.versions = dict(versions or {})   # variant → registered version the app serves now
         self.store = RolloutStore(rollouts_root or join(state_dir, "rollouts"), model_name)
         self.windows = WindowLog()
-        self.leases = RouterLeases(watching_since=time.time())
+        self.leases = RouterLeases()
         self.state: RolloutState | None = None
         self.traffic_now = Traffic()
         self.last_verdict: Verdict | None = None
@@ -125,7 +125,6 @@ class Controller:
         """Another controller wrote: forget what this one was about to do and follow what is on disk."""
         logger.warning("rollout state of %s changed under this controller (%s); reloading", self.model, why)
         self._pending_alias = []
-        self.leases.another_writer()
         state = self.store.load()
         self.state = state
         if state is not None and state.traffic.epoch >= self.traffic_now.epoch:

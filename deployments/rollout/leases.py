@@ -8,11 +8,11 @@ split and serves only the fallback variant (:func:`deployments.routing.effective
 it is dead. Either way it sends no caller to the candidate.
 
 This table only knows routers that polled *this* process. Routers that polled a previous
-process (a restart) or another controller of the same model (one that wrote the state too) may
-not be in it; they are covered once the change is a lease old: every controller answers polls
-from the stored state, so each such router has since either been told the change or failed
-closed. Until this process has watched alone for a lease, settling waits for that too. Pure:
-callers pass ``now``.
+process (a restart) or another controller of the same model may not be in it, and another
+controller answers polls from the stored state without writing anything, so this process cannot
+tell it is alone. A change is therefore settled only once it is a lease old as well: every
+router that could still serve an older split has by then either been told the change or, by its
+own clock, failed closed. Pure: callers pass ``now``.
 """
 
 from __future__ import annotations
@@ -29,13 +29,8 @@ class RouterSeen:
 
 
 class RouterLeases:
-    def __init__(self, watching_since: float) -> None:
+    def __init__(self) -> None:
         self._seen: dict[str, RouterSeen] = {}
-        self.alone_since: float | None = watching_since   # None: another controller has written meanwhile
-
-    def another_writer(self) -> None:
-        """Another controller wrote: some routers may poll it, not this one; rely on their leases."""
-        self.alone_since = None
 
     def heard(self, router_id: str, applied_epoch: int, now: float) -> None:
         self._seen[router_id] = RouterSeen(now, applied_epoch)
@@ -47,13 +42,13 @@ class RouterLeases:
     def settled(self, epoch: int, changed_at: float, now: float, lease_s: float | None,
                 margin_s: float = LEASE_MARGIN_S) -> bool:
         """Every live router this process knows acknowledged ``epoch`` (changed at ``changed_at``), and no router
-        it does not know can still serve an older one. Without a lease, every router ever heard from must ack."""
+        it does not know can still serve an older one: the change is a lease (plus margin) old. Without a lease,
+        every router ever heard from must ack."""
         if lease_s is None:
             return all(seen.epoch >= epoch for seen in self._seen.values())
         if not all(seen.epoch >= epoch for seen in self.live(now, lease_s, margin_s).values()):
             return False
-        watched_alone = self.alone_since is not None and self.alone_since <= changed_at - lease_s - margin_s
-        return watched_alone or now >= changed_at + lease_s + margin_s
+        return now >= changed_at + lease_s + margin_s
 
     def to_dict(self, now: float) -> dict[str, dict[str, float]]:
         return {r: {"seen_s_ago": round(now - s.at, 3), "epoch": s.epoch} for r, s in self._seen.items()}

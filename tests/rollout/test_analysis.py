@@ -116,19 +116,20 @@ def test_latency_ratio_gate_uses_a_one_sided_test_on_the_same_interval():
     assert evaluate(spec, aggregate([base, same])).status == "pass"
 
 
-def test_router_leases_settle_on_acks_of_live_routers_and_wait_out_routers_this_process_never_heard():
+def test_router_leases_settle_on_acks_of_live_routers_once_the_change_is_a_lease_old():
+    """A controller cannot know every router (another controller may answer polls from the stored state without
+    writing): a change settles when the live routers it knows acked it *and* it is a lease old."""
     from deployments.rollout.leases import RouterLeases
 
-    leases = RouterLeases(watching_since=0.0)
+    leases = RouterLeases()
     leases.heard("r1", 4, now=100.0)
     leases.heard("r2", 5, now=100.0)
     assert not leases.settled(5, changed_at=99.0, now=100.5, lease_s=3.0)      # r1 still on epoch 4
     leases.heard("r1", 5, now=100.6)
-    assert leases.settled(5, changed_at=99.0, now=100.7, lease_s=3.0)
-    fresh = RouterLeases(watching_since=100.0)   # a restarted controller: routers of the old one unknown
-    fresh.heard("r2", 5, now=100.5)
-    assert not fresh.settled(5, changed_at=100.2, now=101.0, lease_s=3.0)
-    assert fresh.settled(5, changed_at=100.2, now=104.3, lease_s=3.0)
+    assert not leases.settled(5, changed_at=99.0, now=100.7, lease_s=3.0)      # acked, but routers it never heard
+    assert leases.settled(5, changed_at=99.0, now=103.1, lease_s=3.0)          # ... have failed closed by now
+    leases.heard("r3", 4, now=103.0)                                           # a live one on the old split: not yet
+    assert not leases.settled(5, changed_at=99.0, now=103.1, lease_s=3.0)
     assert leases.settled(5, changed_at=99.0, now=200.0, lease_s=3.0)            # silent past the lease
 
 

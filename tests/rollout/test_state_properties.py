@@ -72,7 +72,7 @@ class Ctl:
         self.store = RolloutStore(root, "iris")
         self.state = self.store.load()
         self.traffic_now = Traffic()
-        self.leases = RouterLeases(watching_since=world.now)
+        self.leases = RouterLeases()
         self.pending: list[MoveAlias] = []
         self.out: list[tuple[MoveAlias, str]] = []       # sent (landed or not), result not back yet
         self.results: list[tuple[MoveAlias, str]] = []
@@ -84,7 +84,6 @@ class Ctl:
     def follow(self) -> None:
         if self.store.changed_since_saved():
             self.pending = []
-            self.leases.another_writer()
             self.state = self.store.load()
             if self.state is not None and self.state.traffic.epoch >= self.traffic_now.epoch:
                 self.traffic_now = self.state.traffic
@@ -293,5 +292,24 @@ def test_a_restarted_controller_does_not_settle_a_rollback_before_routers_it_nev
         world.tick(which=0, verdict=None)
         assert RolloutStore(world.root, "iris").load().phase == Phase.ROLLED_BACK
         world.no_router_serves_the_candidate_of_a_rolled_back_rollout()
+    finally:
+        world.teardown()
+
+
+def test_a_rollback_does_not_settle_while_a_router_fed_by_another_controller_that_never_wrote_may_serve_the_split():
+    """Found by the search above: controller 1 only read the state and answered router 1's poll with the split;
+    controller 0, which never heard of router 1 or of a write by controller 1, must not call the rollback done."""
+    world = _progressing_world()
+    try:
+        world.time_passes(5.0)
+        world.command(which=0, name="promote", full=False)
+        world.router_polls(router=0, which=1)          # r1 applies the split from controller 1
+        world.command(which=0, name="abort", full=False)
+        world.tick(which=0, verdict=None)
+        world.no_router_serves_the_candidate_of_a_rolled_back_rollout()
+        assert RolloutStore(world.root, "iris").load().phase == Phase.ROLLING_BACK
+        world.time_passes(5.0)                         # r1 is past its lease: it serves the baseline alone
+        world.tick(which=0, verdict=None)
+        assert RolloutStore(world.root, "iris").load().phase == Phase.ROLLED_BACK
     finally:
         world.teardown()
