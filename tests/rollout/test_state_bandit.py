@@ -7,18 +7,10 @@ import pytest
 
 from deployments.contracts import BASELINE, CANDIDATE
 from deployments.rollout.errors import SpecError
-from deployments.rollout.state import (
-    CHAMPION,
-    Command,
-    MoveAlias,
-    Observation,
-    Phase,
-    RecordEvent,
-    SetTraffic,
-    transition,
-)
+from deployments.rollout.state import CHAMPION, Command, MoveAlias, Observation, Phase, RecordEvent, transition
 from deployments.rollout.store import RolloutStore
 from tests.rollout.helpers import make_spec, progressing, verdict
+from tests.rollout.test_state import traffic_of
 
 
 def bandit_spec(**settings):
@@ -29,11 +21,6 @@ def bandit_spec(**settings):
 def rewards(base: tuple[int, int], cand: tuple[int, int]) -> dict[str, list[float]]:
     """(successes, n) per variant as 0/1 reward samples."""
     return {v: [1.0] * s + [0.0] * (n - s) for v, (s, n) in ((BASELINE, base), (CANDIDATE, cand))}
-
-
-def traffic_of(actions):
-    found = [a.traffic for a in actions if isinstance(a, SetTraffic)]
-    return found[-1] if found else None
 
 
 def update(state, spec, now, base, cand, status="pass"):
@@ -136,5 +123,5 @@ def test_bandit_settings_need_bandit_mode_and_a_floor_two_versions_can_both_get(
     assert bandit_spec().bandit.reward == "reward"
     with pytest.raises(SpecError, match="'bandit' settings need mode: bandit"):
         make_spec(bandit={"min_share": 0.1})
-    with pytest.raises(SpecError, match="bandit.min_share"):
+    with pytest.raises(SpecError, match=r"bandit\.min_share"):
         make_spec(mode="bandit", bandit={"min_share": 0.6})
