@@ -724,7 +724,7 @@ def _bandit_update(old: RolloutState, new: RolloutState, obs: Observation, spec:
         _enter_promoting(old, new, obs, SYSTEM, "bandit", f"bandit: {d.reason}", actions)
     elif d.winner == BASELINE or timed_out:
         outcome = "baseline_better" if d.winner == BASELINE else "no_winner"
-        why = d.reason if d.winner == BASELINE else f"{d.reason}; no winner after {b.max_duration_s:g}s"
+        why = d.reason if d.winner == BASELINE else f"{d.reason}; no promotable winner after {b.max_duration_s:g}s"
         _conclude(old, new, obs, "bandit", f"bandit: {why}; baseline kept",
                   {"outcome": outcome, "at": obs.now, "bandit": result}, actions)
     elif moved(old.traffic.weights, d.shares):
