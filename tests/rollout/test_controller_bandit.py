@@ -37,7 +37,8 @@ async def rewarded_load(ctl: Controller, stop: asyncio.Event, served: list) -> N
 @pytest.mark.timeout(60)
 def test_a_candidate_with_better_rewards_gets_more_traffic_and_is_promoted_and_champion_moves(tmp_path, model):  # noqa: F811
     name, reg = model
-    spec = spec_for(name, mode="bandit", bandit={"min_samples_per_arm": 30, "min_share": 0.1})
+    spec = spec_for(name, mode="bandit", bandit={"min_samples_per_arm": 30, "min_share": 0.1},
+                    thresholds={"max_error_rate": 0.02, "min_requests_per_check": 5})   # health shown after ~270
 
     async def scenario():
         ctl = Controller(tmp_path, name, reg.tracking_uri)
