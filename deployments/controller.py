@@ -348,6 +348,10 @@ class Controller:
                 self.last_ab = run_test(test, base, cand, spec.ab.alpha, spec.ab.higher_is_better,
                                         spec.ab.min_effect, state.ab_p_value)
                 obs["ab_result"] = self.last_ab
+        if spec.bandit is not None and state.bandit is not None and state.phase == Phase.PROGRESSING:
+            # only what arrived since the last update: the state adds it to its persisted counts
+            fresh = aggregate(self.windows.since(state.bandit["counted_until"], now))
+            obs["rewards"] = {v: s.outcomes.get(spec.bandit.reward, []) for v, s in fresh.items()}
         self.store.append_timeline(state.rollout_id, {
             "at": now, "phase": state.phase.value, "step": state.step_index, "epoch": state.traffic.epoch,
             "weights": dict(state.traffic.weights), "shadow": state.traffic.shadow, "status": verdict.status,

@@ -84,12 +84,35 @@ class ShadowSettings(_Strict):
         "conclude", description="conclude with a verdict (candidate would pass), or go on into the canary steps")
 
 
+class BanditPrior(_Strict):
+    """Beta(alpha, beta) prior of each arm's reward rate (``bernoulli``); the ``gaussian`` model ignores it."""
+
+    alpha: float = Field(1.0, gt=0)
+    beta: float = Field(1.0, gt=0)
+
+
+class BanditSettings(_Strict):
+    """Thompson sampling on a feedback reward: each interval (``interval_s``) the shares follow each version's
+    posterior probability of being best, never below ``min_share``; it ends when one version's P(best)
+    reaches ``promote_threshold`` with ``min_samples_per_arm`` rewards each (the candidate: promoted; the
+    baseline: concluded, baseline kept), or after ``max_duration_s`` without a winner (concluded, baseline kept)."""
+
+    reward: str = Field("reward", min_length=1, description="feedback outcome to maximise (higher is better)")
+    likelihood: Literal["bernoulli", "gaussian"] = Field(
+        "bernoulli", description="bernoulli: 0/1 (or [0, 1]) rewards, Beta posterior; gaussian: continuous rewards")
+    prior: BanditPrior = Field(default_factory=BanditPrior)
+    min_share: float = Field(0.05, gt=0, le=0.5, description="floor share of traffic for every version")
+    promote_threshold: float = Field(0.95, gt=0.5, lt=1.0, description="P(best) that ends the bandit")
+    min_samples_per_arm: int = Field(100, ge=1, description="rewards per version before a winner is declared")
+    max_duration_s: float | None = Field(None, gt=0, description="no winner by then: concluded, baseline kept")
+
+
 class RolloutSpec(_Strict):
     name: str | None = None
     model: str = Field(min_length=1)
     baseline: str = "champion"
     candidate: str = Field(min_length=1)
-    mode: Literal["canary", "ab", "shadow"] = "canary"
+    mode: Literal["canary", "ab", "shadow", "bandit"] = "canary"
     steps: list[float] = Field(default_factory=lambda: [5.0, 25.0, 50.0, 100.0])
     interval_s: float = Field(5.0, ge=1.0)
     min_requests: int = Field(50, ge=1, description="candidate requests per step before it may advance")
@@ -102,6 +125,7 @@ class RolloutSpec(_Strict):
     allow_new_required_fields: bool = Field(False, description="start even though the candidate requires input "
                                             "fields the baseline does not (recorded in the audit log)")
     ab: ABSettings | None = None
+    bandit: BanditSettings | None = None
     shadow: ShadowSettings | None = None
 
     @field_validator("steps")
@@ -127,6 +151,10 @@ class RolloutSpec(_Strict):
             raise ValueError("'ab' settings need mode: ab")
         if self.mode != "shadow" and self.shadow is not None:
             raise ValueError("'shadow' settings need mode: shadow")
+        if self.mode == "bandit" and self.bandit is None:
+            self.bandit = BanditSettings()
+        if self.mode != "bandit" and self.bandit is not None:
+            raise ValueError("'bandit' settings need mode: bandit")
         if ref_key(self.baseline) == ref_key(self.candidate):
             raise ValueError("baseline and candidate must differ")
         for ref in (self.baseline, self.candidate):
@@ -149,7 +177,7 @@ class RolloutSpec(_Strict):
 
     @property
     def last_step(self) -> int:
-        return 0 if self.mode == "ab" else len(self.steps) - 1
+        return 0 if self.mode in ("ab", "bandit") else len(self.steps) - 1
 
 
 def ref_uri(model: str, ref: str) -> str:

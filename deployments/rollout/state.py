@@ -8,6 +8,7 @@ Phases::
     Progressing/Shadowing/Pending/Promoting ⇄ Paused   (pause/resume; registry unreachable while promoting)
     Progressing/Shadowing/Paused → Held        (controller restarted after the state went stale: baseline only)
     Progressing (A/B) → Concluded              (significance test decided; traffic back to baseline)
+    Progressing (bandit) → Promoting | Concluded   (a version's P(best) passed the threshold, or time ran out)
 
 No clock, no I/O: time comes in ``Observation.now``, effects go out as actions
 (:class:`SetTraffic`, :class:`MoveAlias`, :class:`RecordEvent`, :class:`ReleaseWarm`) that the controller
@@ -39,6 +40,7 @@ from typing import Any
 
 from deployments.contracts import BASELINE, CANDIDATE, Traffic
 from deployments.rollout.analysis import Verdict
+from deployments.rollout.bandit import ArmRewards, decide, moved, seed_for
 from deployments.rollout.compat import describe_schema, new_required_fields
 from deployments.rollout.errors import RolloutError
 from deployments.rollout.spec import RolloutSpec, parse_spec
@@ -99,6 +101,7 @@ class RolloutState:
     champion_seen: str | None = None   # what champion names, as last read or moved by this controller
     champion_verified: bool = False  # rolling back: champion read back on the version it must name
     forced_fields: list[str] = field(default_factory=list)   # new required input fields allowed by the spec
+    bandit: dict[str, Any] | None = None   # bandit mode: reward counts per variant, P(best), shares (see _bandit_*)
 
     @property
     def parsed_spec(self) -> RolloutSpec:
@@ -140,6 +143,8 @@ class Observation:
     registry_healthy: bool | None = None   # probed while paused for the registry
     champion: str | None = None            # champion read back from the registry (rolling back)
     ab_result: TestResult | None = None    # A/B mode: the test on all samples so far
+    rewards: dict[str, list[float]] | None = None   # bandit mode: reward samples per variant that arrived
+    #                                                  since state.bandit["counted_until"] (up to ``now``)
 
 
 @dataclass(frozen=True)
@@ -345,6 +350,9 @@ def _tick_progressing(old: RolloutState, new: RolloutState, obs: Observation, ac
         new.failed_checks = 0   # failed checks count only while consecutive (as Flagger's threshold)
     if spec.mode == "ab":
         _maybe_conclude(old, new, obs, spec, actions)
+        return
+    if spec.mode == "bandit":
+        _bandit_update(old, new, obs, spec, actions)
         return
     if obs.verdict.status != "pass":
         return
@@ -603,7 +611,10 @@ def _enter_step(old: RolloutState, new: RolloutState, obs: Observation, index: i
     new.step_started_at = obs.now
     new.failed_checks = 0
     new.reason = reason
-    _set_traffic(new, weights_for(spec.candidate_percent(index)), actions)
+    if spec.mode == "bandit":
+        _set_traffic(new, _bandit_shares(new, obs.now), actions)
+    else:
+        _set_traffic(new, weights_for(spec.candidate_percent(index)), actions)
     actions.append(RecordEvent(_event(old, new, obs.now, command, actor, reason)))
 
 
@@ -677,6 +688,62 @@ def _maybe_conclude(old: RolloutState, new: RolloutState, obs: Observation, spec
     _set_traffic(new, {BASELINE: 1.0}, actions)
     new.decision["epoch"] = new.traffic.epoch
     actions.append(RecordEvent(_event(old, new, obs.now, "ab_test", SYSTEM, reason)))
+
+
+def _bandit_shares(new: RolloutState, now: float) -> dict[str, float]:
+    """The bandit's current shares; a bandit that has not begun starts with even shares and no rewards."""
+    if new.bandit is None:
+        arms = (BASELINE, CANDIDATE)
+        new.bandit = {"started_at": now, "counted_until": now, "updates": 0,
+                      "arms": {a: ArmRewards().to_dict() for a in arms},
+                      "prob_best": {a: 1 / len(arms) for a in arms}, "shares": {a: 1 / len(arms) for a in arms}}
+    return dict(new.bandit["shares"])
+
+
+def _bandit_update(old: RolloutState, new: RolloutState, obs: Observation, spec: RolloutSpec,
+                   actions: list[Action]) -> None:
+    """Bandit: add the rewards that arrived since the last update to the persisted counts (so the posterior
+    covers the whole rollout and survives a restart), then move traffic to the new shares, promote the
+    candidate when it wins (and its health is shown, as a canary's last step), or conclude with the baseline
+    kept when the baseline wins or time runs out. Called only on an interval whose health did not fail."""
+    assert spec.bandit is not None and obs.verdict is not None
+    b = spec.bandit
+    if obs.rewards is None or old.bandit is None:
+        return
+    arms = {v: ArmRewards.from_dict(c).add(obs.rewards.get(v, [])) for v, c in old.bandit["arms"].items()}
+    updates = old.bandit["updates"] + 1
+    d = decide(arms, b.min_share, b.promote_threshold, b.min_samples_per_arm, b.likelihood, b.prior.alpha,
+               b.prior.beta, seed=seed_for(old.rollout_id, updates))
+    new.bandit = {**old.bandit, "counted_until": obs.now, "updates": updates, "prob_best": d.prob_best,
+                  "arms": {v: a.to_dict() for v, a in arms.items()}, "shares": d.shares}
+    result = {"prob_best": d.prob_best, "rewards": {v: {"n": a.n, "mean": a.mean} for v, a in arms.items()}}
+    timed_out = b.max_duration_s is not None and obs.now - old.bandit["started_at"] >= b.max_duration_s
+    if d.winner == CANDIDATE and obs.verdict.status == "pass":
+        new.decided_at = obs.now
+        new.decision = {"outcome": "candidate_better", "at": obs.now, "bandit": result}
+        _enter_promoting(old, new, obs, SYSTEM, "bandit", f"bandit: {d.reason}", actions)
+    elif d.winner == BASELINE or timed_out:
+        outcome = "baseline_better" if d.winner == BASELINE else "no_winner"
+        why = d.reason if d.winner == BASELINE else f"{d.reason}; no promotable winner after {b.max_duration_s:g}s"
+        _conclude(old, new, obs, "bandit", f"bandit: {why}; baseline kept",
+                  {"outcome": outcome, "at": obs.now, "bandit": result}, actions)
+    elif moved(old.traffic.weights, d.shares):
+        new.reason = f"bandit: {d.reason}"
+        if d.winner == CANDIDATE:
+            new.reason += f"; promotion waits for its health to be shown ({obs.verdict.status})"
+        _set_traffic(new, dict(d.shares), actions)
+        actions.append(RecordEvent(_event(old, new, obs.now, "bandit", SYSTEM, new.reason, **result)))
+
+
+def _conclude(old: RolloutState, new: RolloutState, obs: Observation, command: str, reason: str,
+              decision: dict[str, Any], actions: list[Action]) -> None:
+    """End without promoting: all traffic back to the baseline, the decision and its epoch recorded."""
+    new.phase = Phase.CONCLUDED
+    new.reason = reason
+    new.decided_at = obs.now
+    _set_traffic(new, {BASELINE: 1.0}, actions)
+    new.decision = {**decision, "epoch": new.traffic.epoch}
+    actions.append(RecordEvent(_event(old, new, obs.now, command, SYSTEM, reason)))
 
 
 def _event(old: RolloutState | None, new: RolloutState, now: float, command: str, actor: str, reason: str,

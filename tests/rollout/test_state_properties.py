@@ -106,6 +106,8 @@ class Ctl:
 
 
 class World(RuleBasedStateMachine):
+    spec = SPEC
+
     def __init__(self) -> None:
         super().__init__()
         shm = Path("/dev/shm")   # thousands of fsynced compare-and-swaps: memory, not a busy disk, where it can
@@ -125,7 +127,7 @@ class World(RuleBasedStateMachine):
         ctl = self.ctls[which]
         ctl.follow()
         epoch = max(ctl.traffic_now.epoch, ctl.state.traffic.epoch if ctl.state else 0)
-        ctl.apply(*start(SPEC, OLD_CHAMPION, NEW, now=self.now, epoch=epoch, actor="alice",
+        ctl.apply(*start(self.spec, OLD_CHAMPION, NEW, now=self.now, epoch=epoch, actor="alice",
                          champion=self.registry.champion))
 
     @rule(which=st.integers(0, 1), full=st.booleans(),
@@ -151,7 +153,7 @@ class World(RuleBasedStateMachine):
             return
         obs: dict = {"alias_in_flight": bool(ctl.out)}
         if verdict is not None and state.phase in ANALYSED:
-            obs.update(verdict=Verdict(verdict, [], {}), step_requests=100)
+            obs.update(verdict=Verdict(verdict, [], {}), step_requests=100, **self.rewards(state))
         if state.phase == Phase.ROLLING_BACK:
             obs["traffic_settled"] = ctl.leases.settled(state.traffic.epoch, state.decided_at or self.now, self.now,
                                                         state.traffic.lease_s)
@@ -162,6 +164,10 @@ class World(RuleBasedStateMachine):
         new, actions = transition(state, Observation(now=self.now, **obs))
         if actions or "verdict" in obs:
             ctl.apply(new, actions)
+
+    def rewards(self, state) -> dict:
+        """Extra observation of an analysed tick (the bandit world's rewards)."""
+        return {}
 
     @rule(which=st.integers(0, 1))
     def send_alias_move(self, which: int) -> None:
