@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from pydantic import ValidationError
 
 from cluster import files
 from ingest.catalog import MANIFEST, Catalog, DatasetVersion, checksums, publish_tree
@@ -58,8 +59,10 @@ def tokenizer_spec(version: DatasetVersion, **overrides: Any) -> TokenizerSpec:
     body.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return TokenizerSpec.model_validate(body)
-    except ValueError as exc:
-        raise ContractError(f"tokenizer settings: {str(exc).splitlines()[-1].strip()}") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "tokenizer"
+        raise ContractError(f"tokenizer settings: invalid '{where}': {first['msg']}") from None
 
 
 def build_token_dataset(root: str, dataset: str, version: str = "latest", *, tokenizer_file: str | None = None,
