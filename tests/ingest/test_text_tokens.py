@@ -143,3 +143,21 @@ def test_token_shards_are_published_and_read_back_on_s3(corpus: Path, tmp_path: 
     tokens = open_token_split("s3://tokens/catalog", "pystd", "latest", "validation")
     assert len(tokens) == manifest["splits"]["validation"]["tokens"]
     assert decoded(tokens) == texts_of(Catalog("s3://tokens/catalog").latest("pystd"), "validation").to_list()
+
+
+def test_rayline_ingest_takes_a_text_contract_and_rayline_tokenize_writes_the_shards(corpus: Path,
+                                                                                     tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cluster.cli.main import app
+
+    state, cat = ["--state-dir", str(tmp_path / "state")], str(tmp_path / "cat")
+    contract = ROOT / "examples" / "contracts" / "pystdlib_text.yaml"
+    ingested = CliRunner().invoke(app, [*state, "ingest", "--source", str(corpus), "--contract", str(contract),
+                                        "--dataset", "pystdlib", "--root", cat])
+    assert ingested.exit_code == 0, ingested.output
+    tokenized = CliRunner().invoke(app, [*state, "tokenize", "--dataset", "pystdlib", "--root", cat,
+                                         "--vocab-size", "512"])
+    assert tokenized.exit_code == 0, tokenized.output
+    assert "tokenizer tok-" in tokenized.output and "uint16" in tokenized.output
+    assert len(open_token_split(cat, "pystdlib", "latest", "train")) > 0
