@@ -34,7 +34,7 @@ from ingest.profile import Profiler
 from ingest.progress import Progress
 from ingest.rules import CHECK, COLUMN, FFILL_PREFIX, ROW, RULE, check_columns, validate
 from ingest.sources import SOURCE_COLUMN, SourceFile, resolve, scan, source_error, source_schema
-from ingest.text_contract import is_text_contract
+from ingest.text_contract import TextContract, is_text_contract
 
 BUCKET_BYTES = {"csv": 64 * 1024**2, "ndjson": 64 * 1024**2, "parquet": 16 * 1024**2}
 BUCKET = "_bucket"
@@ -165,12 +165,7 @@ def _run(lf: pl.LazyFrame, schema: pl.Schema, files: list[SourceFile], spec: Con
     version = "v-" + version_digest(data_files, staging, spec.digest())[:12]
     out_schema = pl.scan_parquet(data_files[0]).collect_schema()
     manifest = {
-        "dataset": dataset,
-        "version": version,
-        "parent": parent.version if parent else None,
-        "created_at": datetime.now(UTC).isoformat(timespec="microseconds"),
-        "description": spec.description,
-        "contract": {"hash": spec.digest(), "body": spec.model_dump(mode="json")},
+        **manifest_head(dataset, version, parent, spec),
         "sources": [f.to_dict() for f in files],
         "source_schema": {n: str(t) for n, t in schema.items() if n != SOURCE_COLUMN},
         "schema": {n: str(t) for n, t in out_schema.items()},
@@ -295,6 +290,14 @@ def _forward_filled(deduped: list[Bucket], spec: Contract) -> dict[str, int]:
     row = (_lazy(deduped).select(pl.col(FFILL_PREFIX + c).sum().alias(c) for c in cols)
            .collect(engine="streaming"))
     return {c: int(row[c][0] or 0) for c in cols}
+
+
+def manifest_head(dataset: str, version: str, parent: DatasetVersion | None,
+                  spec: Contract | TextContract) -> dict[str, Any]:
+    """What every version's manifest opens with: names, parent, time, and the contract it kept."""
+    return {"dataset": dataset, "version": version, "parent": parent.version if parent else None,
+            "created_at": datetime.now(UTC).isoformat(timespec="microseconds"), "description": spec.description,
+            "contract": {"hash": spec.digest(), "body": spec.model_dump(mode="json")}}
 
 
 def check_identity(counts: dict[str, int], dataset: str) -> None:

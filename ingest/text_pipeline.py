@@ -16,7 +16,6 @@ duplicate is listed in ``duplicates/duplicates.parquet`` with the row it duplica
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from cluster.settings import Settings, load_settings
 from ingest import drift, quarantine, text_profile
 from ingest.catalog import Catalog, DatasetVersion
 from ingest.errors import ContractError
-from ingest.pipeline import ZSTD_LEVEL, check_identity, parent_version, staged, version_digest
+from ingest.pipeline import ZSTD_LEVEL, check_identity, manifest_head, parent_version, staged, version_digest
 from ingest.progress import Progress
 from ingest.rules import CHECK, COLUMN, REASON, ROW, RULE, first_failed, named_failure
 from ingest.sources import SOURCE_COLUMN
@@ -121,12 +120,7 @@ def _run(frame: pl.DataFrame, sources: list[dict[str, Any]], spec: TextContract,
     version = "v-" + version_digest(data_files, staging, spec.digest())[:12]
     manifest = {
         "kind": "text",
-        "dataset": dataset,
-        "version": version,
-        "parent": parent.version if parent else None,
-        "created_at": datetime.now(UTC).isoformat(timespec="microseconds"),
-        "description": spec.description,
-        "contract": {"hash": spec.digest(), "body": spec.model_dump(mode="json")},
+        **manifest_head(dataset, version, parent, spec),
         "sources": sources,
         "schema": {n: str(t) for n, t in pl.read_parquet_schema(data_files[0]).items()},
         "counts": {**counts, "identity": "rows_in = rows_out + rows_quarantined + rows_deduplicated",

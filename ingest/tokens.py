@@ -33,10 +33,10 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from pydantic import ValidationError
 
 from cluster import files
 from ingest.catalog import MANIFEST, Catalog, DatasetVersion, checksums, publish_tree
+from ingest.contract import load_model
 from ingest.errors import ContractError, DatasetNotFound
 from ingest.text_contract import TEXT, TokenizerSpec
 from ingest.tokenizer import BATCH_DOCS, load_tokenizer_file, tokenizer_id, train_bpe
@@ -58,12 +58,7 @@ def tokenizer_spec(version: DatasetVersion, **overrides: Any) -> TokenizerSpec:
         raise ContractError(f"dataset {version.name} {version.version} is not a text dataset")
     body = dict(version.manifest["contract"]["body"].get("tokenizer") or {})
     body.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return TokenizerSpec.model_validate(body)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "tokenizer"
-        raise ContractError(f"tokenizer settings: invalid '{where}': {first['msg']}") from None
+    return load_model(body, TokenizerSpec)
 
 
 def build_token_dataset(root: str, dataset: str, version: str = "latest", *, tokenizer_file: str | None = None,

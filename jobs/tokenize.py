@@ -13,10 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from cluster.logs import configure_logging
-from cluster.settings import load_settings
-from cluster.tracing import ensure_trace_id
-from jobs.entry import emit_result, entrypoint
+from jobs.entry import catalog_job, emit_result, entrypoint
 
 log = logging.getLogger("jobs.tokenize")
 
@@ -36,12 +33,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 @entrypoint("tokenize")
 def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
-    settings = load_settings(args.config)
-    configure_logging("jobs.tokenize", level=settings.log_level, fmt=settings.log_format)
-    trace_id = ensure_trace_id()
+    _, trace_id, root = catalog_job("jobs.tokenize", args.config, args.root)  # settings also point files at S3
     from ingest.tokens import build_token_dataset
 
-    root = args.root or str(settings.datasets_root)
     manifest = build_token_dataset(root, args.dataset, args.version, tokenizer_file=args.tokenizer,
                                    vocab_size=args.vocab_size, max_tokens=args.max_tokens)
     summary = {"job": "tokenize", "trace_id": trace_id, "dataset": args.dataset, "version": manifest["version"],
