@@ -211,7 +211,7 @@ class Catalog:
             owner = child.name.removeprefix(STAGING_PREFIX).rsplit("-", 1)[0]
             pid, _, host = owner.partition("@")
             dead_here = host == socket.gethostname() and pid.isdigit() and not process_alive(int(pid))
-            if dead_here or time.time() - _last_write(child) > stale_after_s:
+            if dead_here or time.time() - last_write(child) > stale_after_s:
                 shutil.rmtree(child, ignore_errors=True)
                 removed.append(child.name)
         return removed
@@ -319,7 +319,7 @@ def _json(data: dict[str, Any]) -> str:
     return json.dumps(data, indent=2, sort_keys=True, default=str)
 
 
-def _last_write(directory: Path) -> float:
+def last_write(directory: Path) -> float:
     """The newest modification time of ``directory`` or anything in it."""
     stamps = [directory.stat().st_mtime]
     for path in directory.rglob("*"):

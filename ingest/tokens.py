@@ -35,7 +35,7 @@ import numpy as np
 import polars as pl
 
 from cluster import files
-from ingest.catalog import MANIFEST, Catalog, DatasetVersion, checksums, publish_tree
+from ingest.catalog import MANIFEST, STALE_AFTER_S, Catalog, DatasetVersion, checksums, last_write, publish_tree
 from ingest.contract import load_model
 from ingest.errors import ContractError, DatasetNotFound
 from ingest.text_contract import TEXT, TokenizerSpec
@@ -86,6 +86,7 @@ def build_token_dataset(root: str, dataset: str, version: str = "latest", *, tok
         near = files.local_path(files.join(dv.path, TOKENS)) if files.is_local(target) else None
         if near is not None:  # staged beside the target: publishing is one rename on the same disk
             near.mkdir(parents=True, exist_ok=True)
+            _clean_stale(near)
         staging = Path(tempfile.mkdtemp(prefix=f".staging-{tok_id}-", dir=near))
         try:
             (staging / TOKENIZER_FILE).write_text(serialised)
@@ -98,6 +99,13 @@ def build_token_dataset(root: str, dataset: str, version: str = "latest", *, tok
             shutil.rmtree(staging, ignore_errors=True)
     files.atomic_write(files.join(dv.path, TOKENS, CURRENT), json.dumps({"tokenizer": tok_id}))
     return json.loads(files.read_bytes(files.join(target, MANIFEST)) or b"{}")
+
+
+def _clean_stale(directory: Path) -> None:
+    """Remove staging that killed runs left, once nobody has written to it for ``STALE_AFTER_S``."""
+    for child in directory.glob(".staging-*"):
+        if time.time() - last_write(child) > STALE_AFTER_S:
+            shutil.rmtree(child, ignore_errors=True)
 
 
 def _write_shards(dv: DatasetVersion, tokenizer: Any, spec: TokenizerSpec, staging: Path,

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import sysconfig
+import time
 from pathlib import Path
 
 import numpy as np
@@ -161,3 +162,18 @@ def test_rayline_ingest_takes_a_text_contract_and_rayline_tokenize_writes_the_sh
     assert tokenized.exit_code == 0, tokenized.output
     assert "tokenizer tok-" in tokenized.output and "uint16" in tokenized.output
     assert len(open_token_split(cat, "pystdlib", "latest", "train")) > 0
+
+
+def test_staging_left_by_a_killed_tokenize_is_removed_once_stale_and_a_live_one_is_kept(corpus: Path,
+                                                                                      root: str) -> None:
+    ingest(corpus, root)
+    tokens = Path(Catalog(root).latest("pystd").path) / "tokens"
+    old, live = tokens / ".staging-tok-dead-1", tokens / ".staging-tok-live-2"
+    for folder in (old, live):
+        folder.mkdir(parents=True)
+        (folder / "train-00000.bin").write_bytes(b"\0" * 8)
+    day_ago = time.time() - 25 * 3600
+    for path in (old / "train-00000.bin", old):
+        os.utime(path, (day_ago, day_ago))
+    build_token_dataset(root, "pystd")
+    assert not old.exists() and live.exists()
