@@ -35,8 +35,9 @@ import numpy as np
 import polars as pl
 
 from cluster import files
+from ingest import drift, text_profile
 from ingest.catalog import MANIFEST, STALE_AFTER_S, Catalog, DatasetVersion, checksums, last_write, publish_tree
-from ingest.contract import load_model
+from ingest.contract import DriftSpec, load_model
 from ingest.errors import ContractError, DatasetNotFound
 from ingest.text_contract import TEXT, TokenizerSpec
 from ingest.tokenizer import BATCH_DOCS, load_tokenizer_file, tokenizer_id, train_bpe
@@ -46,6 +47,8 @@ CURRENT = "CURRENT"
 TOKENIZER_FILE = "tokenizer.json"
 SPLITS = ("train", "validation")
 UINT16_MAX_VOCAB = 65535  # ids 0..65534 fit; 65535 is left free as nanoGPT does
+DRIFT_BINS = 10
+DRIFT_TOKENS = 500  # most frequent tokens (and the parent's) compared for drift
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -67,7 +70,8 @@ def build_token_dataset(root: str, dataset: str, version: str = "latest", *, tok
 
     Idempotent: the same version and tokenizer give the same id, and a published one is reused.
     """
-    dv = Catalog(root).get(dataset, version)
+    catalog = Catalog(root)
+    dv = catalog.get(dataset, version)
     spec = tokenizer_spec(dv, file=tokenizer_file, **overrides)
     started = time.perf_counter()
     if spec.file:
@@ -90,7 +94,9 @@ def build_token_dataset(root: str, dataset: str, version: str = "latest", *, tok
         staging = Path(tempfile.mkdtemp(prefix=f".staging-{tok_id}-", dir=near))
         try:
             (staging / TOKENIZER_FILE).write_text(serialised)
-            manifest = _write_shards(dv, tokenizer, spec, staging, batch_docs)
+            parent = _parent_profile(catalog, dv)
+            manifest = _write_shards(dv, tokenizer, spec, staging, batch_docs, parent)
+            manifest["drift"] = _drift(dv, manifest["profile"], parent)
             manifest |= {"tokenizer": {"id": tok_id, "file": TOKENIZER_FILE, "origin": origin,
                                        "tokenizers": _version("tokenizers")},
                          "dataset": dataset, "version": dv.version, "seconds": time.perf_counter() - started}
@@ -101,6 +107,30 @@ def build_token_dataset(root: str, dataset: str, version: str = "latest", *, tok
     return json.loads(files.read_bytes(files.join(target, MANIFEST)) or b"{}")
 
 
+def _parent_profile(catalog: Catalog, dv: DatasetVersion) -> dict[str, Any]:
+    """The token distributions of the parent version's current shards (empty when it has none)."""
+    parent = dv.manifest.get("parent")
+    if not parent:
+        return {}
+    try:
+        _, manifest = token_manifest(catalog.get(dv.name, parent))
+    except DatasetNotFound:
+        return {}
+    return manifest.get("profile", {}).get("distributions", {})
+
+
+def _drift(dv: DatasetVersion, profile: dict[str, Any], parent: dict[str, Any]) -> dict[str, Any]:
+    """Token drift against the parent version's shards: tokens per document, token frequencies.
+
+    Tokens compare by their text (byte-level pieces such as ``Ġself``), so versions with
+    different trained tokenizers still compare on the pieces both have."""
+    spec = DriftSpec.model_validate(dv.manifest["contract"]["body"].get("drift") or {})
+    report = drift.compare({"distributions": parent} if parent else None, profile, spec,
+                           dv.manifest.get("parent") if parent else None)
+    drift.enforce(report, f"{dv.name} {dv.version} tokens")
+    return report
+
+
 def _clean_stale(directory: Path) -> None:
     """Remove staging that killed runs left, once nobody has written to it for ``STALE_AFTER_S``."""
     for child in directory.glob(".staging-*"):
@@ -108,18 +138,21 @@ def _clean_stale(directory: Path) -> None:
             shutil.rmtree(child, ignore_errors=True)
 
 
-def _write_shards(dv: DatasetVersion, tokenizer: Any, spec: TokenizerSpec, staging: Path,
-                  batch_docs: int) -> dict[str, Any]:
+def _write_shards(dv: DatasetVersion, tokenizer: Any, spec: TokenizerSpec, staging: Path, batch_docs: int,
+                  parent: dict[str, Any]) -> dict[str, Any]:
     vocab = tokenizer.get_vocab_size(with_added_tokens=True)
     dtype = token_dtype(vocab)
     eos = tokenizer.token_to_id(spec.eos)
     splits: dict[str, Any] = {}
+    lengths: list[int] = []
+    counts = np.zeros(vocab, dtype=np.int64)
     for split in SPLITS:
         writer = _ShardWriter(staging, split, dtype, eos, spec.shard_tokens)
         skipped = {"too_few_tokens": 0, "too_many_tokens": 0}
         texts = texts_of(dv, split)
         for lo in range(0, len(texts), batch_docs):
             batch = texts.slice(lo, batch_docs).to_list()
+            kept = []
             for encoding in tokenizer.encode_batch_fast(batch, add_special_tokens=False):  # ids, no offsets
                 n = len(encoding.ids)
                 if spec.min_tokens and n < spec.min_tokens:
@@ -127,11 +160,19 @@ def _write_shards(dv: DatasetVersion, tokenizer: Any, spec: TokenizerSpec, stagi
                 elif spec.max_tokens and n > spec.max_tokens:
                     skipped["too_many_tokens"] += 1
                 else:
-                    writer.add(np.asarray(encoding.ids, dtype=dtype))
+                    kept.append(np.asarray(encoding.ids, dtype=dtype))
+                    writer.add(kept[-1])
+                    lengths.append(n)
+            if kept:
+                counts += np.bincount(np.concatenate(kept), minlength=vocab)[:vocab]
         shards = writer.close()
         splits[split] = {"documents_in": len(texts), "documents": sum(s["documents"] for s in shards),
                          "tokens": sum(s["tokens"] for s in shards), "skipped": skipped, "shards": shards}
-    return {"kind": "tokens", "dtype": dtype.name, "vocab_size": vocab, "eos": spec.eos, "eos_id": eos,
+    top = {tokenizer.id_to_token(int(i)): int(counts[i]) for i in np.flatnonzero(counts)}
+    profile = text_profile.distributions({"tokens_per_document": np.asarray(lengths, dtype=np.float64)},
+                                         {"tokens": top}, DRIFT_BINS, DRIFT_TOKENS, parent)
+    return {"kind": "tokens", "profile": profile, "dtype": dtype.name, "vocab_size": vocab, "eos": spec.eos,
+            "eos_id": eos,
             "layout": "document tokens then eos; idx holds int64 document starts (n_docs + 1)",
             "splits": splits}
 
@@ -233,23 +274,29 @@ def rank_bounds(total: int, rank: int, world_size: int) -> tuple[int, int]:
     return rank * share, (rank + 1) * share
 
 
+def token_manifest(dv: DatasetVersion, tokenizer: str | None = None) -> tuple[str, dict[str, Any]]:
+    """(folder, manifest) of a version's token shards: ``tokenizer``'s, else the CURRENT ones."""
+    base = files.join(dv.path, TOKENS)
+    if tokenizer is None:
+        pointer = files.read_bytes(files.join(base, CURRENT))
+        if pointer is None:
+            raise DatasetNotFound(f"dataset {dv.name} {dv.version} has no token shards yet (run jobs.tokenize)")
+        tokenizer = json.loads(pointer)["tokenizer"]
+    target = files.join(base, tokenizer)
+    raw = files.read_bytes(files.join(target, MANIFEST))
+    if raw is None:
+        raise DatasetNotFound(f"dataset {dv.name} {dv.version} has no token shards for {tokenizer}")
+    return target, json.loads(raw)
+
+
 def open_token_split(root: str, dataset: str, version: str, split: str, tokenizer: str | None = None) -> TokenSplit:
     """A split's token shards, memory-mapped (files on s3:// are fetched once into a local cache,
     checked against the manifest's sha256)."""
     if split not in SPLITS:
         raise DatasetNotFound(f"no split {split!r} (have {list(SPLITS)})")
     dv = Catalog(root).get(dataset, version)
-    base = files.join(dv.path, TOKENS)
-    if tokenizer is None:
-        pointer = files.read_bytes(files.join(base, CURRENT))
-        if pointer is None:
-            raise DatasetNotFound(f"dataset {dataset} {dv.version} has no token shards yet (run jobs.tokenize)")
-        tokenizer = json.loads(pointer)["tokenizer"]
-    target = files.join(base, tokenizer)
-    raw = files.read_bytes(files.join(target, MANIFEST))
-    if raw is None:
-        raise DatasetNotFound(f"dataset {dataset} {dv.version} has no token shards for {tokenizer}")
-    manifest = json.loads(raw)
+    target, manifest = token_manifest(dv, tokenizer)
+    tokenizer = manifest["tokenizer"]["id"]
     local = target if files.is_local(target) else _cached(target, manifest, dataset, dv.version, tokenizer)
     directory = files.local_path(local)
     dtype = np.dtype(manifest["dtype"])

@@ -177,3 +177,21 @@ def test_staging_left_by_a_killed_tokenize_is_removed_once_stale_and_a_live_one_
         os.utime(path, (day_ago, day_ago))
     build_token_dataset(root, "pystd")
     assert not old.exists() and live.exists()
+
+
+def test_token_drift_compares_against_the_parent_versions_shards(corpus: Path, root: str, tmp_path: Path) -> None:
+    ingest(corpus, root)
+    first = build_token_dataset(root, "pystd")
+    assert first["drift"]["compared"] is False
+    prose = tmp_path / "prose"
+    prose.mkdir()
+    for i in range(12):
+        (prose / f"note-{i}.txt").write_text(" ".join(f"plain words about trains number {j}" for j in range(i * 20)))
+    ingest(prose, root)
+    second = build_token_dataset(root, "pystd")
+
+    report = second["drift"]
+    assert report["compared"] and report["parent"] == first["version"]
+    assert set(report["columns"]) == {"tokens_per_document", "tokens"}
+    assert "tokens" in report["breached"]  # Python source → English notes: the token mix moved
+    assert second["profile"]["distributions"]["tokens"]["frequencies"]["<other>"] >= 0
