@@ -43,10 +43,11 @@ ZSTD_LEVEL = 1  # level 1 writes ~2x faster than the default 3 on 2 cores, for a
 Bucket = pl.DataFrame | Path  # a bucket of rows, in memory (single bucket) or spilled to disk
 
 
-def run_ingest(source: str | list[str], contract: str | Path | Contract, dataset: str, root: str, *,
-               settings: Settings | None = None, log_to_mlflow: bool = False,
+def run_ingest(source: str | list[str], contract: str | Path | Contract | TextContract | dict[str, Any], dataset: str,
+               root: str, *, settings: Settings | None = None, log_to_mlflow: bool = False,
                progress: Progress | None = None) -> DatasetVersion:
-    """Ingest ``source`` under ``contract`` as a new version of ``dataset`` in the catalog at ``root``."""
+    """Ingest ``source`` under ``contract`` as a new version of ``dataset`` in the catalog at ``root``
+    (a text contract, ``kind: text``, goes to :mod:`ingest.text_pipeline`)."""
     settings = settings or load_settings()
     if is_text_contract(contract):
         from ingest.text_pipeline import run_text_ingest
