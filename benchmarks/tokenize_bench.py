@@ -24,6 +24,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+from importlib.metadata import version as package_version
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,23 +73,30 @@ def main() -> None:
         tokenizer.save(str(work / "tokenizer.json"))
         tokens_dir = Path(Catalog(root).get("stdlib", version.version).path) / TOKENS
         report = Report("tokenize", f"{len(texts)} stdlib .py documents ({size / 1e6:.1f} MB), byte-level BPE "
-                                    f"vocab {args.vocab_size}")
+                                    f"vocab {args.vocab_size}, tokenizers {package_version('tokenizers')}")
         load = os.getloadavg()
         seconds: dict[str, list[float]] = {"pipeline": [], "baseline": []}
         cpu: dict[str, list[float]] = {"pipeline": [], "baseline": []}
-        total = 0
-        for i in range(args.repeats):
+        counted: dict[str, int] = {}
+
+        def pipeline() -> None:
             shutil.rmtree(tokens_dir, ignore_errors=True)
-            start, cpu0 = time.perf_counter(), time.process_time()
             manifest = build_token_dataset(root, "stdlib", version.version, tokenizer_file=str(work / "tokenizer.json"))
-            seconds["pipeline"].append(time.perf_counter() - start)
-            cpu["pipeline"].append(time.process_time() - cpu0)
-            total = sum(s["tokens"] - s["documents"] for s in manifest["splits"].values())  # without the eos
-            start, cpu0 = time.perf_counter(), time.process_time()
+            counted["pipeline"] = sum(s["tokens"] - s["documents"] for s in manifest["splits"].values())  # no eos
+
+        def baseline() -> None:
             ids = [tokenizer.encode(doc, add_special_tokens=False).ids for doc in texts]
-            seconds["baseline"].append(time.perf_counter() - start)
-            cpu["baseline"].append(time.process_time() - cpu0)
-            assert sum(len(x) for x in ids) == total, "both sides must produce the same tokens"
+            counted["baseline"] = sum(len(x) for x in ids)
+
+        for i in range(args.repeats):
+            order = [("pipeline", pipeline), ("baseline", baseline)]
+            for impl, run in order if i % 2 == 0 else order[::-1]:  # alternate who goes first
+                start, cpu0 = time.perf_counter(), time.process_time()
+                run()
+                seconds[impl].append(time.perf_counter() - start)
+                cpu[impl].append(time.process_time() - cpu0)
+            total = counted["pipeline"]
+            assert counted["baseline"] == total, "both sides must produce the same tokens"
             for impl in seconds:
                 report.add(repeat=i, impl=impl, seconds=seconds[impl][-1], cpu_s=cpu[impl][-1], tokens=total,
                            tokens_per_s=total / seconds[impl][-1])

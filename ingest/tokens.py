@@ -28,6 +28,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,7 @@ def build_token_dataset(root: str, dataset: str, version: str = "latest", *, tok
             manifest = _write_shards(dv, tokenizer, spec, staging, batch_docs, parent)
             manifest["drift"] = _drift(dv, manifest["profile"], parent)
             manifest |= {"tokenizer": {"id": tok_id, "file": TOKENIZER_FILE, "origin": origin,
-                                       "tokenizers": _version("tokenizers")},
+                                       "tokenizers": package_version("tokenizers")},
                          "dataset": dataset, "version": dv.version, "seconds": time.perf_counter() - started}
             publish_tree(staging, target, manifest)
         finally:
@@ -323,12 +324,6 @@ def _cached(target: str, manifest: dict[str, Any], dataset: str, version: str, t
     shutil.rmtree(cache, ignore_errors=True)
     partial.replace(cache)
     return str(cache)
-
-
-def _version(package: str) -> str:
-    from importlib.metadata import version
-
-    return version(package)
 
 
 def texts_of(version: DatasetVersion, split: str) -> pl.Series:
