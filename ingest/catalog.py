@@ -211,7 +211,7 @@ class Catalog:
             owner = child.name.removeprefix(STAGING_PREFIX).rsplit("-", 1)[0]
             pid, _, host = owner.partition("@")
             dead_here = host == socket.gethostname() and pid.isdigit() and not process_alive(int(pid))
-            if dead_here or time.time() - _last_write(child) > stale_after_s:
+            if dead_here or time.time() - last_write(child) > stale_after_s:
                 shutil.rmtree(child, ignore_errors=True)
                 removed.append(child.name)
         return removed
@@ -234,14 +234,7 @@ class Catalog:
     def publish(self, name: str, staging: Path, version: str, manifest: dict[str, Any]) -> DatasetVersion:
         """Manifest (with every file's sha256) last, then LATEST; an identical version already there is reused."""
         started = self._started.pop(str(staging), time.time_ns())
-        manifest = {**manifest, "checksums": checksums(staging)}
-        target = files.join(self.dataset_dir(name), version)
-        if files.exists(files.join(target, MANIFEST)):
-            shutil.rmtree(staging, ignore_errors=True)
-        elif self.local:
-            _publish_local(staging, files.local_path(target), manifest)
-        else:
-            _publish_remote(staging, target, manifest)
+        publish_tree(staging, files.join(self.dataset_dir(name), version), manifest)
         published = self.get(name, version)
         self._move_latest(name, version, started)
         return published
@@ -267,6 +260,18 @@ class Catalog:
                 continue  # another run moved LATEST in between: reload and decide again
         raise StorageError(f"dataset {name!r}: {version} is published but LATEST under {self.root} kept changing "
                            f"({LATEST_ATTEMPTS} attempts); run the ingest again to point LATEST at it")
+
+
+def publish_tree(staging: Path, target: str, manifest: dict[str, Any]) -> None:
+    """Publish a staged folder at ``target`` (a path or s3:// URL): files, then ``manifest.json`` with
+    every file's sha256, last. A target already published (same content-addressed name) is kept."""
+    manifest = {**manifest, "checksums": checksums(staging)}
+    if files.exists(files.join(target, MANIFEST)):
+        shutil.rmtree(staging, ignore_errors=True)
+    elif files.is_local(target):
+        _publish_local(staging, files.local_path(target), manifest)
+    else:
+        _publish_remote(staging, target, manifest)
 
 
 def checksums(directory: Path) -> dict[str, str]:
@@ -314,7 +319,7 @@ def _json(data: dict[str, Any]) -> str:
     return json.dumps(data, indent=2, sort_keys=True, default=str)
 
 
-def _last_write(directory: Path) -> float:
+def last_write(directory: Path) -> float:
     """The newest modification time of ``directory`` or anything in it."""
     stamps = [directory.stat().st_mtime]
     for path in directory.rglob("*"):

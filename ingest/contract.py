@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -21,6 +21,7 @@ from ingest.errors import ContractError
 
 ColumnType = Literal["int", "float", "str", "bool", "date"]
 NUMERIC_TYPES = ("int", "float")
+M = TypeVar("M", bound=BaseModel)
 DEFAULT_NULL_VALUES: tuple[str, ...] = ("",)  # empty (or blank) text, as the CSV reader already reads it
 
 
@@ -207,14 +208,21 @@ class Contract(_Strict):
 
 def load_contract(source: str | Path | Contract | dict[str, Any]) -> Contract:
     """A Contract from a YAML path, a dict or an existing Contract; ContractError names the field."""
-    if isinstance(source, Contract):
+    return load_model(source, Contract)
+
+
+def load_model(source: str | Path | BaseModel | dict[str, Any], model: type[M]) -> M:
+    """A contract of type ``model`` (table or text) from a YAML path, a dict or an instance."""
+    if isinstance(source, model):
         return source
+    if isinstance(source, BaseModel):
+        raise ContractError(f"expected a {model.__name__}, got a {type(source).__name__}")
     if isinstance(source, dict):
         data, where = source, "contract"
     else:
         data, where = read_yaml_mapping(source, ContractError, "contract file"), str(source)
     try:
-        return Contract.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(_loc_name(data, first["loc"]))

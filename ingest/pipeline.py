@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 import shutil
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from ingest.profile import Profiler
 from ingest.progress import Progress
 from ingest.rules import CHECK, COLUMN, FFILL_PREFIX, ROW, RULE, check_columns, validate
 from ingest.sources import SOURCE_COLUMN, SourceFile, resolve, scan, source_error, source_schema
+from ingest.text_contract import TextContract, is_text_contract
 
 BUCKET_BYTES = {"csv": 64 * 1024**2, "ndjson": 64 * 1024**2, "parquet": 16 * 1024**2}
 BUCKET = "_bucket"
@@ -41,11 +43,17 @@ ZSTD_LEVEL = 1  # level 1 writes ~2x faster than the default 3 on 2 cores, for a
 Bucket = pl.DataFrame | Path  # a bucket of rows, in memory (single bucket) or spilled to disk
 
 
-def run_ingest(source: str | list[str], contract: str | Path | Contract, dataset: str, root: str, *,
-               settings: Settings | None = None, log_to_mlflow: bool = False,
+def run_ingest(source: str | list[str], contract: str | Path | Contract | TextContract | dict[str, Any], dataset: str,
+               root: str, *, settings: Settings | None = None, log_to_mlflow: bool = False,
                progress: Progress | None = None) -> DatasetVersion:
-    """Ingest ``source`` under ``contract`` as a new version of ``dataset`` in the catalog at ``root``."""
+    """Ingest ``source`` under ``contract`` as a new version of ``dataset`` in the catalog at ``root``
+    (a text contract, ``kind: text``, goes to :mod:`ingest.text_pipeline`)."""
     settings = settings or load_settings()
+    if is_text_contract(contract):
+        from ingest.text_pipeline import run_text_ingest
+
+        return run_text_ingest(source, contract, dataset, root, settings=settings, log_to_mlflow=log_to_mlflow,
+                               progress=progress)
     spec = load_contract(contract)
     progress = progress or Progress(dataset)
     catalog = Catalog(root)
@@ -53,14 +61,9 @@ def run_ingest(source: str | list[str], contract: str | Path | Contract, dataset
     lf = scan(files, settings.s3_endpoint_url)
     schema = source_schema(lf, files)
     check_columns(spec, schema, files[0].path if len(files) == 1 else f"{len(files)} source files")
-    parent = _parent(catalog, dataset)
-    with catalog.writing(dataset):  # a full or read-only disk: one line, after the cleanup below
-        staging = catalog.stage(dataset)
-        try:
-            version = _run(lf, schema, files, spec, dataset, catalog, staging, parent, progress)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+    parent = parent_version(catalog, dataset)
+    version = staged(catalog, dataset,
+                     lambda staging: _run(lf, schema, files, spec, dataset, catalog, staging, parent, progress))
     if log_to_mlflow:
         from ingest.lineage import log_ingest_run
 
@@ -68,9 +71,20 @@ def run_ingest(source: str | list[str], contract: str | Path | Contract, dataset
     return version
 
 
-def _parent(catalog: Catalog, dataset: str) -> DatasetVersion | None:
+def parent_version(catalog: Catalog, dataset: str) -> DatasetVersion | None:
     version = catalog.latest_version(dataset)
     return catalog.get(dataset, version) if version else None
+
+
+def staged(catalog: Catalog, dataset: str, build: Callable[[Path], DatasetVersion]) -> DatasetVersion:
+    """Run ``build`` in a fresh staging directory, removed when it fails (a full disk: one line)."""
+    with catalog.writing(dataset):
+        staging = catalog.stage(dataset)
+        try:
+            return build(staging)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
 
 
 def _run(lf: pl.LazyFrame, schema: pl.Schema, files: list[SourceFile], spec: Contract, dataset: str,
@@ -147,17 +161,12 @@ def _run(lf: pl.LazyFrame, schema: pl.Schema, files: list[SourceFile], spec: Con
     counts = {"rows_in": rows_in, "rows_out": rows_out, "rows_quarantined": int(quarantined["rows"]),
               "rows_deduplicated": dedup_counts["exact_duplicates"] + dedup_counts["key_duplicates"],
               **{f"split_{k}": v for k, v in split_rows.items()}}
-    _check_identity(counts, dataset)
+    check_identity(counts, dataset)
     data_files = sorted(p for p in staging.rglob("*.parquet") if p.parent.name.startswith("split="))
-    version = "v-" + _content_hash(data_files, staging, spec.digest())[:12]
+    version = "v-" + version_digest(data_files, staging, spec.digest())[:12]
     out_schema = pl.scan_parquet(data_files[0]).collect_schema()
     manifest = {
-        "dataset": dataset,
-        "version": version,
-        "parent": parent.version if parent else None,
-        "created_at": datetime.now(UTC).isoformat(timespec="microseconds"),
-        "description": spec.description,
-        "contract": {"hash": spec.digest(), "body": spec.model_dump(mode="json")},
+        **manifest_head(dataset, version, parent, spec),
         "sources": [f.to_dict() for f in files],
         "source_schema": {n: str(t) for n, t in schema.items() if n != SOURCE_COLUMN},
         "schema": {n: str(t) for n, t in out_schema.items()},
@@ -284,7 +293,15 @@ def _forward_filled(deduped: list[Bucket], spec: Contract) -> dict[str, int]:
     return {c: int(row[c][0] or 0) for c in cols}
 
 
-def _check_identity(counts: dict[str, int], dataset: str) -> None:
+def manifest_head(dataset: str, version: str, parent: DatasetVersion | None,
+                  spec: Contract | TextContract) -> dict[str, Any]:
+    """What every version's manifest opens with: names, parent, time, and the contract it kept."""
+    return {"dataset": dataset, "version": version, "parent": parent.version if parent else None,
+            "created_at": datetime.now(UTC).isoformat(timespec="microseconds"), "description": spec.description,
+            "contract": {"hash": spec.digest(), "body": spec.model_dump(mode="json")}}
+
+
+def check_identity(counts: dict[str, int], dataset: str) -> None:
     total = counts["rows_out"] + counts["rows_quarantined"] + counts["rows_deduplicated"]
     if counts["rows_in"] != total:
         raise AccountingError(f"dataset {dataset}: rows_in {counts['rows_in']} != rows_out {counts['rows_out']} + "
@@ -292,7 +309,7 @@ def _check_identity(counts: dict[str, int], dataset: str) -> None:
                               f"{counts['rows_deduplicated']} ({total}); not published")
 
 
-def _content_hash(files: list[Path], base: Path, contract_digest: str) -> str:
+def version_digest(files: list[Path], base: Path, contract_digest: str) -> str:
     digest = hashlib.sha256(contract_digest.encode())
     for path in files:
         digest.update(str(path.relative_to(base)).encode())

@@ -21,7 +21,7 @@ from ingest.cleaning import SPLIT, TRAIN, Plan
 from ingest.contract import Contract
 
 
-def _counts(values: np.ndarray, edges: list[float], prefix: str) -> dict[str, int]:
+def bin_counts(values: np.ndarray, edges: list[float], prefix: str) -> dict[str, int]:
     """Counts of values in each of len(edges)+1 bins (−inf, e0], (e0, e1], …, (e_n, inf)."""
     counts = np.bincount(np.searchsorted(np.asarray(edges, dtype=np.float64), values, side="left"),
                          minlength=len(edges) + 1)
@@ -84,9 +84,9 @@ class Profiler:
         row = df.select(aggs).row(0, named=True)
         for c in self.numeric:  # one binary search per value in NumPy instead of a pass per bin
             values = df[c].drop_nulls().cast(pl.Float64).to_numpy()
-            row |= _counts(values, self.edges[c], f"{c}:bin")
+            row |= bin_counts(values, self.edges[c], f"{c}:bin")
             if c in self.reference:
-                row |= _counts(values, self.reference[c]["edges"], f"{c}:ref")
+                row |= bin_counts(values, self.reference[c]["edges"], f"{c}:ref")
         for name, d in self.dists.items():
             if d["kind"] == "categorical" and d["encoding"] != "onehot":
                 index = df[name].drop_nulls().to_numpy()
@@ -131,13 +131,13 @@ class Profiler:
             if d["kind"] == "numeric":
                 edges = (self.edges or {}).get(name, [])
                 distributions[name] = {"kind": "numeric", "edges": edges,
-                                       "fractions": _fractions([s.get(f"{name}:bin{i}", 0.0)
+                                       "fractions": fractions([s.get(f"{name}:bin{i}", 0.0)
                                                                 for i in range(len(edges) + 1)])}
                 if name in self.reference:
                     n_ref = len(self.reference[name]["edges"]) + 1
-                    reference_bins[name] = _fractions([s.get(f"{name}:ref{i}", 0.0) for i in range(n_ref)])
+                    reference_bins[name] = fractions([s.get(f"{name}:ref{i}", 0.0) for i in range(n_ref)])
             else:
-                counts = _fractions([s.get(f"{name}:cat{i}", 0.0) for i in range(len(d["vocabulary"]))])
+                counts = fractions([s.get(f"{name}:cat{i}", 0.0) for i in range(len(d["vocabulary"]))])
                 distributions[name] = {"kind": "categorical", "frequencies": dict(zip(d["vocabulary"], counts,
                                                                                       strict=True))}
             nulls = self.plan.null_counts.get(name, 0)
@@ -155,6 +155,6 @@ def _mean_std(n: float, total: float, squares: float) -> tuple[float | None, flo
     return mean, math.sqrt(max(var, 0.0))
 
 
-def _fractions(counts: list[float]) -> list[float]:
+def fractions(counts: list[float]) -> list[float]:
     total = sum(counts)
     return [c / total if total else 0.0 for c in counts]

@@ -13,6 +13,7 @@ import polars as pl
 from ingest.contract import Contract
 from ingest.rules import CHECK, COLUMN, RAW_PREFIX, REASON, ROW, RULE, describe
 from ingest.sources import SOURCE_COLUMN
+from ingest.text_contract import TextContract
 
 STEP = "_step"
 DIR = "quarantine"
@@ -30,13 +31,14 @@ def from_validation(lf: pl.LazyFrame, contract: Contract) -> pl.LazyFrame:
         pl.lit("contract").alias(STEP), pl.col(RULE), pl.col(COLUMN), pl.col(REASON))
 
 
-def from_typed(df: pl.DataFrame, contract: Contract, step: str, rule: str, column: str,
-               reason: pl.Expr) -> pl.DataFrame:
-    """Rows rejected after casting (duplicate keys, outliers): values back to text."""
+def from_typed(df: pl.DataFrame, contract: Contract | TextContract, step: str, rule: str | pl.Expr,
+               column: str | pl.Expr, reason: pl.Expr) -> pl.DataFrame:
+    """Rows rejected after casting (duplicate keys, outliers, text rules): values back to text."""
+    rule, column = (v if isinstance(v, pl.Expr) else pl.lit(v) for v in (rule, column))
     return df.select(
         pl.col(ROW).cast(pl.Int64), pl.col(SOURCE_COLUMN).cast(pl.String),
         *[pl.col(n).cast(pl.String) for n in contract.names],
-        pl.lit(step).alias(STEP), pl.lit(rule).alias(RULE), pl.lit(column).alias(COLUMN), reason.alias(REASON))
+        pl.lit(step).alias(STEP), rule.alias(RULE), column.alias(COLUMN), reason.alias(REASON))
 
 
 def write(df: pl.DataFrame, directory: Path, name: str) -> None:

@@ -139,21 +139,28 @@ def validate(lf: pl.LazyFrame, contract: Contract, schema: pl.Schema) -> pl.Lazy
     if flagged_ffill:  # a flag only counts when forward fill actually found a value
         lf = lf.with_columns([(pl.col(FFILL_PREFIX + n) & pl.col(n).is_not_null()).alias(FFILL_PREFIX + n)
                               for n in flagged_ffill])
-    found = checks(contract)
+    return lf.with_columns(first_failed([c[0] for c in checks(contract)]).alias(CHECK))
+
+
+def first_failed(conditions: list[pl.Expr]) -> pl.Expr:
+    """The index of the first condition that holds (a row's first broken rule), else null."""
     first = pl.lit(None, dtype=pl.Int32)
-    for i in reversed(range(len(found))):
-        first = pl.when(found[i][0].fill_null(False)).then(pl.lit(i, dtype=pl.Int32)).otherwise(first)
-    return lf.with_columns(first.alias(CHECK))
+    for i in reversed(range(len(conditions))):
+        first = pl.when(conditions[i].fill_null(False)).then(pl.lit(i, dtype=pl.Int32)).otherwise(first)
+    return first
 
 
-def describe(lf: pl.LazyFrame, contract: Contract) -> pl.LazyFrame:
-    """Rule, column and human reason for rows that failed a check (run it on rejected rows only)."""
-    found = checks(contract)
+def named_failure(found: list[tuple[pl.Expr, str, str, pl.Expr]]) -> list[pl.Expr]:
+    """``_rule``, ``_column`` and ``_reason`` of each row's first failed check (``_check``)."""
     index = list(range(len(found)))
     reason = pl.lit(None, dtype=pl.String)
     for i in reversed(index):
         reason = pl.when(pl.col(CHECK) == i).then(found[i][3]).otherwise(reason)
-    return lf.with_columns(
-        pl.col(CHECK).replace_strict(index, [c[1] for c in found], return_dtype=pl.String).alias(RULE),
-        pl.col(CHECK).replace_strict(index, [c[2] for c in found], return_dtype=pl.String).alias(COLUMN),
-        reason.alias(REASON))
+    return [pl.col(CHECK).replace_strict(index, [c[1] for c in found], return_dtype=pl.String).alias(RULE),
+            pl.col(CHECK).replace_strict(index, [c[2] for c in found], return_dtype=pl.String).alias(COLUMN),
+            reason.alias(REASON)]
+
+
+def describe(lf: pl.LazyFrame, contract: Contract) -> pl.LazyFrame:
+    """Rule, column and human reason for rows that failed a check (run it on rejected rows only)."""
+    return lf.with_columns(named_failure(checks(contract)))

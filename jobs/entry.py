@@ -10,10 +10,13 @@ import functools
 import json
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cluster.errors import RaylineError
 from cluster.jobs_client import RESULT_PREFIX
+
+if TYPE_CHECKING:
+    from cluster.settings import Settings
 
 
 def emit_result(summary: dict[str, Any]) -> dict[str, Any]:
@@ -36,3 +39,14 @@ def entrypoint(job: str) -> Callable[[Callable[..., dict[str, Any]]], Callable[.
         return run
 
     return wrap
+
+
+def catalog_job(job: str, config: str | None, root: str | None) -> tuple[Settings, str, str]:
+    """What a job over the dataset catalog starts with: settings, logging, a trace id, the catalog root."""
+    from cluster.logs import configure_logging
+    from cluster.settings import load_settings
+    from cluster.tracing import ensure_trace_id
+
+    settings = load_settings(config)
+    configure_logging(job, level=settings.log_level, fmt=settings.log_format)
+    return settings, ensure_trace_id(), root or str(settings.datasets_root)

@@ -11,10 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from cluster.logs import configure_logging
-from cluster.settings import load_settings
-from cluster.tracing import ensure_trace_id
-from jobs.entry import emit_result, entrypoint
+from jobs.entry import catalog_job, emit_result, entrypoint
 
 log = logging.getLogger("jobs.ingest")
 
@@ -34,12 +31,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 @entrypoint("ingest")
 def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
-    settings = load_settings(args.config)
-    configure_logging("jobs.ingest", level=settings.log_level, fmt=settings.log_format)
-    trace_id = ensure_trace_id()
+    settings, trace_id, root = catalog_job("jobs.ingest", args.config, args.root)
     from ingest.pipeline import run_ingest
 
-    root = args.root or str(settings.datasets_root)
     version = run_ingest(args.source, args.contract, args.dataset, root, settings=settings,
                          log_to_mlflow=args.mlflow)
     summary = {"job": "ingest", "trace_id": trace_id, "dataset": version.name, "version": version.version,

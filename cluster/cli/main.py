@@ -165,7 +165,8 @@ def _register_subcommands() -> None:
 
     for module, name in (("cluster.cli.ingest", "ingest"), ("cluster.cli.train", "train"),
                          ("cluster.cli.models", "models"), ("cluster.cli.canary", "canary"),
-                         ("cluster.cli.serve", "serve"), ("cluster.cli.demo", "demo")):
+                         ("cluster.cli.serve", "serve"), ("cluster.cli.demo", "demo"),
+                         ("cluster.cli.tokenize", "tokenize")):
         try:
             sub = importlib.import_module(module)
         except ModuleNotFoundError as exc:
