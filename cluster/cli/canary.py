@@ -59,7 +59,9 @@ class AdminClient:
         if resp.status_code >= 400:
             try:
                 detail = resp.json()
-                message = detail.get("error") or detail.get("message") or detail.get("detail") or resp.text
+                error = detail.get("error")   # the router's JSON errors: {"error": {"status", "field", "message"}}
+                message = (error.get("message") if isinstance(error, dict) else error) or detail.get("message") \
+                    or detail.get("detail") or resp.text
             except ValueError:
                 message = resp.text
             raise RolloutError(f"{method} {path}: {resp.status_code} {str(message).strip()}", resp.status_code)
