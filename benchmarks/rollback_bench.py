@@ -104,12 +104,14 @@ async def one_rollback(handle, model: str, interval_s: float, failed_checks: int
 def register_versions(tracking_uri: str, model: str) -> None:
     from cluster.registry import Registry
     from cluster.settings import load_settings
+    from tests.serve.helpers import quality_tags
 
     reg = Registry(load_settings(mlflow_tracking_uri=tracking_uri))
     reg.client.create_registered_model(model)
     run = reg.client.create_run(reg.ensure_experiment())
-    for _ in range(2):
-        reg.client.create_model_version(model, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
+    for _ in range(2):   # equal validation figures: the quality gate lets the candidate start
+        reg.client.create_model_version(model, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id,
+                                        tags=quality_tags())
 
 
 def start_mlflow(folder: Path) -> tuple[str, int]:

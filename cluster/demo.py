@@ -152,17 +152,60 @@ def _canary(ctx: DemoContext, spec_file: str, expect: str) -> tuple[dict[str, An
     return final, result, time.monotonic() - t0
 
 
+def _gate_passed(ctx: DemoContext) -> str:
+    """The quality gate's figures, as the controller recorded them in the current rollout's start event."""
+    from cluster.cli.canary import AdminClient
+
+    rollouts = AdminClient(ctx.settings, ctx.results["url"]).call("GET", "/admin/rollout/history")["rollouts"]
+    quality = rollouts[-1]["events"][0].get("quality") or {}
+    if not quality.get("passed"):
+        raise RuntimeError(f"rollout started without a passed quality gate: {quality}")
+    return f"quality gate passed ({quality['metric']} {quality['candidate']:.4f} vs {quality['baseline']:.4f})"
+
+
 def stage_canary_v2(ctx: DemoContext) -> str:
     _, load, seconds = _canary(ctx, "examples/demo/canary_v2.yaml", expect="succeeded")
     champion = Registry(ctx.settings).by_alias(MODEL, "champion").version
     if champion != ctx.results["v2"]:
         raise RuntimeError(f"rollout succeeded but champion is v{champion}, not v{ctx.results['v2']}")
-    return (f"v{ctx.results['v2']} promoted to 100 % in {seconds:.0f} s; champion → v{champion}; "
-            f"{load.ok}/{load.sent} requests ok during the rollout")
+    return (f"{_gate_passed(ctx)}; v{ctx.results['v2']} promoted to 100 % in {seconds:.0f} s; champion → "
+            f"v{champion}; {load.ok}/{load.sent} requests ok during the rollout")
+
+
+def stage_worse_candidate(ctx: DemoContext) -> str:
+    """Propose the old v1 again: worse than champion v2 on the same data, refused before any traffic moves."""
+    from cluster.cli.canary import AdminClient
+    from deployments.rollout.errors import RolloutError
+    from deployments.rollout.spec import load_spec
+
+    registry = Registry(ctx.settings)
+    registry.set_alias(MODEL, "challenger", ctx.results["v1"])
+    spec = load_spec(ROOT / "examples/demo/canary_worse.yaml")
+    admin = AdminClient(ctx.settings, ctx.results["url"])
+    before = admin.call("GET", "/admin/rollout")["rollout"]["rollout_id"]
+    try:
+        admin.command("start", spec=spec.model_dump(mode="json"), reason="demo")
+    except RolloutError as exc:
+        message = str(exc)
+    else:
+        raise RuntimeError(f"the quality gate let v{ctx.results['v1']} (worse than the champion) start")
+    if "quality gate:" not in message:
+        raise RuntimeError(f"v{ctx.results['v1']} refused, but not by the quality gate: {message}")
+    if admin.call("GET", "/admin/rollout")["rollout"]["rollout_id"] != before:
+        raise RuntimeError("a refused candidate left a new rollout behind")
+    champion = registry.by_alias(MODEL, "champion").version
+    figures = message.split("quality gate: ", 1)[1].split(". Start with", 1)[0]
+    return (f"v{ctx.results['v1']} refused before any traffic ({figures}); no rollout started; "
+            f"champion stays v{champion}")
 
 
 def stage_broken_v3(ctx: DemoContext) -> str:
-    """Register v3 = v2 wrapped to fail 30 % of calls, make it the challenger, canary it."""
+    """Register v3 = v2 wrapped to fail 30 % of calls, make it the challenger, canary it.
+
+    v3 answers with v2's weights whenever it answers, so its offline quality *is* v2's: it carries v2's
+    lineage and validation figures (tagged as inherited) and passes the quality gate. Its fault is in
+    serving, which only the canary can see.
+    """
     import mlflow
 
     from models.faulty import FaultyModel
@@ -174,13 +217,19 @@ def stage_broken_v3(ctx: DemoContext) -> str:
     with mlflow.start_run(run_name="demo-broken-v3"):
         info = log_model(FaultyModel(v2.module, failure_rate=0.3), v2.preprocessing, registered_model_name=MODEL)
     v3 = str(info.registered_model_version)
-    registry.set_version_tag(MODEL, v3, "demo", "deliberately broken: fails 30% of requests")
+    inherited = {k: v for k, v in registry.version(MODEL, ctx.results["v2"]).tags.items()
+                 if k in ("dataset", "dataset_version") or k.startswith("val_")}
+    for key, value in {**inherited, "quality_from": f"v{ctx.results['v2']} (same weights)",
+                       "demo": "deliberately broken: fails 30% of requests"}.items():
+        registry.set_version_tag(MODEL, v3, key, value)
     registry.set_alias(MODEL, "challenger", v3)
     ctx.results["v3"] = v3
     final, load, seconds = _canary(ctx, "examples/demo/canary_v3_broken.yaml", expect="rolled_back")
+    gate = _gate_passed(ctx)
     champion = registry.by_alias(MODEL, "champion").version
-    return (f"v{v3} rolled back automatically after {seconds:.0f} s ({final.get('reason')}); champion stays "
-            f"v{champion}; {load.failed}/{load.sent} requests failed in all")
+    return (f"v{v3} rolled back automatically after {seconds:.0f} s ({final.get('reason')}); {gate}, same weights "
+            f"as v{ctx.results['v2']}: the fault is in serving; champion stays v{champion}; "
+            f"{load.failed}/{load.sent} requests failed in all")
 
 
 def stage_report(ctx: DemoContext) -> str:
@@ -205,7 +254,8 @@ def stages() -> list[Stage]:
         ("register v1 as champion", stage_champion_v1),
         ("serve the champion (Ray Serve: router + model replicas + rollout controller)", stage_serve_v1),
         ("train v2: PowerSGD compression, registered as challenger", stage_train_v2),
-        ("canary v2 → 100 % under load; the champion alias moves", stage_canary_v2),
+        ("canary v2: quality gate, then → 100 % under load; the champion alias moves", stage_canary_v2),
+        ("propose the worse v1 again: the quality gate refuses it before any traffic", stage_worse_candidate),
         ("canary a deliberately broken v3: automatic rollback", stage_broken_v3),
         ("canary reports (Markdown, HTML, PNG)", stage_report),
     ]

@@ -32,7 +32,9 @@ from cluster.logs import configure_logging
 from deployments.contracts import BASELINE, CANDIDATE, Traffic, VariantWindow
 from deployments.rollout.analysis import Verdict, WindowLog, aggregate, evaluate, samples, samples_per_key
 from deployments.rollout.errors import LostWrite, RolloutError
+from deployments.rollout.figures import judge
 from deployments.rollout.leases import RouterLeases
+from deployments.rollout.quality import QualityResult, gate_applies, unreadable
 from deployments.rollout.spec import RolloutSpec, parse_spec, ref_uri
 from deployments.rollout.state import (
     CHAMPION,
@@ -60,6 +62,7 @@ TICK_S = 0.1                 # loop period; analysis runs every spec.interval_s
 REGISTRY_PROBE_S = 1.0
 ALIAS_HTTP_TIMEOUT_S = 10.0  # one alias-move request; the loop waits a little longer, then calls it failed
 REGISTRY_TIMEOUT_S = ALIAS_HTTP_TIMEOUT_S + 5.0
+QUALITY_TIMEOUT_S = 4.0      # reading both versions' figures; the router gives a whole admin call 10 s
 
 ANALYSED = (Phase.PROGRESSING, Phase.SHADOWING, Phase.PAUSED)
 
@@ -200,7 +203,7 @@ class Controller:
             return self.store.bundle(rid)
         async with self._lock:
             if name == "start":
-                await self._start(body.get("spec"), actor, reason)
+                await self._start(body.get("spec"), actor, reason, override_quality=body.get("override_quality"))
             else:
                 if name == "restart":
                     raise RolloutError("restart is the controller's own command", 400)
@@ -212,27 +215,42 @@ class Controller:
                 await self._commit(new, actions)
         return await self.status()
 
-    async def _start(self, spec_data: Any, actor: str, reason: str) -> None:
+    async def _start(self, spec_data: Any, actor: str, reason: str, override_quality: Any = False) -> None:
         if not isinstance(spec_data, dict):
             raise RolloutError("start needs the rollout spec as a JSON object in 'spec'", 400)
+        if not isinstance(override_quality, (bool, type(None))):
+            raise RolloutError("override_quality must be true or false", 400)
         spec = parse_spec(spec_data)
         if spec.model != self.model:
             raise RolloutError(f"this controller rolls out {self.model!r}, not {spec.model!r}", 400)
         self._follow_other_writers()
         if self.state is not None and self.state.active:   # checked again in start(); fail before MLflow calls
             start(spec, "0", "1", time.time(), 0, actor, previous=self.state)
-        baseline, candidate, champion, schemas = await self._resolve(spec)
+        baseline, candidate, champion, schemas, quality = await self._resolve(spec)
+        overridden = quality is not None and not quality.passed and bool(override_quality)
+        if quality is not None and not quality.passed and not overridden:
+            raise RolloutError(f"{quality.reason}. Start with override_quality: true (`rayline canary start "
+                               f"--allow-worse-quality`) to roll out anyway (audited)", 409)
         epoch = max(self.traffic_now.epoch, self.state.traffic.epoch if self.state else 0)   # routers never go back
         state, actions = start(spec, baseline, candidate, now=time.time(), epoch=epoch,
                                actor=actor, reason=reason, previous=self.state, served=self.versions or None,
                                schemas=schemas, champion=champion,
                                generation=self.state.generation if self.state else 0)
+        if quality is not None:
+            _record_quality(actions, quality, overridden)
         await self._commit(state, actions)
+        if overridden:
+            assert quality is not None
+            audit.info("rollout %s: quality gate overridden by %s: %s", state.rollout_id, actor, quality.reason,
+                       extra={"audit": True, "actor": actor, "command": "start", "reason": reason,
+                              "rollout_id": state.rollout_id, "model": self.model, "override_quality": True,
+                              "quality": quality.details})
         self._last_analysis = 0.0
 
-    async def _resolve(self, spec: RolloutSpec
-                       ) -> tuple[str, str, str | None, tuple[dict[str, str], dict[str, str]] | None]:
-        """Versions the spec names, champion now, and both versions' input schemas (None when unknown)."""
+    async def _resolve(self, spec: RolloutSpec) -> tuple[str, str, str | None, tuple[dict[str, str], dict[str, str]]
+                                                         | None, QualityResult | None]:
+        """Versions the spec names, champion now, both versions' input schemas (None when unknown) and the
+        quality gate's verdict (None when the spec turns it off)."""
         try:
             reg = await self._registry_client()
             base = await asyncio.to_thread(reg.resolve, ref_uri(spec.model, spec.baseline))
@@ -240,7 +258,20 @@ class Controller:
             champion = await self._read_champion()
         except RegistryError as exc:
             raise RolloutError(f"cannot resolve model versions: {exc}", 503) from None
-        return base.version, cand.version, champion, await self._schemas(reg, spec.model, base.version, cand.version)
+        schemas = await self._schemas(reg, spec.model, base.version, cand.version)
+        return base.version, cand.version, champion, schemas, await self._quality(reg, spec, base, cand)
+
+    async def _quality(self, reg: Any, spec: RolloutSpec, base: Any, cand: Any) -> QualityResult | None:
+        """The champion/challenger gate on registered figures, in bounded time; unreadable fails closed."""
+        if not gate_applies(spec):
+            return None
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(judge, reg, spec.quality, base, cand), QUALITY_TIMEOUT_S)
+        except RegistryError as exc:
+            return unreadable(spec.quality, base.version, cand.version, str(exc))
+        except TimeoutError:
+            return unreadable(spec.quality, base.version, cand.version, f"MLflow did not answer within "
+                                                                        f"{QUALITY_TIMEOUT_S:g}s")
 
     async def _schemas(self, reg: Any, model: str, baseline: str, candidate: str
                        ) -> tuple[dict[str, str], dict[str, str]] | None:
@@ -462,6 +493,17 @@ def _ab_samples(spec: RolloutSpec, windows: list[VariantWindow]) -> tuple[str, l
     if base is not None and cand is not None:
         return ("welch" if spec.ab.test == "two_proportion" else spec.ab.test), base, cand
     return spec.ab.test, samples(windows, BASELINE, spec.ab.metric), samples(windows, CANDIDATE, spec.ab.metric)
+
+
+def _record_quality(actions: list[Action], quality: QualityResult, overridden: bool) -> None:
+    """The gate's figures go into the start event; an override also into its reason (and so the audit line)."""
+    for action in actions:
+        if isinstance(action, RecordEvent) and action.event["command"] == "start":
+            action.event["quality"] = {**quality.details, "overridden": overridden}
+            if overridden:
+                action.event["reason"] += f"; quality gate overridden (override_quality): {quality.reason}"
+            elif not quality.measured:
+                action.event["reason"] += f"; {quality.reason}"
 
 
 def _in_charge(state: RolloutState) -> str:

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cluster.cli.context import settings_of
@@ -24,7 +25,7 @@ from cluster.serving import APP_NAME, ensure_serving, serve_url
 from cluster.settings import Settings
 from deployments.contracts import CANDIDATE, HEADER_ACTOR
 from deployments.rollout.errors import RolloutError
-from deployments.rollout.spec import load_spec, ref_uri
+from deployments.rollout.spec import RolloutSpec, load_spec, ref_uri
 
 app = typer.Typer(help="Canary and A/B rollouts: start, watch, steer, report.", no_args_is_help=True)
 console = Console()
@@ -58,7 +59,9 @@ class AdminClient:
         if resp.status_code >= 400:
             try:
                 detail = resp.json()
-                message = detail.get("error") or detail.get("message") or detail.get("detail") or resp.text
+                error = detail.get("error")   # the router's JSON errors: {"error": {"status", "field", "message"}}
+                message = (error.get("message") if isinstance(error, dict) else error) or detail.get("message") \
+                    or detail.get("detail") or resp.text
             except ValueError:
                 message = resp.text
             raise RolloutError(f"{method} {path}: {resp.status_code} {str(message).strip()}", resp.status_code)
@@ -77,20 +80,48 @@ def start(ctx: typer.Context, spec_file: Annotated[Path, typer.Argument(help="Ro
           url: UrlOpt = None, reason: ReasonOpt = "",
           deploy: Annotated[bool, typer.Option(help="(Re)deploy the app when it does not serve baseline and "
                                                     "candidate yet (local stack only).")] = True,
-          name: Annotated[str, typer.Option(help="Serve application name to deploy.")] = APP_NAME) -> None:
-    """Validate SPEC.yaml, make the app serve its baseline and candidate, and start the rollout."""
+          name: Annotated[str, typer.Option(help="Serve application name to deploy.")] = APP_NAME,
+          allow_worse_quality: Annotated[bool, typer.Option(
+              "--allow-worse-quality", help="Start even when the quality gate refuses the candidate (worse than "
+                                            "the baseline, or not measured on the same data); audited.")] = False
+          ) -> None:
+    """Validate SPEC.yaml, check the candidate's quality against the baseline's, make the app serve both,
+    and start the rollout."""
     settings = settings_of(ctx)
     spec = load_spec(spec_file)
     client = AdminClient(settings, url)
     _check_app_free(client, spec.model)
+    _check_quality(settings, spec, allow_worse_quality)
     if deploy and client.base == serve_url(settings):
         with console.status(f"checking that {spec.model} serves {spec.baseline} and {spec.candidate}…"):
             _, deployed = ensure_serving(settings, spec.model, ref_uri(spec.model, spec.baseline),
                                          ref_uri(spec.model, spec.candidate), name)
         if deployed:
             console.print(f"deployed {spec.model}: baseline {spec.baseline}, candidate {spec.candidate}")
-    status_ = client.command("start", spec=spec.model_dump(mode="json"), reason=reason)
+    status_ = client.command("start", spec=spec.model_dump(mode="json"), reason=reason,
+                             override_quality=allow_worse_quality)
     _print_status(status_)
+
+
+def _check_quality(settings: Settings, spec: RolloutSpec, allow_worse: bool) -> None:
+    """The quality gate before anything is deployed; when the two versions were never measured on the same
+    dataset version, both are evaluated here on its latest version (the controller only reads figures, in
+    bounded time, and judges again at start)."""
+    from deployments.rollout.figures import check_before_start
+
+    with console.status("comparing the candidate's quality with the baseline's…"):
+        result, lines = check_before_start(settings, spec)
+    for line in lines:
+        console.print(escape(line), soft_wrap=True)
+    if result is None:
+        return
+    if result.passed:
+        console.print(escape(result.reason), soft_wrap=True)
+    elif allow_worse:
+        console.print(f"[yellow]{escape(result.reason)}; starting anyway (--allow-worse-quality, audited)",
+                      soft_wrap=True)
+    else:
+        raise RolloutError(f"{result.reason}. Pass --allow-worse-quality to roll out anyway (audited)", 409)
 
 
 def _check_app_free(client: AdminClient, model: str) -> None:

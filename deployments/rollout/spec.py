@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from cluster.yamlfile import read_yaml_mapping
 from deployments.rollout.errors import SpecError
+from deployments.rollout.quality import direction_of
 
 SUCCESS_METRIC = "success"       # per request: 1 when served without a 5xx
 LATENCY_METRIC = "latency_ms"    # per request latency
@@ -107,6 +108,31 @@ class BanditSettings(_Strict):
     max_duration_s: float | None = Field(None, gt=0, description="no winner by then: concluded, baseline kept")
 
 
+class QualityGate(_Strict):
+    """Champion/challenger gate, judged by ``start`` before any traffic moves (:mod:`deployments.rollout.quality`).
+
+    Compares candidate and baseline on one metric measured on the same dataset version (the training
+    run's validation figures or an evaluation run's, registered in MLflow). A candidate worse than the
+    baseline by more than ``max_regression`` is refused; so is one whose figures are missing, unless
+    ``require`` is false. ``override_quality: true`` in the start request (``--allow-worse-quality``)
+    starts it anyway, audited.
+    """
+
+    enabled: bool | None = Field(None, description="default: on for every mode but a shadow rollout that "
+                                 "only concludes (it serves no caller)")
+    metric: str | None = Field(None, description="val_accuracy, val_loss, …; default: the model's primary "
+                               "metric (accuracy, else RMSE, else loss)")
+    higher_is_better: bool | None = Field(None, description="default: from the metric's name")
+    max_regression: float = Field(0.0, ge=0.0, description="how much worse than the baseline the candidate may be")
+    require: bool = Field(True, description="refuse when the figures cannot be read (fail closed)")
+
+    @model_validator(mode="after")
+    def _direction_known(self) -> QualityGate:
+        if self.metric is not None and self.higher_is_better is None and direction_of(self.metric) is None:
+            raise ValueError(f"metric {self.metric!r}: set higher_is_better (not known from its name)")
+        return self
+
+
 class RolloutSpec(_Strict):
     name: str | None = None
     model: str = Field(min_length=1)
@@ -127,6 +153,7 @@ class RolloutSpec(_Strict):
     ab: ABSettings | None = None
     bandit: BanditSettings | None = None
     shadow: ShadowSettings | None = None
+    quality: QualityGate = Field(default_factory=QualityGate)
 
     @field_validator("steps")
     @classmethod

@@ -1,7 +1,9 @@
 """The README's main command, for real: `rayline demo` on a private local stack, end to end.
 
-Every stage runs: ingest → train v1 → evaluate → champion → serve → train v2 → canary to 100 %
-(alias moves) → broken v3 rolled back automatically → canary reports. Nothing is mocked.
+Every stage runs: ingest → train v1 → evaluate → champion → serve → train v2 (better than v1 on the same
+data) → quality gate passes, canary to 100 % (alias moves) → the worse v1 proposed again is refused by the
+quality gate before any traffic → broken v3 (v2's weights) rolled back automatically → canary reports.
+Nothing is mocked.
 """
 
 from __future__ import annotations
@@ -26,10 +28,16 @@ def test_demo_runs_the_whole_pipeline_and_cleans_up(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=1200)
     out = proc.stdout
     assert proc.returncode == 0, out[-3000:] + proc.stderr[-3000:]
-    assert "demo: 10 stages" in out
+    assert "demo: 11 stages" in out
     assert re.search(r"3000 rows in → \d+ clean, \d+ quarantined", out)
-    assert re.search(r"v2 promoted to 100 % .*champion → v2", out)
-    assert re.search(r"v3 rolled back automatically .*champion stays v2", out)
+    accuracy = dict(re.findall(r"registered customers-churn/(\d) \(val_accuracy (0\.\d+)", out))
+    assert float(accuracy["2"]) > float(accuracy["1"]), accuracy   # the promoted v2 is the better model
+    assert re.search(r"quality gate passed \(val_accuracy 0\.\d+ vs 0\.\d+\); v2 promoted to 100 % .*champion → v2",
+                     out)
+    refused = re.search(r"v1 refused before any traffic \(candidate v1 val_accuracy (0\.\d+) vs baseline v2 (0\.\d+) "
+                        r"on customers version \S+ .*worse.*\); no rollout started; champion stays v2", out)
+    assert refused and float(refused[1]) < float(refused[2]), out[-3000:]
+    assert re.search(r"v3 rolled back automatically .*quality gate passed .*same weights as v2.*champion stays v2", out)
     rollouts = set(re.findall(r"reports/rollouts/(demo-canary-v[23]-[0-9a-f]+)/report\.md", out))
     assert len(rollouts) == 2, out[-2000:]
     for rollout in rollouts:

@@ -16,6 +16,7 @@ import pytest
 from deployments.contracts import BASELINE, CANDIDATE, REPORT_INTERVAL_S, VariantWindow
 from deployments.controller import Controller
 from deployments.rollout.errors import RolloutError
+from tests.serve.helpers import quality_tags
 
 
 @pytest.fixture
@@ -27,8 +28,9 @@ def model(settings):
     name = f"ctl-{uuid.uuid4().hex[:6]}"
     reg.client.create_registered_model(name)
     run = reg.client.create_run(reg.ensure_experiment())
-    for _ in range(2):
-        reg.client.create_model_version(name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
+    for _ in range(2):   # equal validation figures on one dataset version: the quality gate lets v2 through
+        reg.client.create_model_version(name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id,
+                                        tags=quality_tags())
     reg.set_alias(name, "champion", "1")
     return name, reg
 

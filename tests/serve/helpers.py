@@ -70,9 +70,15 @@ def tiny_model(seed: int, failure_rate: float | None = None,
     return FaultyModel(module, failure_rate) if failure_rate is not None else module
 
 
+def quality_tags(val_accuracy: float = 0.9, dataset_version: str = "v1") -> dict[str, str]:
+    """Lineage and validation figures as the trainer tags a registered version (what the quality gate reads)."""
+    return {"dataset": "serve-test", "dataset_version": dataset_version, "val_accuracy": f"{val_accuracy:.6g}"}
+
+
 def register_version(settings: Settings, name: str, module: torch.nn.Module,
-                     preprocessing: Preprocessing = PREPROCESSING) -> str:
-    """Log ``module`` with the test preprocessing and register it as the next version of ``name``."""
+                     preprocessing: Preprocessing = PREPROCESSING, tags: dict[str, str] | None = None) -> str:
+    """Log ``module`` with the test preprocessing and register it as the next version of ``name``, tagged with
+    ``tags`` (default: the same validation figures for every version, so the quality gate lets it through)."""
     import mlflow
 
     from models.packaging import log_model
@@ -81,7 +87,10 @@ def register_version(settings: Settings, name: str, module: torch.nn.Module,
     example = {**instance(0), **{f.name: 0.5 for f in preprocessing.features if f.name == "x4"}}
     with mlflow.start_run(experiment_id=registry.ensure_experiment()):
         log_model(module, preprocessing, input_example=[example], registered_model_name=name)
-    return registry.versions(name)[-1].version
+    version = registry.versions(name)[-1].version
+    for key, value in (quality_tags() if tags is None else tags).items():
+        registry.set_version_tag(name, version, key, value)
+    return version
 
 
 def register_test_model(settings: Settings, name: str | None = None,

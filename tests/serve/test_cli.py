@@ -114,3 +114,20 @@ def test_models_list_shows_aliases_and_models_show_name_lists_the_versions(setti
     assert "champion" in rows["1"] and "challenger" in rows["2"], out
     code, out, err = rayline(monkeypatch, capsys, "models", "show", f"{model}@challenger")
     assert code == 0 and "version 2" in out, err
+
+
+def test_canary_start_refuses_a_worse_challenger_with_both_figures_before_deploying_anything(
+        stack_env, settings, serve_url, monkeypatch, capsys):
+    from cluster.registry import Registry
+    from tests.serve.helpers import quality_tags, register_version, tiny_model
+
+    model = f"cli-gate-{stack_env.name[-6:]}".replace("_", "-")
+    for seed, accuracy in enumerate((0.9, 0.8)):
+        register_version(settings, model, tiny_model(seed), tags=quality_tags(accuracy))
+    Registry(settings).set_alias(model, "champion", "1")
+    Registry(settings).set_alias(model, "challenger", "2")
+    code, _, err = rayline(monkeypatch, capsys, "canary", "start", str(write_spec(stack_env, model, "challenger")))
+    line = one_error_line(err)
+    assert code != 0 and "candidate v2 val_accuracy 0.8 vs baseline v1 0.9 on serve-test version v1" in line, err
+    assert "--allow-worse-quality" in line
+    assert httpx.get(f"{serve_url}/v1/models/{model}", timeout=10).status_code == 404, "nothing was deployed"
