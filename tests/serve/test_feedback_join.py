@@ -1,4 +1,4 @@
-"""Signed request ids and the feedback join, without Ray: what any router replica can read back from an id."""
+"""Signed request ids, the feedback join and its store, without Ray: what any router replica reads back from an id."""
 
 from __future__ import annotations
 
@@ -107,3 +107,15 @@ def test_outcomes_reach_the_report_and_the_rolling_summary():
     rolling = RollingWindow()
     rolling.add(drained + drained)
     assert rolling.summary()["candidate"]["outcomes"] == {"correct": {"n": 4, "mean": 0.5}}
+
+
+@pytest.mark.parametrize(("fields", "root"), [
+    ({"feedback_root": "s3://b/fb"}, "s3://b/fb"),
+    ({"rollouts_root": "s3://b/rayline/rollouts/"}, "s3://b/rayline/feedback"),   # one storage root for both
+    ({"state_dir": "/srv/rayline"}, "/srv/rayline/feedback"),
+])
+def test_feedback_is_stored_beside_the_rollouts_unless_told_otherwise(fields, root):
+    from deployments.serve_config import parse_config
+
+    cfg = parse_config({"model_name": "m", "baseline": "models:/m@champion", **fields})
+    assert cfg.feedback_store_root == root
