@@ -7,11 +7,11 @@ verifies the signature and reads the record back from the id alone: no lookup ta
 replicate, or lose. A forged or edited id fails the signature; an id older than the deployment's
 ``feedback_ttl_days`` is refused.
 
-Layout: ``r1.<payload>.<mac>``, both base64url without padding; ``payload`` is the zlib-compressed
-JSON list ``[variant, version, served_at_s, nonce, count, predictions|null]`` and ``mac`` the first
-16 bytes of HMAC-SHA256(key, payload). Predictions are embedded while their JSON stays under
-``MAX_EMBEDDED_BYTES`` (every single-instance request, and batches of small labels); a larger batch
-gets an id without them, which still joins rewards but not labels.
+Layout: ``r1.<payload>.<mac>``, both base64url without padding; ``payload`` is the JSON list
+``[variant, version, served_at_s, nonce, count, predictions|null]`` (zlib-compressed when over 256
+bytes) and ``mac`` the first 16 bytes of HMAC-SHA256(key, payload). Predictions are embedded while
+their JSON stays under ``MAX_EMBEDDED_BYTES`` (every single-instance request, and batches of small
+labels); a larger batch gets an id without them, which still joins rewards but not labels.
 
 The key is derived from the admin token (every replica of the app has it), or, without one, is a
 random key created once in the feedback store (:meth:`deployments.feedback.FeedbackStore.signing_key`).
@@ -33,6 +33,7 @@ PREFIX = "r1"
 MAC_BYTES = 16
 MAX_EMBEDDED_BYTES = 4096      # predictions' JSON beyond this is not put in the id (labels cannot be joined)
 MAX_ID_CHARS = 8192            # longer ids are refused before any decoding
+COMPRESS_ABOVE = 256           # payload bytes; smaller ones go as plain JSON
 
 
 class RequestIdError(ValueError):
@@ -73,7 +74,9 @@ def issue(key: bytes, variant: str, version: str, predictions: list[Any], served
     text = json.dumps(predictions, separators=(",", ":"), default=str)
     embedded = predictions if len(text) <= MAX_EMBEDDED_BYTES else None
     record = [variant, str(version), int(served_at), secrets.token_hex(6), len(predictions), embedded]
-    payload = zlib.compress(json.dumps(record, separators=(",", ":"), default=str).encode(), 6)
+    payload = json.dumps(record, separators=(",", ":"), default=str).encode()
+    if len(payload) > COMPRESS_ABOVE:   # zlib costs ~0.1 ms to set up: worth it only for batches
+        payload = zlib.compress(payload, 6)
     mac = hmac.new(key, payload, hashlib.sha256).digest()[:MAC_BYTES]
     return f"{PREFIX}.{_b64(payload)}.{_b64(mac)}"
 
@@ -93,7 +96,8 @@ def verify(key: bytes, request_id: str, now: float, ttl_s: float) -> Served:
     if not hmac.compare_digest(mac, expected):
         raise RequestIdError("signature does not match: not issued by this deployment, or edited")
     try:
-        variant, version, served_at, nonce, count, predictions = json.loads(zlib.decompress(payload))
+        text = payload if payload.startswith(b"[") else zlib.decompress(payload)   # zlib never starts with "["
+        variant, version, served_at, nonce, count, predictions = json.loads(text)
     except (ValueError, TypeError, zlib.error):   # signed but unreadable: an id of another layout
         raise RequestIdError("signed but not readable by this release") from None
     if now - served_at > ttl_s:

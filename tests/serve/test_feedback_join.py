@@ -55,6 +55,12 @@ def test_labels_values_and_rewards_join_to_their_outcomes_by_index():
     assert caught.value.field == "index"
 
 
+def test_a_batch_of_predictions_travels_compressed_in_its_id():
+    predictions = ["yes", "no"] * 64
+    rid = issue(KEY, "baseline", "1", predictions, 0.0)
+    assert len(rid) < len(str(predictions)) and verify(KEY, rid, 0.0, DAY).predictions == predictions
+
+
 def test_a_batch_too_large_to_embed_still_joins_rewards_but_not_labels():
     big = ["x" * 100] * (MAX_EMBEDDED_BYTES // 100 + 1)
     served = verify(KEY, issue(KEY, "baseline", "1", big, 0.0), 0.0, DAY)
