@@ -116,6 +116,8 @@ def build(cfg: ServeAppConfig, admin_token: str | None = None, predict_token: st
         "max_shadow_in_flight": cfg.max_shadow_in_flight,
         "retry_after_s": cfg.retry_after_s,
         "log_level": settings.log_level,
+        "feedback_root": cfg.feedback_store_root,
+        "feedback_ttl_s": cfg.feedback_ttl_days * 86400,
     }
     # Colocated, the router's replicas are the model replicas: sized and limited as those.
     sizing = ({"num_replicas": cfg.replicas, "ray_actor_options": cfg.actor_options(cfg.num_cpus),

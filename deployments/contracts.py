@@ -23,6 +23,13 @@ HEADER_TRACE = "x-rayline-trace-id"           # response: trace id (also in trac
 HEADER_FORCE = "x-rayline-force-variant"      # request: force a variant (testing, QA)
 HEADER_STICKY = "x-rayline-user"              # request: sticky assignment key
 HEADER_ACTOR = "x-rayline-actor"             # admin request: who, for the audit line (a body "actor" wins)
+HEADER_REQUEST_ID = "x-rayline-request-id"    # response: the id to post feedback with (also body "request_id")
+
+# Outcomes joined from feedback (VariantWindow.outcomes keys) → True when higher is better.
+OUTCOME_REWARD = "reward"          # the reward a client posts
+OUTCOME_CORRECT = "correct"        # 1.0 when the posted label equals the prediction, else 0.0 (classification)
+OUTCOME_ABS_ERROR = "abs_error"    # |posted value − prediction| (regression)
+OUTCOMES = {OUTCOME_REWARD: True, OUTCOME_CORRECT: True, OUTCOME_ABS_ERROR: False}
 
 
 @dataclass

@@ -14,9 +14,11 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from deployments.feedback import FeedbackBody
 from models.preprocessing import FLOAT32_MAX
 
 PREDICT_PATH = "/v1/models/{name}:predict"
+FEEDBACK_PATH = "/v1/models/{name}:feedback"
 ERROR_STATUSES = {"400": "body is not JSON", "401": "missing or wrong bearer token",
                   "404": "this endpoint serves another model", "413": "body too large",
                   "422": "an instance breaks a field's rule (the field and rule are named)",
@@ -87,8 +89,12 @@ def document(app: FastAPI, model_name: str, versions: list[dict[str, Any]], max_
                                                       "items": _one_or_all([prediction_schema(v) for v in versions])},
                                       "model": {"type": "string", "enum": [model_name]},
                                       "version": {"type": ["string", "null"]},
-                                      "variant": {"type": "string"}}}
+                                      "variant": {"type": "string"},
+                                      "request_id": {"type": "string", "description": "post feedback with it"}}}
     schemas["Error"] = ERROR_SCHEMA
+    schemas["FeedbackRequest"] = FeedbackBody.model_json_schema()
+    doc["paths"][FEEDBACK_PATH]["post"]["requestBody"] = {"required": True, "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/FeedbackRequest"}}}}
     operation = doc["paths"][PREDICT_PATH]["post"]
     for parameter in operation.get("parameters", []):
         if parameter["name"] == "name":

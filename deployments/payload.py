@@ -73,14 +73,19 @@ def check_size(content_length: str | None, max_bytes: int) -> None:
         raise PayloadError(413, "body", f"is {declared} bytes; the limit is {max_bytes}")
 
 
-def parse_instances(raw: bytes, max_bytes: int, max_instances: int) -> list[dict[str, Any]]:
-    """Body bytes → the list of instance objects, or a PayloadError (413 too big, 400 not JSON, 422 wrong shape)."""
+def parse_json(raw: bytes, max_bytes: int) -> Any:
+    """Body bytes → JSON value, or a PayloadError (413 too big, 400 not JSON)."""
     if len(raw) > max_bytes:
         raise PayloadError(413, "body", f"is {len(raw)} bytes; the limit is {max_bytes}")
     try:
-        body = json.loads(raw, parse_int=_parse_int)
+        return json.loads(raw, parse_int=_parse_int)
     except (ValueError, RecursionError) as exc:   # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise PayloadError(400, "body", f"is not valid JSON ({type(exc).__name__})") from None
+
+
+def parse_instances(raw: bytes, max_bytes: int, max_instances: int) -> list[dict[str, Any]]:
+    """Body bytes → the list of instance objects, or a PayloadError (413 too big, 400 not JSON, 422 wrong shape)."""
+    body = parse_json(raw, max_bytes)
     if not isinstance(body, dict):
         raise PayloadError(422, "body", f"must be a JSON object with 'instances', got {type(body).__name__}")
     instances = body.get("instances")

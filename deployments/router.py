@@ -41,6 +41,7 @@ from deployments.contracts import (
     BASELINE,
     HEADER_ACTOR,
     HEADER_FORCE,
+    HEADER_REQUEST_ID,
     HEADER_STICKY,
     HEADER_TRACE,
     HEADER_VARIANT,
@@ -49,8 +50,10 @@ from deployments.contracts import (
     TRAFFIC_POLL_S,
     Traffic,
 )
+from deployments.feedback import FeedbackBody, FeedbackStore, GroupCommit, SeenKeys, count, outcomes, parse_body, record
 from deployments.openapi import document as openapi_document
-from deployments.payload import PayloadError, check_size, install_json_errors, json_error, parse_instances
+from deployments.payload import PayloadError, check_size, install_json_errors, json_error, parse_instances, parse_json
+from deployments.request_ids import RequestIdError, Served, derive_key, issue, verify
 from deployments.rollout.errors import RolloutError
 from deployments.routing import choose, effective_traffic, newer_or_same, sticky_key
 from deployments.window import WindowRecorder
@@ -135,6 +138,15 @@ class Router:
                                           "variant", ("router",))
         self._admin_calls = metrics.counter("serve_admin_calls_total", "Admin API calls by command and status",
                                             ("command", "code"))
+        # Feedback: request ids signed with a key every replica shares (derived from the admin token, else
+        # created once in the feedback store), so any replica joins any id without per-request state.
+        root = options.get("feedback_root")
+        self.feedback_store = FeedbackStore(root, model_name) if root else None
+        self._id_key = (derive_key(admin_token.get_secret_value()) if admin_token is not None
+                        else self.feedback_store.signing_key() if self.feedback_store else None)
+        self._feedback_writer = GroupCommit(self.feedback_store) if self.feedback_store else None
+        self._feedback_seen = SeenKeys()
+        self._feedback_storing: set[tuple[str, int]] = set()
 
     # ---------------------------------------------------------------- background loops
     def _ensure_loops(self) -> None:
@@ -232,8 +244,63 @@ class Router:
             headers["Retry-After"] = str(max(1, math.ceil(retry_s)))
         if status != 200:
             return JSONResponse(body, status_code=status, headers=headers)
-        return JSONResponse({"predictions": body["predictions"], "model": self.model_name,
-                             "version": body.get("version"), "variant": variant}, headers=headers)
+        answer = {"predictions": body["predictions"], "model": self.model_name, "version": body.get("version"),
+                  "variant": variant}
+        if self._id_key is not None:
+            answer["request_id"] = headers[HEADER_REQUEST_ID] = issue(
+                self._id_key, variant, str(body.get("version") or self.versions.get(variant, "")),
+                body["predictions"], time.time())
+        return JSONResponse(answer, headers=headers)
+
+    # ---------------------------------------------------------------- feedback
+    @api.post("/v1/models/{name}:feedback")
+    async def feedback(self, name: str, request: Request) -> Response:
+        """A delayed outcome for an earlier response: joined by its request id, stored, then counted."""
+        self._ensure_loops()
+        trace_id = parse_traceparent(request.headers.get("traceparent")) or new_trace_id()
+        headers = {HEADER_TRACE: trace_id}
+        if name != self.model_name:
+            return json_error(404, "model", f"this endpoint serves {self.model_name!r}, not {name!r}", headers)
+        if self.predict_token is not None and not _bearer_ok(request, self.predict_token):
+            return json_error(401, "authorization", "missing or wrong bearer token",
+                              {**headers, "WWW-Authenticate": "Bearer"})
+        if self._id_key is None or self._feedback_writer is None:
+            return json_error(404, "feedback", "feedback is not configured for this deployment (no feedback_root)",
+                              headers)
+        try:
+            body, served, joined = await self._join_feedback(request)
+        except PayloadError as exc:
+            return json_error(exc.status, exc.field, exc.message, headers)
+        key = (body.request_id, body.index)
+        if key in self._feedback_seen or key in self._feedback_storing:
+            return json_error(409, "request_id", f"feedback for this request id and index {body.index} was already "
+                                                 "received; the first is kept", headers)
+        self._feedback_storing.add(key)
+        try:
+            await self._feedback_writer.write(record(served, body, joined, self.router_id))
+        except Exception as exc:   # not stored: not acknowledged, the client retries
+            logger.warning("feedback not stored: %s", exc)
+            return json_error(503, None, f"feedback could not be stored ({type(exc).__name__}); retry",
+                              {**headers, "Retry-After": "1"})
+        finally:
+            self._feedback_storing.discard(key)
+        self._feedback_seen.add(key)
+        count(served, body.kind, joined)
+        if self.versions.get(served.variant) == served.version:   # the rollout judges the versions served now
+            self.recorder.record_outcomes(served.variant, served.version, joined)
+        return JSONResponse({"request_id": body.request_id, "index": body.index, "variant": served.variant,
+                             "version": served.version, "outcomes": joined, "stored": True}, headers=headers)
+
+    async def _join_feedback(self, request: Request) -> tuple[FeedbackBody, Served, dict[str, float]]:
+        """Body → (validated body, what served it, outcome samples); PayloadError (4xx naming the field) else."""
+        check_size(request.headers.get("content-length"), self.options["max_body_bytes"])
+        body = parse_body(parse_json(await request.body(), self.options["max_body_bytes"]))
+        assert self._id_key is not None
+        try:
+            served = verify(self._id_key, body.request_id, time.time(), self.options.get("feedback_ttl_s", 30 * 86400))
+        except RequestIdError as exc:
+            raise PayloadError(exc.status, "request_id", str(exc)) from None
+        return body, served, outcomes(served, body)
 
     def _variant(self, request: Request, instances: list[dict[str, Any]]) -> tuple[str, str | None]:
         """(variant, sticky key or None): the key also goes into the windows, so A/B tests count users."""

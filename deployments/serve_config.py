@@ -7,11 +7,13 @@ laptop and secrets are named by environment variable, never written into the con
 
 from __future__ import annotations
 
+import posixpath
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cluster.errors import ConfigError
+from cluster.files import join
 from deployments.contracts import BASELINE, CANDIDATE
 
 MODEL_PREFIX = "models:/"
@@ -78,6 +80,11 @@ class ServeAppConfig(BaseModel):
         15.0, gt=0, description="a model reference that does not resolve yet (no champion on a fresh install) is "
                                 "asked for again this often; the replica serves 503 + Retry-After until then")
 
+    feedback_root: str | None = Field(
+        None, description="where feedback (delayed labels, rewards) is stored, <root>/<model>: a path, file:// or "
+                          "s3:// URL (default: 'feedback' beside rollouts_root when set, else <state_dir>/feedback)")
+    feedback_ttl_days: float = Field(30.0, gt=0, description="how long a response's request id accepts feedback")
+
     @field_validator("baseline", "candidate")
     @classmethod
     def _model_uri(cls, ref: str | None) -> str | None:
@@ -119,6 +126,15 @@ class ServeAppConfig(BaseModel):
         if self.replica_env:
             options["runtime_env"] = {"env_vars": dict(self.replica_env)}
         return options
+
+    @property
+    def feedback_store_root(self) -> str:
+        """Where feedback persists: explicit, else beside the rollouts (one storage root), else the state dir."""
+        if self.feedback_root:
+            return self.feedback_root
+        if self.rollouts_root:
+            return join(posixpath.dirname(self.rollouts_root.rstrip("/")) or ".", "feedback")
+        return join(self.state_dir, "feedback")
 
     def ref(self, variant: str) -> str:
         return self.baseline if variant == BASELINE else str(self.candidate)

@@ -65,6 +65,15 @@ class WindowRecorder:
             window.model_metrics.setdefault(name, []).append(value)
             MODEL_METRIC.labels(**labels, metric=name).set(value)
 
+    def record_outcomes(self, variant: str, version: str | None, outcomes: dict[str, float]) -> None:
+        """Outcome samples joined from feedback, for the next report (Prometheus counts them in the feedback module)."""
+        window = self._pending.get((variant, False))
+        if window is None:
+            window = self._pending[(variant, False)] = VariantWindow(variant=variant, version=version)
+        window.version = version or window.version
+        for name, value in outcomes.items():
+            window.outcomes.setdefault(name, []).append(value)
+
     def drain(self) -> list[VariantWindow]:
         """What was served since the last drain (and forget it)."""
         out, self._pending = list(self._pending.values()), {}
@@ -89,7 +98,7 @@ class RollingWindow:
             self._items.popleft()
 
     def summary(self, now: float | None = None) -> dict[str, dict[str, Any]]:
-        """``{"candidate": {...}, "candidate/shadow": {...}}``: requests, errors, p50/p99 ms, metric means."""
+        """``{"candidate": {...}, "candidate/shadow": {...}}``: requests, errors, p50/p99 ms, metric/outcome means."""
         self._trim(time.monotonic() if now is None else now)
         merged: dict[str, VariantWindow] = {}
         for _, w in self._items:
@@ -101,6 +110,8 @@ class RollingWindow:
             into.latencies_ms += w.latencies_ms
             for name, samples in w.model_metrics.items():
                 into.model_metrics.setdefault(name, []).extend(samples)
+            for name, samples in w.outcomes.items():
+                into.outcomes.setdefault(name, []).extend(samples)
         return {key: _summarise(w) for key, w in merged.items()}
 
 
@@ -113,4 +124,5 @@ def _summarise(w: VariantWindow) -> dict[str, Any]:
         "p50_ms": float(np.percentile(lat, 50)) if lat is not None else None,
         "p99_ms": float(np.percentile(lat, 99)) if lat is not None else None,
         "model_metrics": {n: float(np.mean(v)) for n, v in w.model_metrics.items() if v},
+        "outcomes": {n: {"n": len(v), "mean": float(np.mean(v))} for n, v in w.outcomes.items() if v},
     }

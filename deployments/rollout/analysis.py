@@ -18,9 +18,9 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from deployments.contracts import BASELINE, CANDIDATE, VariantWindow
+from deployments.contracts import BASELINE, CANDIDATE, OUTCOME_CORRECT, OUTCOMES, VariantWindow
 from deployments.rollout.spec import LATENCY_METRIC, SUCCESS_METRIC, RolloutSpec, Thresholds
-from deployments.rollout.stats import rate_increase_lower_bound, slower_than, wilson
+from deployments.rollout.stats import rate_increase_lower_bound, slower_than, welch, wilson
 
 Status = Literal["pass", "fail", "insufficient"]
 
@@ -131,6 +131,7 @@ def evaluate(spec: RolloutSpec, stats: dict[str, VariantStats],
             if check.status == "fail":
                 checks.append(Check(f"step:{check.name}", "fail", check.value, check.threshold,
                                     f"over the step: {check.reason}"))
+    checks += _outcome_checks(th, step or stats)   # labels arrive late: judged over the whole step
     if any(c.status == "fail" for c in checks):
         return Verdict("fail", checks, stats)
     evidence = (step or stats).get(CANDIDATE, cand)
@@ -142,6 +143,8 @@ def evaluate(spec: RolloutSpec, stats: dict[str, VariantStats],
                                 f"{evidence.requests}) is not yet shown below {th.max_error_rate:.1%} (upper bound "
                                 f"{high:.1%} at {th.confidence:.0%}); more requests before it may advance"))
             return Verdict("insufficient", checks, stats)
+    if any(c.status == "insufficient" and c.name.startswith("outcome:") for c in checks):
+        return Verdict("insufficient", checks, stats)   # a step waits for labels; never advances without them
     return Verdict("pass", checks, stats)
 
 
@@ -193,6 +196,45 @@ def _checks(spec: RolloutSpec, stats: dict[str, VariantStats]) -> list[Check]:
     return checks
 
 
+def _outcome_checks(th: Thresholds, stats: dict[str, VariantStats]) -> list[Check]:
+    """Outcomes from feedback, candidate vs baseline: fail when a one-sided bound at the spec's confidence shows
+    the candidate worse by more than the margin; insufficient until both sides have ``min_labelled`` samples.
+
+    ``correct`` is a rate: Newcombe's bound on the difference of error shares (as the 5xx gate). Continuous
+    outcomes (``reward``, ``abs_error``): Welch's interval for the difference of means, one-sided.
+    """
+    checks = []
+    for name, bound in th.outcomes.items():
+        cand = stats.get(CANDIDATE, VariantStats(CANDIDATE)).outcomes.get(name, [])
+        base = stats.get(BASELINE, VariantStats(BASELINE)).outcomes.get(name, [])
+        if min(len(cand), len(base)) < bound.min_labelled:
+            checks.append(Check(f"outcome:{name}", "insufficient", min(len(cand), len(base)), bound.min_labelled,
+                                f"{len(cand)} candidate / {len(base)} baseline labelled {name!r} outcomes in the "
+                                f"step (< {bound.min_labelled} each to judge); waiting for feedback"))
+            continue
+        mean_c, mean_b = sum(cand) / len(cand), sum(base) / len(base)
+        if OUTCOMES[name]:   # higher is better: how much lower the candidate's is, at least
+            assert bound.max_decrease is not None
+            margin, worse = bound.max_decrease, _difference_lower_bound(name, base, cand, th.confidence)
+        else:                # lower is better: how much higher
+            assert bound.max_increase is not None
+            margin, worse = bound.max_increase, _difference_lower_bound(name, cand, base, th.confidence)
+        checks.append(_upper(f"outcome:{name}", worse, margin,
+                             f"candidate {name} {mean_c:.4g} (n={len(cand)}) is worse than the baseline's "
+                             f"{mean_b:.4g} (n={len(base)}) by more than {margin:g} over the step (lower bound "
+                             f"of the difference {worse:.4g} at {th.confidence:.0%})"))
+    return checks
+
+
+def _difference_lower_bound(name: str, a: list[float], b: list[float], confidence: float) -> float:
+    """One-sided lower bound of mean(a) − mean(b) at ``confidence`` (0/1 ``correct``: Newcombe, on the misses)."""
+    if name == OUTCOME_CORRECT:
+        misses_a, misses_b = round(len(a) - sum(a)), round(len(b) - sum(b))
+        return rate_increase_lower_bound(misses_b, len(b), misses_a, len(a), confidence)
+    result = welch(b, a, alpha=2 * (1 - confidence))   # interval of mean(a) − mean(b), two-sided at 2c − 1
+    return result.effect if math.isnan(result.ci_low) else result.ci_low
+
+
 def _rate_vs_baseline(name: str, what: str, x_c: int, x_b: int, cand: VariantStats, base: VariantStats | None,
                       margin: float | None, th: Thresholds, comparable: bool) -> list[Check]:
     """Fail when candidate − baseline of a rate is above ``margin`` at the spec's one-sided confidence."""
@@ -236,6 +278,8 @@ def samples(windows: Iterable[VariantWindow], variant: str, metric: str) -> list
             out += [1.0] * (w.requests - w.errors_5xx) + [0.0] * w.errors_5xx
         elif metric == LATENCY_METRIC:
             out += list(w.latencies_ms)
+        elif metric in OUTCOMES:   # joined from feedback: labelled requests only, so a test waits for labels
+            out += list(w.outcomes.get(metric, []))
         else:
             out += list(w.model_metrics.get(metric, []))
     return out

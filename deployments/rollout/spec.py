@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cluster.yamlfile import read_yaml_mapping
+from deployments.contracts import OUTCOME_CORRECT, OUTCOMES
 from deployments.rollout.errors import SpecError
 from deployments.rollout.quality import direction_of
 
@@ -30,6 +31,18 @@ class MetricBound(_Strict):
 
     min: float | None = None
     max: float | None = None
+
+
+class OutcomeBound(_Strict):
+    """How much worse than the baseline the candidate's outcome from feedback may be, judged on labelled requests.
+
+    ``correct`` and ``reward`` (higher is better) take ``max_decrease``; ``abs_error`` takes ``max_increase``.
+    Until both variants have ``min_labelled`` outcomes in the step, the check is insufficient: the step waits.
+    """
+
+    max_decrease: float | None = Field(None, ge=0.0)
+    max_increase: float | None = Field(None, ge=0.0)
+    min_labelled: int = Field(50, ge=2, description="labelled requests per variant in the step before it is judged")
 
 
 class Thresholds(_Strict):
@@ -53,6 +66,21 @@ class Thresholds(_Strict):
     model_metrics: dict[str, MetricBound] = Field(default_factory=dict)
     min_requests_per_check: int = Field(10, ge=1, description="candidate (and baseline, to compare) requests "
                                                               "in one interval to judge it")
+    outcomes: dict[str, OutcomeBound] = Field(
+        default_factory=dict, description="outcomes joined from feedback (correct, abs_error, reward) → how much "
+                                          "worse than the baseline's over the step the candidate's may be")
+
+    @field_validator("outcomes")
+    @classmethod
+    def _outcome_direction(cls, outcomes: dict[str, OutcomeBound]) -> dict[str, OutcomeBound]:
+        for name, bound in outcomes.items():
+            if name not in OUTCOMES:
+                raise ValueError(f"unknown outcome {name!r}; one of {sorted(OUTCOMES)}")
+            wanted, other = ("max_decrease", "max_increase") if OUTCOMES[name] else ("max_increase", "max_decrease")
+            if getattr(bound, wanted) is None or getattr(bound, other) is not None:
+                raise ValueError(f"outcome {name!r} ({'higher' if OUTCOMES[name] else 'lower'} is better) takes "
+                                 f"{wanted}, not {other}")
+        return outcomes
 
 
 class ABSettings(_Strict):
@@ -70,10 +98,16 @@ class ABSettings(_Strict):
 
     @model_validator(mode="after")
     def _test_fits_metric(self) -> ABSettings:
-        if self.test == "two_proportion" and self.metric != SUCCESS_METRIC:
-            raise ValueError(f"two_proportion needs a success-type metric ({SUCCESS_METRIC!r}), not {self.metric!r}")
+        proportions = (SUCCESS_METRIC, OUTCOME_CORRECT)   # 0/1 per request (served without 5xx; label right)
+        if self.test == "two_proportion" and self.metric not in proportions:
+            raise ValueError(f"two_proportion needs a success-type metric ({' or '.join(map(repr, proportions))}), "
+                             f"not {self.metric!r}")
         if self.test in ("mann_whitney", "welch") and self.metric == SUCCESS_METRIC:
-            raise ValueError(f"{self.test} is for continuous metrics ({LATENCY_METRIC!r} or a model metric)")
+            raise ValueError(f"{self.test} is for continuous metrics ({LATENCY_METRIC!r}, a model metric or an "
+                             "outcome such as 'reward')")
+        if self.metric in OUTCOMES and OUTCOMES[self.metric] != self.higher_is_better:
+            raise ValueError(f"outcome {self.metric!r} is better when {'higher' if OUTCOMES[self.metric] else 'lower'}"
+                             f"; set higher_is_better: {str(OUTCOMES[self.metric]).lower()}")
         return self
 
 

@@ -67,7 +67,7 @@ class RolloutStore:
             self._remember(state_path)
         self._cas(state_path, json.dumps(state.to_dict(), indent=1))
         if events:
-            _write_batch(folder, "events", events)
+            write_batch(folder, "events", events)
 
     def _remember(self, url: str) -> None:
         found = read_versioned(url)
@@ -81,7 +81,7 @@ class RolloutStore:
             raise
 
     def append_timeline(self, rollout_id: str, point: dict[str, Any]) -> None:
-        _write_batch(self._dir(rollout_id), "timeline", [point])
+        write_batch(self._dir(rollout_id), "timeline", [point])
 
     def current_id(self) -> str | None:
         data = read_bytes(join(self.root, "current"))
@@ -119,10 +119,10 @@ class RolloutStore:
         return False
 
     def events(self, rollout_id: str) -> list[dict[str, Any]]:
-        return _read_batches(self._dir(rollout_id), "events")
+        return read_batches(self._dir(rollout_id), "events")
 
     def timeline(self, rollout_id: str) -> list[dict[str, Any]]:
-        return _read_batches(self._dir(rollout_id), "timeline")
+        return read_batches(self._dir(rollout_id), "timeline")
 
     def rollout_ids(self) -> list[str]:
         """All rollouts of this model, oldest first (by the state's ``created_at``: no mtimes on object storage)."""
@@ -147,15 +147,15 @@ def _adopt_legacy(legacy: Path, root: Path) -> None:
         legacy.rename(root)
 
 
-def _write_batch(folder: str, kind: str, rows: list[dict[str, Any]]) -> None:
+def write_batch(folder: str, kind: str, rows: list[dict[str, Any]]) -> None:
     """One write-once object per batch, named so that names sort in write order."""
     name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.jsonl"
     atomic_write(join(folder, kind, name), "".join(json.dumps(row, default=str) + "\n" for row in rows))
 
 
-def _read_batches(folder: str, kind: str) -> list[dict[str, Any]]:
-    """The legacy append file (if any), then every batch in name order."""
-    urls = [join(folder, _LEGACY_LINES[kind])]
+def read_batches(folder: str, kind: str) -> list[dict[str, Any]]:
+    """The legacy append file (events, timeline: if any), then every batch in name order."""
+    urls = [join(folder, _LEGACY_LINES[kind])] if kind in _LEGACY_LINES else []
     urls += [join(folder, kind, name) for name in listdir(join(folder, kind)) if name.endswith(".jsonl")]
     out = []
     for url in urls:
