@@ -157,7 +157,7 @@ class ModelServer:
         try:
             matrix = self.preprocessing.records_to_matrix(instances)
         except InputError as exc:
-            return {"status": 422, "version": self.version, **error_body(422, exc.field, exc.problem, rule=exc.rule)}
+            return self._rejected(exc)
         try:
             outputs = await self._forward(matrix)
             if isinstance(outputs, Exception):
@@ -175,17 +175,18 @@ class ModelServer:
     async def _predict_pyfunc(self, instances: list[dict[str, Any]]) -> dict[str, Any]:
         """:meth:`predict` for a ``python_function`` model: this request held to the signature, then batched."""
         try:
-            frame = self.pyfunc.frame(instances)
+            outputs = await self._forward_frames(self.pyfunc.frame(instances))   # frame() checks before batching
         except InputError as exc:
-            return {"status": 422, "version": self.version, **error_body(422, exc.field, exc.problem, rule=exc.rule)}
-        try:
-            outputs = await self._forward_frames(frame)
+            return self._rejected(exc)
         except Exception as exc:  # still this request's 500, never the replica's
             outputs = exc
         if isinstance(outputs, Exception):
             rule = "finite_output" if "not finite" in str(outputs) else "model_error"
             return self._failed(f"model failed: {type(outputs).__name__}: {outputs}", rule)
         return {"status": 200, "version": self.version, "predictions": outputs, "metrics": {}}
+
+    def _rejected(self, exc: InputError) -> dict[str, Any]:
+        return {"status": 422, "version": self.version, **error_body(422, exc.field, exc.problem, rule=exc.rule)}
 
     def _failed(self, reason: str, rule: str) -> dict[str, Any]:
         logger.error("model %s v%s: %s", self.model_name, self.version, reason)

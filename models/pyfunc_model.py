@@ -23,6 +23,7 @@ import importlib.metadata
 import json
 import logging
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,8 +111,10 @@ class PyfuncModel:
         for spec in self.schema.inputs:
             for item in instances:
                 check_value(spec, item.get(spec.name))
+        sent = {key for item in instances for key in item}   # a field some instances leave out is null in those
+        rows = [{**dict.fromkeys(sent), **item} for item in instances]
         try:
-            frame = pd.DataFrame(parse_instances_data({"instances": instances}, self.schema))
+            frame = pd.DataFrame(parse_instances_data({"instances": rows}, self.schema))
             validate_frame(frame, self.schema)
         except InputError:
             raise
@@ -120,8 +123,10 @@ class PyfuncModel:
         return frame
 
     def _culprit(self, message: str) -> str:
-        """The input a schema message is about (the first one it names), else ``instances``."""
-        return next((spec.name for spec in self.schema.inputs if spec.name and spec.name in message), "instances")
+        """The input a schema message is about (the first one it names: quoted, or after column/input), else
+        ``instances``."""
+        return next((spec.name for spec in self.schema.inputs if spec.name and re.search(
+            rf"'{re.escape(spec.name)}'|\b(?:column|input)s?\W+{re.escape(spec.name)}\b", message)), "instances")
 
     def predict(self, frames: list[Any]) -> list[list[Any] | Exception]:
         """One ``predict`` over every request's frame; each request's outputs, or the error for all of them."""
