@@ -208,7 +208,8 @@ def test_a_model_whose_requirement_is_not_installed_fails_to_start_naming_it(ser
     from ray import serve
 
     from cluster.serving import startup_failure
-    from deployments.app import model_server
+    from deployments.app import model_args
+    from deployments.model_server import ModelServer
     from deployments.serve_config import parse_config
 
     name = model["name"]
@@ -216,9 +217,11 @@ def test_a_model_whose_requirement_is_not_installed_fails_to_start_naming_it(ser
     cfg = parse_config({"model_name": name, "baseline": f"models:/{name}/{version}",
                         "tracking_uri": str(settings.mlflow_tracking_uri), "num_cpus": 0.1})
     app_name = f"req-{uuid.uuid4().hex[:6]}"
-    with pytest.raises(RuntimeError) as failed:
-        serve.run(model_server(cfg, "baseline", f"models:/{name}/{version}", version,
-                               str(settings.mlflow_tracking_uri)), name=app_name, route_prefix=None)
+    args = model_args(cfg, "baseline", f"models:/{name}/{version}", version, str(settings.mlflow_tracking_uri))
+    with pytest.raises(RuntimeError) as failed:   # one start, not Serve's three: the test waits less
+        serve.run(ModelServer.options(name="model-baseline", max_constructor_retry_count=1,
+                                      ray_actor_options={"num_cpus": 0.1}).bind(**args),
+                  name=app_name, route_prefix=None)
     reason = startup_failure(app_name, str(failed.value))
     serve.delete(app_name)
     assert "not-a-real-pkg==1.0" in reason and "not installed" in reason and "\n" not in reason, reason
