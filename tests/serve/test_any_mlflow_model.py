@@ -191,11 +191,12 @@ def test_sklearn_v1_to_a_code_paths_pyfunc_v2_is_canaried_and_promoted(app, mode
 
 
 def test_a_pyfunc_failing_half_its_calls_is_rolled_back_and_champion_stays(serve_url, settings, model):
+    """Both pyfunc versions loaded inside the router's replicas (``colocate: true``): that topology covered too."""
     registry = Registry(settings)
     _, v2, v3 = model["versions"]
     registry.set_alias(model["name"], "champion", v2)
     registry.set_alias(model["name"], "challenger", v3)
-    with running_app(serve_url, settings, model["name"]) as app, Load(app) as load:
+    with running_app(serve_url, settings, model["name"], colocate=True) as app, Load(app) as load:
         admin_ok(app, "POST", "/admin/rollout/start", {"spec": spec(app), "actor": "ci"})
         wait_for(lambda: phase(app) in TERMINAL)
         rollout = admin_ok(app, "GET", "/admin/rollout")["rollout"]
