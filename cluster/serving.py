@@ -30,6 +30,7 @@ READY_TIMEOUT_S = 180.0
 NOT_CARRIED = ("model_name", "baseline", "candidate", "tracking_uri", "state_dir", "rollouts_root", "controller",
                "traffic", "shadow")
 ROOT = Path(__file__).resolve().parent.parent
+STARTUP_ERROR = "MissingRequirements: "   # how a replica's missing-package error reads in Serve's failure message
 
 
 class ServeError(RaylineError):
@@ -91,9 +92,29 @@ def deploy(settings: Settings, cfg: Any, name: str = APP_NAME) -> str:
     try:
         serve.run(build(cfg, admin_token=admin, predict_token=predict), name=name, route_prefix="/")
     except RuntimeError as exc:
-        raise ServeError(f"deploying {name} failed: {str(exc).splitlines()[0]}") from None
+        raise ServeError(f"deploying {name} failed: {startup_failure(name, str(exc))}") from None
     atomic_write(_deployed_record(settings, name), json.dumps(cfg.model_dump(mode="json"), indent=1))
     return serve_url(settings)
+
+
+def startup_failure(app: str, error: str) -> str:
+    """The one line that says why ``app`` failed to deploy (``error``: what ``serve.run`` raised).
+
+    ``serve.run`` only says which deployment failed; the replica's own error sits in that deployment's
+    status message, a traceback. A model's startup error (missing packages,
+    ``models.pyfunc_model.MissingRequirements``) is picked out of it; otherwise ``error``'s first line.
+    """
+    from ray import serve
+
+    try:
+        deployments = serve.status().applications[app].deployments
+    except (KeyError, RuntimeError):   # the app is gone, or Serve is
+        deployments = {}
+    for name, deployment in deployments.items():
+        for line in (deployment.message or "").splitlines():
+            if STARTUP_ERROR in line:
+                return f"{name}: {line.split(STARTUP_ERROR, 1)[1].strip()}"
+    return error.strip().splitlines()[0] if error.strip() else "unknown error"
 
 
 def _deployed_record(settings: Settings, name: str) -> Path:

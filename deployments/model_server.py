@@ -8,6 +8,12 @@ exception in the replica. Model failures, a non-finite output included, come bac
 result with status 500 and a logged reason (the rollout controller counts them); the
 replica itself stays up.
 
+Any other registered ``python_function`` model (scikit-learn, XGBoost, a custom ``pyfunc`` with
+``code_paths``) is served too (``models.pyfunc_model``): each request held to the model's MLflow
+signature on its own (422 naming the field), the batch run through one ``predict`` on a
+DataFrame, outputs as JSON. A model whose pip requirements are not installed fails the replica's
+start with one line naming them. rayline's own torch models keep their path unchanged.
+
 Called by the router through a handle (``predict``), in-process inside the router's replicas
 when the app is colocated (``deployments.colocated``), or over HTTP directly when deployed
 as its own app (``__call__``; the benchmark's "direct" path).
@@ -77,6 +83,7 @@ class ModelServer:
             mlflow.set_registry_uri(tracking_uri)
         self.loaded: Any = None
         self.preprocessing: Any = None
+        self.pyfunc: Any = None    # models.pyfunc_model.PyfuncModel when the version is not a rayline model
         self.model_uri = model_uri
         self.model_name = ref_model(model_uri)
         self.variant = variant
@@ -87,6 +94,8 @@ class ModelServer:
         self.max_instances = max_instances
         self._forward.set_max_batch_size(batch_max_size)
         self._forward.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self._forward_frames.set_max_batch_size(batch_max_size)
+        self._forward_frames.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self.waiting: str | None = None
         if version is not None:
             self._load(model_uri, version)
@@ -96,10 +105,14 @@ class ModelServer:
             threading.Thread(target=self._await_model, name=f"resolve-{variant}", daemon=True).start()
 
     def _load(self, uri: str, version: str) -> None:
-        from models.packaging import load_model
+        from models.packaging import LoadedModel, load_served
 
-        loaded = load_model(uri)
-        self.preprocessing, self.loaded, self.model_uri, self.version = loaded.preprocessing, loaded, uri, version
+        loaded = load_served(uri)
+        if isinstance(loaded, LoadedModel):
+            self.preprocessing, self.pyfunc = loaded.preprocessing, None
+        else:
+            self.preprocessing, self.pyfunc = None, loaded
+        self.loaded, self.model_uri, self.version = loaded, uri, version
         self.waiting = None   # last: predict serves once this is None
 
     def _await_model(self) -> None:
@@ -127,6 +140,9 @@ class ModelServer:
         if self.waiting is not None:
             return {"variant": self.variant, "version": None, "uri": self.model_uri, "waiting": self.waiting,
                     "task": None, "classes": [], "fields": []}
+        if self.pyfunc is not None:
+            return {"variant": self.variant, "version": self.version, "uri": self.model_uri, "task": None,
+                    "classes": [], "fields": self.pyfunc.fields(), "flavor": self.pyfunc.flavor}
         return {"variant": self.variant, "version": self.version, "uri": self.model_uri,
                 "task": self.preprocessing.task, "classes": list(self.preprocessing.classes),
                 "fields": [field_rules(f) for f in self.preprocessing.features]}
@@ -136,10 +152,12 @@ class ModelServer:
         if self.waiting is not None:
             return {"status": 503, "version": None, "retry_after_s": self.resolve_interval_s,
                     **error_body(503, None, self.waiting, rule="model_pending")}
+        if self.pyfunc is not None:
+            return await self._predict_pyfunc(instances)
         try:
             matrix = self.preprocessing.records_to_matrix(instances)
         except InputError as exc:
-            return {"status": 422, "version": self.version, **error_body(422, exc.field, exc.problem, rule=exc.rule)}
+            return self._rejected(exc)
         try:
             outputs = await self._forward(matrix)
             if isinstance(outputs, Exception):
@@ -153,6 +171,22 @@ class ModelServer:
                     "metrics": self._metrics(outputs)}
         except Exception as exc:  # anything else is still this request's 500, never the replica's
             return self._failed(f"prediction failed: {type(exc).__name__}: {exc}", "model_error")
+
+    async def _predict_pyfunc(self, instances: list[dict[str, Any]]) -> dict[str, Any]:
+        """:meth:`predict` for a ``python_function`` model: this request held to the signature, then batched."""
+        try:
+            outputs = await self._forward_frames(self.pyfunc.frame(instances))   # frame() checks before batching
+        except InputError as exc:
+            return self._rejected(exc)
+        except Exception as exc:  # still this request's 500, never the replica's
+            outputs = exc
+        if isinstance(outputs, Exception):
+            rule = "finite_output" if "not finite" in str(outputs) else "model_error"
+            return self._failed(f"model failed: {type(outputs).__name__}: {outputs}", rule)
+        return {"status": 200, "version": self.version, "predictions": outputs, "metrics": {}}
+
+    def _rejected(self, exc: InputError) -> dict[str, Any]:
+        return {"status": 422, "version": self.version, **error_body(422, exc.field, exc.problem, rule=exc.rule)}
 
     def _failed(self, reason: str, rule: str) -> dict[str, Any]:
         logger.error("model %s v%s: %s", self.model_name, self.version, reason)
@@ -171,6 +205,11 @@ class ModelServer:
             logger.warning("model %s v%s failed on a batch of %d: %s", self.model_name, self.version, len(sizes), exc)
             return [exc] * len(sizes)
         return list(np.split(out, np.cumsum(sizes)[:-1]))
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    async def _forward_frames(self, frames: list[Any]) -> list[list[Any] | Exception]:
+        """One ``predict`` on the DataFrame of every request in the batch (``python_function`` models)."""
+        return self.pyfunc.predict(frames)
 
     def _metrics(self, outputs: np.ndarray) -> dict[str, float]:
         if self.preprocessing.task != "classification" or outputs.ndim != 2 or not len(outputs):

@@ -25,6 +25,9 @@ ERROR_STATUSES = {"400": "body is not JSON", "401": "missing or wrong bearer tok
                   "500": "the model failed or its output was not finite", "503": "the variant is unavailable or "
                   "overloaded (Retry-After)", "504": "the model did not answer in time"}
 
+# JSON Schema of the signature column types a python_function model may declare beyond numbers.
+SIGNATURE_KINDS: dict[str, dict[str, Any]] = {"string": {"type": "string"}, "boolean": {"type": "boolean"}}
+
 ERROR_SCHEMA: dict[str, Any] = {
     "type": "object", "required": ["error"],
     "properties": {"error": {"type": "object", "required": ["status", "field", "message"], "properties": {
@@ -38,6 +41,10 @@ def field_schema(field: dict[str, Any]) -> dict[str, Any]:
     """One request field as JSON Schema, from its contract rules (``ModelServer.ready``'s ``fields``)."""
     if field["kind"] == "categorical":
         return {"type": "string", "enum": list(field["vocabulary"])}
+    if field["kind"] in SIGNATURE_KINDS:   # a python_function model's signature column (no contract rules)
+        return dict(SIGNATURE_KINDS[field["kind"]])
+    if field["kind"] != "numeric":
+        return {}
     kind = "integer" if field.get("integer") else "number"
     schema: dict[str, Any] = {"type": kind}
     if field.get("allowed"):
@@ -53,11 +60,13 @@ def field_schema(field: dict[str, Any]) -> dict[str, Any]:
 
 
 def instance_schema(fields: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"type": "object", "required": [f["name"] for f in fields],
+    return {"type": "object", "required": [f["name"] for f in fields if f.get("required", True)],
             "properties": {f["name"]: field_schema(f) for f in fields}}
 
 
 def prediction_schema(info: dict[str, Any]) -> dict[str, Any]:
+    if info.get("flavor"):   # a python_function model: any JSON value per instance
+        return {}
     if info.get("task") == "classification":
         return {"type": "string", "enum": list(info.get("classes") or [])}
     return {"type": "number"}

@@ -1,5 +1,8 @@
 """How a rayline model travels through MLflow: torch module + its preprocessing, together.
 
+(Any other ``python_function`` model is served too: :func:`load_served` tells them apart by
+``preprocessing.json``; ``models.pyfunc_model`` serves the others.)
+
 ``log_model`` stores the module (pickle format: any nn.Module, no torch.export needed)
 with a signature over the raw request fields and ``preprocessing.json`` beside it, so
 the serving side needs only this module, torch and MLflow (never DeepSpeed or Ray Train).
@@ -17,6 +20,7 @@ import numpy as np
 import torch
 
 from models.preprocessing import Preprocessing
+from models.pyfunc_model import PyfuncModel, load_pyfunc
 
 PREPROCESSING_FILE = "preprocessing.json"
 # Explicit requirements skip MLflow's slow environment inference (~13 s → ~3 s per log).
@@ -77,13 +81,31 @@ def log_model(
 
 def load_model(uri: str, dst: str | None = None) -> LoadedModel:
     """Load a module + preprocessing from ``models:/NAME/VERSION``, ``models:/NAME@ALIAS`` or a path."""
+    local = _download(uri, dst)
+    if next(local.rglob(PREPROCESSING_FILE), None) is None:
+        raise FileNotFoundError(f"{uri} has no {PREPROCESSING_FILE}: not a rayline model")
+    return _load_rayline(local, uri)
+
+
+def load_served(uri: str) -> LoadedModel | PyfuncModel:
+    """What the model server serves: a rayline model (torch fast path) when its artifacts hold
+    ``preprocessing.json``, else any ``python_function`` model (requirements checked first)."""
+    local = _download(uri)
+    if next(local.rglob(PREPROCESSING_FILE), None) is not None:
+        return _load_rayline(local, uri)
+    return load_pyfunc(local, uri)
+
+
+def _download(uri: str, dst: str | None = None) -> Path:
     import mlflow.artifacts
+
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst))
+
+
+def _load_rayline(local: Path, uri: str) -> LoadedModel:
     import mlflow.pytorch
 
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst))
     module = mlflow.pytorch.load_model(str(local), map_location="cpu").eval()
-    pre_file = next(local.rglob(PREPROCESSING_FILE), None)
-    if pre_file is None:
-        raise FileNotFoundError(f"{uri} has no {PREPROCESSING_FILE}: not a rayline model")
+    pre_file = next(local.rglob(PREPROCESSING_FILE))
     preprocessing = Preprocessing.from_dict(json.loads(pre_file.read_text()))
     return LoadedModel(module=module, preprocessing=preprocessing, uri=uri)
