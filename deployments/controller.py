@@ -79,6 +79,9 @@ class Controller:
         self.model = model_name
         self.tracking_uri = tracking_uri
         self.versions = dict(versions or {})   # variant → registered version the app serves now
+        # None: a bare controller (tests, benchmarks) that knows nothing of the slots; a dict from the app:
+        # the slots whose reference resolved at build, the others learned from the routers once they load.
+        self.slots_known = versions is not None
         self.store = RolloutStore(rollouts_root or join(state_dir, "rollouts"), model_name)
         self.windows = WindowLog()
         self.leases = RouterLeases()
@@ -153,13 +156,23 @@ class Controller:
 
     # ---- router-facing ----------------------------------------------------------------------------------------
 
-    async def traffic(self, router_id: str | None = None, applied_epoch: int | None = None) -> dict[str, Any]:
-        """The split routers serve; a router's poll is also its acknowledgement of the epoch it applied."""
+    async def traffic(self, router_id: str | None = None, applied_epoch: int | None = None,
+                      versions: dict[str, str] | None = None) -> dict[str, Any]:
+        """The split routers serve; a router's poll is also its acknowledgement of the epoch it applied, and
+        tells the versions its model servers loaded (a slot that waited for its alias at build)."""
         self._ensure_loop()
         self._follow_other_writers()   # a stale controller answers with what is stored, never its own old split
         if router_id is not None and applied_epoch is not None:
             self.leases.heard(router_id, applied_epoch, time.time())
+        self._learn_versions(versions or {})
         return self.traffic_now.to_dict()
+
+    def _learn_versions(self, seen: dict[str, str]) -> None:
+        """Adopt the version a router saw for a slot that had none at build; a resolved slot is pinned for good."""
+        for variant, version in seen.items():
+            if variant not in self.versions and version:
+                self.versions[variant] = str(version)
+                logger.warning("model %s: the %s slot now serves version %s", self.model, variant, version)
 
     async def report(self, router_id: str, windows: list[dict[str, Any]]) -> None:
         self._ensure_loop()
@@ -233,7 +246,8 @@ class Controller:
                                f"--allow-worse-quality`) to roll out anyway (audited)", 409)
         epoch = max(self.traffic_now.epoch, self.state.traffic.epoch if self.state else 0)   # routers never go back
         state, actions = start(spec, baseline, candidate, now=time.time(), epoch=epoch,
-                               actor=actor, reason=reason, previous=self.state, served=self.versions or None,
+                               actor=actor, reason=reason, previous=self.state,
+                               served=self.versions if self.slots_known else None,
                                schemas=schemas, champion=champion,
                                generation=self.state.generation if self.state else 0)
         if quality is not None:

@@ -162,7 +162,7 @@ class Router:
             with contextlib.suppress(Exception):   # controller away: the split stands until its lease runs out
                 managed = self.options.get("managed")
                 sent = time.monotonic()   # the lease counts from the send: a late answer cannot extend it
-                call = (self.controller.traffic.remote(self.router_id, self.traffic.epoch) if managed
+                call = (self.controller.traffic.remote(self.router_id, self.traffic.epoch, self.versions) if managed
                         else self.controller.traffic.remote())
                 new = Traffic.from_dict(await asyncio.wait_for(_awaited(call), CONTROLLER_TIMEOUT_S))
                 self._heard_at = sent

@@ -222,7 +222,7 @@ def start(spec: RolloutSpec, baseline_version: str, candidate_version: str, now:
         raise RolloutError(f"rollout {previous.rollout_id} is {previous.phase.value}; abort it or wait for it to end")
     if str(baseline_version) == str(candidate_version):
         raise RolloutError(f"baseline and candidate are the same version ({baseline_version})", 400)
-    if served:
+    if served is not None:
         _require_served(spec, str(baseline_version), str(candidate_version), served)
     forced: list[str] = []
     if schemas is not None:
@@ -249,6 +249,11 @@ def start(spec: RolloutSpec, baseline_version: str, candidate_version: str, now:
 def _require_served(spec: RolloutSpec, baseline: str, candidate: str, served: dict[str, str]) -> None:
     """409 when the slots serve other versions than the spec resolves to: canarying one version and then
     promoting another is the failure this prevents."""
+    waiting = [slot for slot in (BASELINE, CANDIDATE) if slot not in served]
+    if waiting:
+        raise RolloutError(
+            f"the app serves no {' and no '.join(waiting)} version yet (not deployed, or still waiting for its "
+            f"alias to resolve); the spec needs baseline v{baseline} and candidate v{candidate} in its slots", 409)
     slots = (str(served.get(BASELINE)), str(served.get(CANDIDATE)))
     if slots != (baseline, candidate):
         raise RolloutError(

@@ -409,6 +409,14 @@ def test_start_is_a_conflict_naming_both_version_pairs_when_the_slots_serve_othe
     assert "baseline v1" in str(err.value) and "candidate v3" in str(err.value) and "candidate v2" in str(err.value)
 
 
+def test_start_is_a_conflict_while_a_slot_of_the_app_still_waits_for_its_model():
+    with pytest.raises(RolloutError) as err:
+        start(make_spec(), "1", "2", now=1.0, epoch=0, actor="bob", served={BASELINE: "1"})
+    assert err.value.status_code == 409 and "serves no candidate version yet" in str(err.value)
+    with pytest.raises(RolloutError, match="no baseline and no candidate"):
+        start(make_spec(), "1", "2", now=1.0, epoch=0, actor="bob", served={})
+
+
 def test_a_candidate_requiring_a_field_the_baseline_does_not_is_refused_before_traffic_with_both_schemas():
     schemas = ({"x1": "double"}, {"x1": "double", "x4": "double"})
     with pytest.raises(RolloutError) as err:

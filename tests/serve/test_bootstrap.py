@@ -111,3 +111,37 @@ def test_colocated_app_with_the_rollout_controller_serves_the_first_champion(ser
         assert _serves_once_set(client, model, settings, "champion", v1)["version"] == v1
         wait_for(lambda: client.get(f"/v1/models/{model}").json()["versions"] == {"baseline": v1}, timeout_s=30,
                  every_s=0.2)
+
+
+
+def test_a_rollout_on_a_fresh_install_checks_the_versions_its_slots_loaded_after_build(serve_url, settings):
+    """The chart's default (rollout controller, separate replica sets) on a fresh install: the slots resolve their
+    aliases after the app was built, and the routers tell the controller what loaded. A start whose challenger
+    moved on since is a 409 naming both pairs (the old controller, knowing no versions, started it and would have
+    canaried v2 and then promoted v3); a start that matches what the slots serve goes through."""
+    from deployments.app import controller_available
+
+    model = f"boot-{uuid.uuid4().hex[:6]}"
+    config = {"candidate": f"models:/{model}@challenger", "controller": controller_available()}
+    with unaliased_app(serve_url, settings, model, **config) as (client, v1, v2):
+        v3 = register_version(settings, model, tiny_model(2))
+        registry = Registry(settings)
+        registry.set_alias(model, "challenger", v2)
+        _serves_once_set(client, model, settings, "champion", v1)
+        wait_for(lambda: client.get(f"/v1/models/{model}").json()["versions"] == {"baseline": v1, "candidate": v2},
+                 timeout_s=30, every_s=0.2)
+        registry.set_alias(model, "challenger", v3)   # the candidate slot stays pinned to v2
+        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        body = {"spec": {"model": model, "baseline": "champion", "candidate": "challenger", "steps": [50, 100],
+                         "interval_s": 1}, "actor": "ci"}
+
+        def refused_naming_the_served_pair() -> bool:
+            r = client.post("/admin/rollout/start", json=body, headers=headers)
+            assert r.status_code == 409, r.text
+            return f"serves baseline v{v1} / candidate v{v2}" in r.json()["error"]["message"]
+
+        wait_for(refused_naming_the_served_pair, timeout_s=10, every_s=0.3)
+        registry.set_alias(model, "challenger", v2)
+        started = client.post("/admin/rollout/start", json=body, headers=headers)
+        assert started.status_code == 200, started.text
+        assert started.json()["rollout"]["candidate_version"] == v2
