@@ -62,7 +62,7 @@ TICK_S = 0.1                 # loop period; analysis runs every spec.interval_s
 REGISTRY_PROBE_S = 1.0
 ALIAS_HTTP_TIMEOUT_S = 10.0  # one alias-move request; the loop waits a little longer, then calls it failed
 REGISTRY_TIMEOUT_S = ALIAS_HTTP_TIMEOUT_S + 5.0
-QUALITY_TIMEOUT_S = 4.0      # reading both versions' figures; the router gives a whole admin call 10 s
+QUALITY_TIMEOUT_S = 15.0     # reading both versions' figures; the router gives a whole start 25 s
 
 ANALYSED = (Phase.PROGRESSING, Phase.SHADOWING, Phase.PAUSED)
 

@@ -63,6 +63,7 @@ audit_log = logging.getLogger("rayline.audit")
 
 COMMANDS = ("start", "promote", "pause", "resume", "abort", "rollback", "report")  # report: read-only timeline
 CONTROLLER_TIMEOUT_S = 10.0
+START_TIMEOUT_S = 25.0   # a start reads both versions, their schemas and figures from MLflow (a loaded server: seconds)
 REPLICA_DEATH_RETRIES = 1   # a model call whose replica died before answering is sent once more
 
 api = FastAPI(title="rayline serve", description="Predict with canary/A-B routing; rollout admin API.",
@@ -477,7 +478,8 @@ class Router:
             response = json_error(404, "command", f"unknown command {command!r}; one of {list(COMMANDS)}", headers)
         else:
             try:
-                result = await asyncio.wait_for(_awaited(call(body)), CONTROLLER_TIMEOUT_S)
+                timeout_s = START_TIMEOUT_S if command == "start" else CONTROLLER_TIMEOUT_S
+                result = await asyncio.wait_for(_awaited(call(body)), timeout_s)
                 response = JSONResponse(result, headers=headers)
             except Exception as exc:  # every controller error becomes a JSON status
                 status, message = _http_status(exc)

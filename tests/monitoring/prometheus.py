@@ -16,7 +16,7 @@ from cluster.processes import free_port, session_members, start_detached, termin
 
 
 class PrometheusServer:
-    def __init__(self, workdir: Path, targets: dict[str, list[str]], scrape_interval_s: float = 1.0) -> None:
+    def __init__(self, workdir: Path, targets: dict[str, list[str]], scrape_interval_s: float = 2.0) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -29,7 +29,10 @@ class PrometheusServer:
         if binary is None:
             raise RuntimeError("prometheus not installed: run `make tools` (tools/install-prometheus.sh)")
         config = {
-            "global": {"scrape_interval": f"{int(self.scrape_interval_s * 1000)}ms", "evaluation_interval": "1s"},
+            # The timeout is the whole interval: Ray's endpoint grows with every deployment a session made and
+            # can take over a second on 2 busy cores (a timed-out scrape reads as the target being down).
+            "global": {"scrape_interval": f"{int(self.scrape_interval_s * 1000)}ms",
+                       "scrape_timeout": f"{int(self.scrape_interval_s * 1000)}ms", "evaluation_interval": "1s"},
             "scrape_configs": [
                 {"job_name": job, "static_configs": [{"targets": addrs}]} for job, addrs in self.targets.items()
             ],
@@ -92,7 +95,7 @@ class PrometheusServer:
 
 @contextmanager
 def scraping(workdir: Path, targets: dict[str, list[str]],
-             scrape_interval_s: float = 1.0) -> Iterator[PrometheusServer]:
+             scrape_interval_s: float = 2.0) -> Iterator[PrometheusServer]:
     """A started server for the ``with`` block, stopped (with its whole process session) after it."""
     server = PrometheusServer(workdir, targets, scrape_interval_s)
     server.start()

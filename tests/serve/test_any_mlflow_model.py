@@ -26,6 +26,7 @@ from tests.serve.helpers import (
     champion_version,
     instance,
     phase,
+    quality_tags,
     running_app,
     spec,
     wait_for,
@@ -90,7 +91,10 @@ def log_version(settings, name: str, log: Any) -> str:
     frame = training_frame()
     with mlflow.start_run(experiment_id=registry.ensure_experiment()):
         log(infer_signature(frame, ["yes"] * len(frame)))
-    return registry.versions(name)[-1].version
+    version = registry.versions(name)[-1].version
+    for key, value in quality_tags().items():   # measured on one held-out set, as the quality gate needs
+        registry.set_version_tag(name, version, key, value)
+    return version
 
 
 def log_pyfunc(settings, name: str, model: Any, code: Path, requirements: list[str] | None = None) -> str:

@@ -163,3 +163,48 @@ def test_the_candidate_loses_an_ab_test_on_the_labelled_outcome(app):
     assert rollout["phase"] == "concluded", rollout["reason"]
     assert rollout["decision"]["outcome"] == "candidate_worse", rollout["reason"]
     assert rollout["decision"]["ab"]["n_candidate"] >= 30   # labelled requests, not served ones
+
+
+REWARD_RATES = {BASELINE: 0.2, CANDIDATE: 0.6}
+
+
+class RewardLoad(Load):
+    """Predict traffic whose callers post a 0/1 reward (a conversion) after each answer: known rates per variant."""
+
+    def _run(self, seed: int) -> None:
+        rng, i = random.Random(seed), seed * 1000
+        while not self._stop.is_set():
+            i += 1
+            try:
+                r = self.app.predict([instance(i)])
+                if r.status_code == 200:
+                    body = r.json()
+                    reward = float(rng.random() < REWARD_RATES[body["variant"]])
+                    post_feedback(self.app, {"request_id": body["request_id"], "reward": reward})
+            except Exception:
+                continue
+
+
+@pytest.mark.timeout(150)
+def test_a_bandit_on_posted_rewards_shifts_traffic_to_the_better_version_and_promotes_it(app):
+    """Last in the module: the winner becomes champion. Rewards reach the bandit only through :feedback."""
+    wait_for(lambda: helpers.phase(app) in helpers.TERMINAL | {None})
+    bandit = {"min_samples_per_arm": 20, "promote_threshold": 0.95, "min_share": 0.1}
+    shares = []
+    with RewardLoad(app, threads=2):
+        admin_ok(app, "POST", "/admin/rollout/start",
+                 {"spec": helpers.spec(app, mode="bandit", bandit=bandit), "actor": "ci", "reason": "bandit"})
+
+        def decided() -> bool:
+            rollout = admin_ok(app, "GET", "/admin/rollout")["rollout"]
+            shares.append(rollout["traffic"]["weights"].get(CANDIDATE, 0.0))
+            return rollout["phase"] in helpers.TERMINAL
+
+        wait_for(decided, timeout_s=120, every_s=0.5)
+    rollout = admin_ok(app, "GET", "/admin/rollout")["rollout"]
+    assert rollout["phase"] == "succeeded", rollout["reason"]
+    assert max(shares) > 0.5   # the split followed the rewards before the end
+    arms = rollout["bandit"]["arms"]   # rewards posted through :feedback, joined to the variant that served them
+    assert min(arms[v]["n"] for v in (BASELINE, CANDIDATE)) >= 20, arms
+    assert arms[CANDIDATE]["total"] / arms[CANDIDATE]["n"] > arms[BASELINE]["total"] / arms[BASELINE]["n"], arms
+    assert helpers.champion_version(app) == app.versions[CANDIDATE]
