@@ -220,11 +220,8 @@ class Router:
         started = time.perf_counter()
         trace_id = parse_traceparent(request.headers.get("traceparent")) or new_trace_id()
         headers = {HEADER_TRACE: trace_id, "traceparent": make_traceparent(trace_id)}
-        if name != self.model_name:
-            return json_error(404, "model", f"this endpoint serves {self.model_name!r}, not {name!r}", headers)
-        if self.predict_token is not None and not _bearer_ok(request, self.predict_token):
-            return json_error(401, "authorization", "missing or wrong bearer token",
-                              {**headers, "WWW-Authenticate": "Bearer"})
+        if (refused := self._refuse_caller(name, request, headers)) is not None:
+            return refused
         try:
             check_size(request.headers.get("content-length"), self.options["max_body_bytes"])
             instances = parse_instances(await request.body(), self.options["max_body_bytes"],
@@ -253,6 +250,15 @@ class Router:
                 body["predictions"], time.time())
         return JSONResponse(answer, headers=headers)
 
+    def _refuse_caller(self, name: str, request: Request, headers: dict[str, str]) -> Response | None:
+        """The checks every model endpoint (predict, feedback) makes first: its model's name, then the bearer token."""
+        if name != self.model_name:
+            return json_error(404, "model", f"this endpoint serves {self.model_name!r}, not {name!r}", headers)
+        if self.predict_token is not None and not _bearer_ok(request, self.predict_token):
+            return json_error(401, "authorization", "missing or wrong bearer token",
+                              {**headers, "WWW-Authenticate": "Bearer"})
+        return None
+
     # ---------------------------------------------------------------- feedback
     @api.post("/v1/models/{name}:feedback")
     async def feedback(self, name: str, request: Request) -> Response:
@@ -260,11 +266,8 @@ class Router:
         self._ensure_loops()
         trace_id = parse_traceparent(request.headers.get("traceparent")) or new_trace_id()
         headers = {HEADER_TRACE: trace_id}
-        if name != self.model_name:
-            return json_error(404, "model", f"this endpoint serves {self.model_name!r}, not {name!r}", headers)
-        if self.predict_token is not None and not _bearer_ok(request, self.predict_token):
-            return json_error(401, "authorization", "missing or wrong bearer token",
-                              {**headers, "WWW-Authenticate": "Bearer"})
+        if (refused := self._refuse_caller(name, request, headers)) is not None:
+            return refused
         if self._id_key is None or self._feedback_writer is None:
             return json_error(404, "feedback", "feedback is not configured for this deployment (no feedback_root)",
                               headers)
