@@ -78,6 +78,14 @@ class Registry:
             return exp.experiment_id
         return self._call(self._client.create_experiment, name)
 
+    def runs(self, filter_string: str, max_results: int = 20) -> list[Any]:
+        """Runs of this experiment matching an MLflow search filter, newest first ([] when it does not exist yet)."""
+        exp = self._call(self._client.get_experiment_by_name, self.experiment)
+        if exp is None:
+            return []
+        return self._call(lambda: self._client.search_runs([exp.experiment_id], filter_string, max_results=max_results,
+                                                           order_by=["attributes.start_time DESC"]))
+
     def version(self, name: str, version: str | int) -> ModelVersionInfo:
         return _info(self._call(self._client.get_model_version, name, str(version)))
 

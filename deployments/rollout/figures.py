@@ -49,13 +49,7 @@ def from_evaluation_run(run: Any) -> Figures | None:
 def read_figures(registry: Registry, info: ModelVersionInfo) -> list[Figures]:
     """Every set of figures MLflow holds for one registered version. Raises RegistryError."""
     found = [f for f in [from_version_tags(info.tags)] if f is not None]
-    experiment = registry._call(registry.client.get_experiment_by_name, registry.experiment)
-    if experiment is None:
-        return found
-    runs = registry._call(lambda: registry.client.search_runs(
-        [experiment.experiment_id], f"tags.`rayline.job` = '{EVALUATE_JOB}' AND tags.model = "
-                                    f"'{info.name}/{info.version}'",
-        max_results=20, order_by=["attributes.start_time DESC"]))
+    runs = registry.runs(f"tags.`rayline.job` = '{EVALUATE_JOB}' AND tags.model = '{info.name}/{info.version}'")
     return found + [f for f in map(from_evaluation_run, runs) if f is not None]
 
 
