@@ -41,6 +41,7 @@ from starlette.responses import JSONResponse
 
 from deployments.payload import PayloadError, error_body, parse_instances
 from models.preprocessing import Feature, InputError
+from models.pyfunc_model import NonFiniteOutput
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +182,7 @@ class ModelServer:
         except Exception as exc:  # still this request's 500, never the replica's
             outputs = exc
         if isinstance(outputs, Exception):
-            rule = "finite_output" if "not finite" in str(outputs) else "model_error"
+            rule = "finite_output" if isinstance(outputs, NonFiniteOutput) else "model_error"
             return self._failed(f"model failed: {type(outputs).__name__}: {outputs}", rule)
         return {"status": 200, "version": self.version, "predictions": outputs, "metrics": {}}
 

@@ -39,6 +39,10 @@ NUMBER_TYPES = {"double", "float"}
 INTEGER_TYPES = {"long", "integer"}
 
 
+class NonFiniteOutput(ValueError):
+    """The model answered NaN or infinity: that request's 500 with rule ``finite_output``."""
+
+
 class MissingRequirements(RaylineError):
     """A model needs packages the replica does not have; ``str`` names them (rayline never pip-installs)."""
 
@@ -212,7 +216,7 @@ def json_rows(output: Any) -> list[Any]:
     try:
         json.dumps(rows, allow_nan=False)
     except ValueError:
-        raise ValueError("model output is not finite (nan/inf)") from None
+        raise NonFiniteOutput("model output is not finite (nan/inf)") from None
     return rows
 
 
