@@ -113,6 +113,9 @@ def export(module: GPT, directory: str | Path, tokenizer_json: str | None = None
     ``lineage`` (dataset, version, tokenizer id…) goes into ``rayline.json`` beside the weights, for
     people who find the folder without its registry entry.
     """
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no "Writing model shards" bars in job logs
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer = hf_tokenizer(tokenizer_json, eos or "") if tokenizer_json is not None else None
