@@ -162,7 +162,7 @@ def _evaluate_language_model(settings: Settings, registry: Registry, info: Any, 
     with tempfile.TemporaryDirectory() as tmp:
         folder = hf_dir(f"models:/{info.name}/{info.version}", tmp)
         metrics, samples, found = evaluate_language_model(str(settings.datasets_root), str(folder), dataset,
-                                                          version, tokenizer_id)
+                                                          version, tokenizer_id, info.tags.get("dataset_version", ""))
     with _evaluation_run(registry, info, model_ref, dataset, found, tokenizer=tokenizer_id) as run:
         mlflow.log_metrics(metrics)
         mlflow.log_text(json.dumps(samples, indent=2, ensure_ascii=False), COMPLETIONS_FILE)

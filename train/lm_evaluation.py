@@ -74,9 +74,12 @@ def completions(model: Any, tokenizer: Any, documents: list[np.ndarray], seq_len
     return out
 
 
-def evaluate_language_model(root: str, folder: str, dataset: str, version: str,
-                            tokenizer_id: str) -> tuple[dict[str, float], list[dict[str, Any]], str]:
-    """(metrics, completions, the dataset version evaluated) of the HF folder on ``dataset``'s validation split."""
+def evaluate_language_model(root: str, folder: str, dataset: str, version: str, tokenizer_id: str,
+                            trained_on: str = "") -> tuple[dict[str, float], list[dict[str, Any]], str]:
+    """(metrics, completions, the dataset version evaluated) of the HF folder on ``dataset``'s validation split.
+
+    ``trained_on`` (the model's dataset version) is named when ``version`` has no shards of its tokenizer.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ingest.tokens import open_token_split
@@ -85,8 +88,9 @@ def evaluate_language_model(root: str, folder: str, dataset: str, version: str,
     try:
         split = open_token_split(root, dataset, version, "validation", tokenizer=tokenizer_id)
     except Exception as exc:  # the catalog's own not-found errors: the user's --dataset
+        hint = f" (the model was trained on {dataset} {trained_on})" if trained_on else ""
         raise TrainConfigError(f"invalid 'dataset': {dataset} {version} has no validation tokens for "
-                               f"{tokenizer_id}: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
+                               f"{tokenizer_id}{hint}: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     seq_len, vocab = model.config.n_positions, model.config.vocab_size

@@ -34,6 +34,7 @@ from jobs import evaluate as evaluate_job
 from models.packaging import HF_PATH, LanguageModelArtifact, hf_dir, load_served
 from train import tracking, trainer
 from train.config import RegistrationSection, parse_config
+from train.lm_evaluation import evaluate_language_model
 
 ROOT = Path(__file__).resolve().parents[2]
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -193,4 +194,7 @@ def test_evaluate_job_measures_the_training_modules_perplexity_and_logs_completi
     assert json.loads(printed[-1].removeprefix("RAYLINE_RESULT "))["completions"] == completions
     logged = json.loads(mlflow.artifacts.load_text(f"runs:/{summary['run_id']}/completions.json"))
     assert logged == completions
-    assert hf_dir(f"models:/{MODEL_NAME}@challenger", str(Path(settings.state_dir) / "hf-eval")).is_dir()
+    folder = hf_dir(f"models:/{MODEL_NAME}@challenger", str(Path(settings.state_dir) / "hf-eval"))
+    again = evaluate_language_model(str(settings.datasets_root), str(folder), DATASET, "latest",
+                                    outcome.registered.tags["tokenizer"])
+    assert again[1] == completions  # seeded: the same model gives the same text
