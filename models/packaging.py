@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cluster.errors import RaylineError
+from cluster.errors import RaylineError, RegistryError
 from models.preprocessing import Preprocessing
 from models.pyfunc_model import PyfuncModel, load_pyfunc
 
@@ -35,7 +35,7 @@ HF_PATH = "extra_files/hf"  # the Hugging Face folder inside a language model's 
 HF_FORMAT = "hf-gpt2"  # the version tag ``format`` of such a model
 # Explicit requirements skip MLflow's slow environment inference (~13 s → ~3 s per log).
 PIP_REQUIREMENTS = [f"torch=={torch.__version__.split('+')[0]}", "numpy"]
-HF_REQUIREMENTS = [f"{name}=={package_version(name)}" for name in ("transformers", "safetensors", "tokenizers")]
+HF_PACKAGES = ("transformers", "safetensors", "tokenizers")  # what loading the HF folder needs
 
 
 class LanguageModelArtifact(RaylineError):
@@ -109,8 +109,9 @@ def log_language_model(module: torch.nn.Module, staging: str | Path, tokenizer_j
     module = module.cpu().eval()
     folder = export(module, Path(staging) / Path(HF_PATH).name, tokenizer_json, eos, lineage)
     example = np.zeros((1, module.config.seq_len), dtype=np.int64)
+    requirements = [*PIP_REQUIREMENTS, *(f"{p}=={package_version(p)}" for p in HF_PACKAGES)]
     return mlflow.pytorch.log_model(module, name=name, serialization_format="pickle", input_example=example,
-                                    extra_files=[str(folder)], pip_requirements=[*PIP_REQUIREMENTS, *HF_REQUIREMENTS],
+                                    extra_files=[str(folder)], pip_requirements=requirements,
                                     metadata={"rayline_format": HF_FORMAT, "hf_path": HF_PATH})
 
 
@@ -118,9 +119,13 @@ def hf_dir(uri: str, dst: str | None = None) -> Path:
     """Download a language model's Hugging Face folder (``models:/NAME/VERSION``, ``@ALIAS`` or a path)."""
     import mlflow.artifacts
 
-    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{uri.rstrip('/')}/{HF_PATH}", dst_path=dst))
+    try:
+        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{uri.rstrip('/')}/{HF_PATH}", dst_path=dst))
+    except Exception as exc:  # MLflow's errors for a missing path or model: one line naming what is missing
+        raise RegistryError(f"{uri} has no Hugging Face folder at {HF_PATH} (not a rayline language model?): "
+                            f"{str(exc).splitlines()[0] if str(exc) else exc!r}") from None
     if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{uri} has no Hugging Face folder at {HF_PATH}: not a rayline language model")
+        raise RegistryError(f"{uri}: {HF_PATH} has no config.json: not a rayline language model")
     return folder
 
 
