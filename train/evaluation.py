@@ -1,14 +1,16 @@
 """Evaluate a registered model on a dataset version: metrics to MLflow and a PNG report.
 
 The plot shows the training run's learning curves (from its MLflow history) beside a
-confusion matrix (classification) or residuals (regression).
+confusion matrix (classification) or residuals (regression). A language model (version tag
+``format: hf-gpt2``) is evaluated by ``train.lm_evaluation``: perplexity and sampled completions.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,8 @@ class Evaluation:
     dataset_version: str
     metrics: dict[str, float]
     run_id: str
-    plot: str
+    plot: str | None
+    completions: list[dict[str, Any]] = field(default_factory=list)  # language models: sampled text
 
 
 def metrics_for(task: str, outputs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
@@ -96,7 +99,7 @@ def evaluate(settings: Settings, model_ref: str, dataset: str | None, version: s
     import mlflow
 
     from ingest.catalog import Catalog
-    from models.packaging import load_model
+    from models.packaging import HF_FORMAT, load_model
 
     registry = Registry(settings)
     registry.require_healthy()
@@ -104,6 +107,8 @@ def evaluate(settings: Settings, model_ref: str, dataset: str | None, version: s
     dataset = dataset or info.tags.get("dataset")
     if not dataset:
         raise TrainConfigError(f"invalid 'dataset': {model_ref} has no dataset tag; pass NAME/VERSION")
+    if info.tags.get("format") == HF_FORMAT:
+        return _evaluate_language_model(settings, registry, info, model_ref, dataset, version)
     catalog = Catalog(settings.datasets_root)
     try:
         found = catalog.latest(dataset) if version == "latest" else catalog.get(dataset, version)
@@ -119,12 +124,8 @@ def evaluate(settings: Settings, model_ref: str, dataset: str | None, version: s
     targets = frame[pre.target].to_numpy()
     targets = targets.astype(np.int64) if pre.task == "classification" else targets.astype(np.float32)
     metrics = metrics_for(pre.task, outputs, targets)
-    registry.ensure_experiment()
-    mlflow.set_experiment(registry.experiment)
-    with mlflow.start_run(run_name=f"evaluate-{info.name}-v{info.version}") as run, \
+    with _evaluation_run(registry, info, model_ref, dataset, str(found.version)) as run, \
             tempfile.TemporaryDirectory() as tmp:
-        mlflow.set_tags({"rayline.job": "evaluate", "model": f"{info.name}/{info.version}", "dataset": dataset,
-                         "dataset_version": str(found.version), "model_ref": model_ref})
         mlflow.log_metrics(metrics)
         path = Path(tmp) / PLOT_FILE
         plot(path, pre.task, outputs, targets, pre.classes, _history(registry, info.run_id))
@@ -134,5 +135,44 @@ def evaluate(settings: Settings, model_ref: str, dataset: str | None, version: s
                       dataset_version=str(found.version), metrics=metrics, run_id=run_id, plot=PLOT_FILE)
 
 
+def _evaluation_run(registry: Registry, info: Any, model_ref: str, dataset: str, dataset_version: str,
+                    **tags: str) -> Any:
+    """A new MLflow run for this evaluation, tagged with what was evaluated on what."""
+    import mlflow
+
+    registry.ensure_experiment()
+    mlflow.set_experiment(registry.experiment)
+    run = mlflow.start_run(run_name=f"evaluate-{info.name}-v{info.version}")
+    mlflow.set_tags({"rayline.job": "evaluate", "model": f"{info.name}/{info.version}", "dataset": dataset,
+                     "dataset_version": dataset_version, "model_ref": model_ref, **tags})
+    return run
+
+
+def _evaluate_language_model(settings: Settings, registry: Registry, info: Any, model_ref: str,
+                             dataset: str, version: str) -> Evaluation:
+    import mlflow
+
+    from models.packaging import hf_dir
+    from train.lm_evaluation import COMPLETIONS_FILE, evaluate_language_model
+
+    tokenizer_id = info.tags.get("tokenizer")
+    if not tokenizer_id:
+        raise TrainConfigError(f"invalid 'model': {model_ref} was trained without a tokenizer (synthetic "
+                               "tokens): there is no text dataset to evaluate it on")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = hf_dir(f"models:/{info.name}/{info.version}", tmp)
+        metrics, samples, found = evaluate_language_model(str(settings.datasets_root), str(folder), dataset,
+                                                          version, tokenizer_id, info.tags.get("dataset_version", ""))
+    with _evaluation_run(registry, info, model_ref, dataset, found, tokenizer=tokenizer_id) as run:
+        mlflow.log_metrics(metrics)
+        mlflow.log_text(json.dumps(samples, indent=2, ensure_ascii=False), COMPLETIONS_FILE)
+        run_id = run.info.run_id
+    return Evaluation(model_ref=model_ref, model_version=info.version, dataset=dataset, dataset_version=found,
+                      metrics=metrics, run_id=run_id, plot=None, completions=samples)
+
+
 def describe(evaluation: Evaluation) -> dict[str, Any]:
-    return {"job": "evaluate", **evaluation.__dict__}
+    summary = {"job": "evaluate", **evaluation.__dict__}
+    if not evaluation.completions:
+        summary.pop("completions")
+    return summary

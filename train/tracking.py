@@ -9,16 +9,21 @@
 - Driver, after ``fit()``: ``finish`` logs the final model (``models.packaging``) and registers it
   as a new version only when the configured metric passes the threshold (``gate``), with
   lineage tags on the version. Doing this in the driver, after training succeeded, means a
-  worker killed mid-run can never leave a half-registered model.
+  worker killed mid-run can never leave a half-registered model. A language model also carries
+  a Hugging Face GPT-2 folder (``models.hf_export``) with its dataset's tokenizer, and its
+  version the tokenizer's id and sha256 (docs/language-models.md).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import socket
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,6 +146,8 @@ def gate(section: RegistrationSection, metrics: dict[str, Any]) -> tuple[bool, s
     value = metrics.get(section.metric)
     if value is None:
         return False, f"metric {section.metric!r} was not reported"
+    if not math.isfinite(float(value)):  # a diverged run (NaN loss, inf perplexity) never passes
+        return False, f"{section.metric}={value} is not finite"
     if section.threshold is None:
         return True, f"{section.metric}={value:.6g} (no threshold)"
     ok = value <= section.threshold if section.mode == "min" else value >= section.threshold
@@ -169,7 +176,8 @@ def finish(registry: Registry, config: TrainConfig, plan: Any, outcome: Outcome,
     with mlflow.start_run(run_id=run_id):
         final = {f"final_{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
         mlflow.log_metrics(final)
-        info = _log_module(module, plan, input_example)
+        tokenizer = lm_tokenizer(plan) if plan.task == "language_modeling" else None
+        info = _log_module(module, plan, input_example, tokenizer)
         outcome.model_uri = info.model_uri
         section = config.registration
         if section is None:
@@ -186,6 +194,7 @@ def finish(registry: Registry, config: TrainConfig, plan: Any, outcome: Outcome,
         "dataset": plan.description.get("dataset", ""), "dataset_version": plan.description.get("dataset_version", ""),
         **source().tags(), "run_id": run_id, "run_name": config.run_name, "model": config.model.name,
         **{k: f"{float(v):.6g}" for k, v in metrics.items() if k.startswith("val_")},
+        **(lm_tags(tokenizer) if plan.task == "language_modeling" else {}),
     }
     outcome.registered = registry.register(info.model_uri, section.model_name, outcome.tags)
     if section.alias:
@@ -194,17 +203,59 @@ def finish(registry: Registry, config: TrainConfig, plan: Any, outcome: Outcome,
     return outcome
 
 
-def _log_module(module: torch.nn.Module, plan: Any, input_example: list[dict[str, Any]] | None) -> Any:
+@dataclass(frozen=True)
+class LMTokenizer:
+    """The tokenizer a language model's token shards were made with (``tokenizer.json`` text)."""
+
+    id: str
+    json: str
+    eos: str
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.json.encode()).hexdigest()
+
+
+def lm_tokenizer(plan: Any) -> LMTokenizer | None:
+    """The plan's tokenizer, read from beside its dataset version's token shards; None for synthetic tokens.
+
+    The data plan names it in ``description["tokenizer"]`` (the tokenizer id of the shards it read).
+    """
+    tokenizer_id = plan.description.get("tokenizer")
+    if not tokenizer_id or plan.dataset_version is None:
+        return None
+    from ingest.tokens import token_manifest
+
+    folder, manifest = token_manifest(plan.dataset_version, tokenizer_id)
+    raw = files.read_bytes(files.join(folder, manifest["tokenizer"]["file"]))
+    if raw is None:
+        raise FileNotFoundError(f"{folder}: the token shards' tokenizer file is missing")
+    return LMTokenizer(id=tokenizer_id, json=raw.decode(), eos=manifest["eos"])
+
+
+def lm_tags(tokenizer: LMTokenizer | None) -> dict[str, str]:
+    """Version tags of a language model: its format, where the HF folder is, which tokenizer."""
+    from models.packaging import HF_FORMAT, HF_PATH
+
+    tags = {"format": HF_FORMAT, "hf_path": HF_PATH}
+    if tokenizer is not None:
+        tags |= {"tokenizer": tokenizer.id, "tokenizer_sha256": tokenizer.sha256}
+    return tags
+
+
+def _log_module(module: torch.nn.Module, plan: Any, input_example: list[dict[str, Any]] | None,
+                tokenizer: LMTokenizer | None = None) -> Any:
     if plan.preprocessing is not None:
         from models.packaging import log_model
         from models.preprocessing import Preprocessing
 
         return log_model(module, Preprocessing.from_dict(plan.preprocessing), input_example=input_example)
-    import mlflow.pytorch
-    import numpy as np
+    from models.packaging import log_language_model
 
-    from models.packaging import PIP_REQUIREMENTS
-
-    example = np.zeros((1, plan.spec.seq_len), dtype=np.int64)
-    return mlflow.pytorch.log_model(module.cpu().eval(), name="model", serialization_format="pickle",
-                                    input_example=example, pip_requirements=PIP_REQUIREMENTS)
+    if tokenizer is None:
+        log.info("language model logged without tokenizer files: its data had none (synthetic tokens)",
+                 extra={"dataset": plan.description.get("dataset", "")})
+    with tempfile.TemporaryDirectory() as tmp:
+        return log_language_model(module, tmp, tokenizer_json=tokenizer.json if tokenizer else None,
+                                  eos=tokenizer.eos if tokenizer else None,
+                                  lineage={k: str(v) for k, v in plan.description.items()})
