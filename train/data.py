@@ -122,9 +122,9 @@ def _token_plan(config: TrainConfig, settings: Settings) -> DataPlan:
     seq_len = config.model.params.get("seq_len", GPTConfig.seq_len)
     if not isinstance(seq_len, int) or isinstance(seq_len, bool) or seq_len < 1:
         raise TrainConfigError(f"invalid 'model.params.seq_len': {seq_len!r} is not a positive whole number")
-    spec = DataSpec("tokens", vocab_size=int(manifest["vocab_size"]), seq_len=seq_len)
-    _check_declared(config, spec, f"the vocabulary of tokenizer {manifest['tokenizer']['id']}")
     tokenizer = manifest["tokenizer"]["id"]
+    spec = DataSpec("tokens", vocab_size=int(manifest["vocab_size"]), seq_len=seq_len)
+    _check_declared(config, spec, f"the vocabulary of tokenizer {tokenizer}")
     arrays = {}
     for split in SPLITS:
         stream = open_token_split(settings.datasets_root, found.name, found.version, split, tokenizer)
