@@ -2,7 +2,10 @@
 
 A factory takes the user's params plus what the data dictates (``DataSpec``: input/output
 sizes for tables, vocabulary and context length for tokens) and returns a plain
-``nn.Module``. New models are one entry in ``FACTORIES``.
+``nn.Module``. New models are one entry in ``FACTORIES``. GPT's ``seq_len`` and ``vocab_size``
+may also be written in its params (the context length to pack a token dataset into; the
+vocabulary the user expects): the training job checks them against the data before any worker
+starts (``train.data``), and the data's values are what the model gets.
 """
 
 from __future__ import annotations
@@ -38,12 +41,12 @@ def _tabular_mlp(params: Mapping[str, Any], spec: DataSpec) -> nn.Module:
 
 def _gpt(params: Mapping[str, Any], spec: DataSpec) -> nn.Module:
     _require(spec, "tokens", "gpt")
-    return GPT(GPTConfig(vocab_size=spec.vocab_size, seq_len=spec.seq_len, **params))
+    return GPT(GPTConfig(**{**params, "vocab_size": spec.vocab_size, "seq_len": spec.seq_len}))
 
 
 FACTORIES: dict[str, tuple[Callable[[Mapping[str, Any], DataSpec], nn.Module], type, frozenset[str]]] = {
     "tabular_mlp": (_tabular_mlp, TabularMLPConfig, frozenset({"num_inputs", "num_outputs"})),
-    "gpt": (_gpt, GPTConfig, frozenset({"vocab_size", "seq_len"})),
+    "gpt": (_gpt, GPTConfig, frozenset()),
 }
 DATA_KIND = {"tabular_mlp": "tabular", "gpt": "tokens"}
 

@@ -58,8 +58,10 @@ class SyntheticTokens(_Section):
 
 
 class DataSection(_Section):
-    dataset: str | None = Field(None, description="ingest dataset name (tabular models)")
+    dataset: str | None = Field(None, description="ingest dataset name (a table, or a tokenized text dataset for gpt)")
     version: str | None = Field(None, description="dataset version, e.g. v3, or 'latest'")
+    tokenizer: str | None = Field(None, description="token shards of this tokenizer id (gpt; default: the "
+                                                    "version's CURRENT ones)")
     synthetic_tokens: SyntheticTokens | None = None
     shuffle_buffer: int = Field(256, ge=0, description="seeded local shuffle buffer per epoch (0: no shuffle)")
 
@@ -157,11 +159,14 @@ class TrainConfig(_Section):
         if self.compression.kind != "none" and self.strategy != "ddp":
             raise _FieldError("compression.kind", f"gradient compression hooks apply to the ddp strategy, "
                               f"not {self.strategy}")
-        if self.data_kind == "tabular":
-            if not self.data.dataset:
-                raise _FieldError("data.dataset", f"model {self.model.name} needs an ingest dataset name")
-            if not self.data.version:
-                raise _FieldError("data.version", f"dataset {self.data.dataset!r} needs a version (e.g. v1 or latest)")
+        if self.data_kind == "tabular" and not self.data.dataset:
+            raise _FieldError("data.dataset", f"model {self.model.name} needs an ingest dataset name")
+        if self.data.dataset and self.data.synthetic_tokens is not None:
+            raise _FieldError("data.synthetic_tokens", "give either data.dataset or data.synthetic_tokens, not both")
+        if self.data.dataset and not self.data.version:
+            raise _FieldError("data.version", f"dataset {self.data.dataset!r} needs a version (e.g. v1 or latest)")
+        if self.data.tokenizer and self.data_kind != "tokens":
+            raise _FieldError("data.tokenizer", f"model {self.model.name} reads tables, not token shards")
         if self.data_kind == "tokens" and self.data.synthetic_tokens is None and not self.data.dataset:
             self.data.synthetic_tokens = SyntheticTokens()
         if self.deepspeed is not None and self.strategy != "deepspeed":

@@ -2,7 +2,10 @@
 
 Driver side, ``resolve_data`` finds the ingest dataset version in the catalog (or builds the
 synthetic token stream) before any worker starts, and fails naming ``data.dataset`` /
-``data.version`` when it does not exist.
+``data.version`` when it does not exist. A GPT on a text dataset reads the version's token
+shards (``ingest.tokens``) and packs them into rows of ``seq_len + 1`` tokens
+(:func:`packed_sequences`); from there token datasets and synthetic tokens are the same rows
+in the same ``tokens`` column, read by the same machinery.
 
 Worker side, ``RankBatches`` makes data order exact and resumable: every worker reads the
 whole (small) dataset in a fixed order (``preserve_order``) with a local shuffle seeded by
@@ -27,10 +30,12 @@ import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from cluster.settings import Settings
+from models.gpt import GPTConfig
 from models.registry import DataSpec
 from train.config import SyntheticTokens, TrainConfig, TrainConfigError
 
 TOKENS = "tokens"
+BLOCK_BYTES = 32 * 1024**2  # token rows reach Ray in blocks of at most this size
 
 
 @dataclass
@@ -56,11 +61,14 @@ def quiet_ray_data() -> None:
 def resolve_data(config: TrainConfig, settings: Settings) -> DataPlan:
     quiet_ray_data()
     if config.data.synthetic_tokens is not None:
-        return _synthetic_plan(config.data.synthetic_tokens, config.seed)
+        return _synthetic_plan(config, config.data.synthetic_tokens)
+    if config.data_kind == "tokens":
+        return _token_plan(config, settings)
     return _ingest_plan(config, settings)
 
 
-def _ingest_plan(config: TrainConfig, settings: Settings) -> DataPlan:
+def _find_version(config: TrainConfig, settings: Settings) -> Any:  # -> ingest.catalog.DatasetVersion
+    """``data.dataset`` at ``data.version`` from the catalog; a miss is a one-line error naming the field."""
     from ingest.catalog import Catalog
 
     name, version = config.data.dataset, config.data.version
@@ -72,13 +80,110 @@ def _ingest_plan(config: TrainConfig, settings: Settings) -> DataPlan:
                                f"{settings.datasets_root}: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
     if found is None:
         raise TrainConfigError(f"invalid 'data.dataset': no dataset {name!r} in {settings.datasets_root}")
+    return found
+
+
+def _ingest_plan(config: TrainConfig, settings: Settings) -> DataPlan:
+    found = _find_version(config, settings)
+    if found.manifest.get("kind") == "text":
+        raise TrainConfigError(f"invalid 'data.dataset': {found.name} {found.version} is a text dataset; model "
+                               f"{config.model.name} needs a table (text trains model gpt)")
     pre = found.preprocessing()
     # Materialised once in the object store: epochs and evaluations then re-read memory, not Parquet.
     datasets = {split: found.ray_dataset(split=split).materialize() for split in ("train", "validation")}
     rows = {split: ds.count() for split, ds in datasets.items()}
     spec = DataSpec("tabular", num_inputs=pre.num_inputs, num_outputs=pre.num_outputs)
     return DataPlan(datasets=datasets, spec=spec, task=pre.task, rows=rows, preprocessing=pre.to_dict(),
-                    dataset_version=found, description={"dataset": name, "dataset_version": str(found.version)})
+                    dataset_version=found, description={"dataset": found.name, "dataset_version": str(found.version)})
+
+
+def _token_plan(config: TrainConfig, settings: Settings) -> DataPlan:
+    """A tokenized text version's shards, packed into ``seq_len + 1`` token rows per split.
+
+    ``seq_len`` is ``model.params.seq_len`` (default: the GPT's own, 64); the vocabulary is the
+    tokenizer's, from the token manifest. The tokenizer id and token counts join the plan's
+    description, so they are MLflow tags and part of the run's fingerprint.
+    """
+    from ingest.errors import DatasetNotFound
+    from ingest.tokens import SPLITS, open_token_split, token_manifest
+
+    found = _find_version(config, settings)
+    if found.manifest.get("kind") != "text":
+        raise TrainConfigError(f"invalid 'data.dataset': {found.name} {found.version} is a table; model gpt "
+                               f"trains on a tokenized text dataset")
+    try:
+        _, manifest = token_manifest(found, config.data.tokenizer)
+    except DatasetNotFound:
+        if config.data.tokenizer:
+            raise TrainConfigError(f"invalid 'data.tokenizer': {found.name} {found.version} has no token shards "
+                                   f"for {config.data.tokenizer!r} (have {_tokenizers(found)})") from None
+        raise TrainConfigError(f"invalid 'data.dataset': {found.name} {found.version} is not tokenized yet: run "
+                               f"`rayline tokenize --dataset {found.name} --version {found.version}` first") from None
+    seq_len = config.model.params.get("seq_len", GPTConfig.seq_len)
+    if not isinstance(seq_len, int) or isinstance(seq_len, bool) or seq_len < 1:
+        raise TrainConfigError(f"invalid 'model.params.seq_len': {seq_len!r} is not a positive whole number")
+    tokenizer = manifest["tokenizer"]["id"]
+    spec = DataSpec("tokens", vocab_size=int(manifest["vocab_size"]), seq_len=seq_len)
+    _check_declared(config, spec, f"the vocabulary of tokenizer {tokenizer}")
+    arrays = {}
+    for split in SPLITS:
+        stream = open_token_split(settings.datasets_root, found.name, found.version, split, tokenizer)
+        arrays[split] = packed_sequences(stream, seq_len)
+        if not len(arrays[split]):
+            raise TrainConfigError(f"invalid 'model.params.seq_len': the {split} split of {found.name} "
+                                   f"{found.version} has {len(stream)} tokens, less than one sequence of "
+                                   f"seq_len + 1 = {seq_len + 1}")
+    counts = {f"{split}_tokens": str(manifest["splits"][split]["tokens"]) for split in SPLITS}
+    return DataPlan(datasets=token_datasets(arrays), spec=spec, task="language_modeling",
+                    rows={k: len(v) for k, v in arrays.items()}, dataset_version=found,
+                    description={"dataset": found.name, "dataset_version": str(found.version),
+                                 "tokenizer": tokenizer, **counts})
+
+
+def _tokenizers(version: Any) -> list[str]:
+    from cluster import files
+    from ingest.tokens import CURRENT
+    from ingest.tokens import TOKENS as TOKENS_DIR
+
+    folder = files.join(version.path, TOKENS_DIR)
+    return sorted(n for n in files.listdir(folder) if n != CURRENT) if files.exists(folder) else []
+
+
+def packed_sequences(split: Any, seq_len: int) -> np.ndarray:
+    """A split's token stream cut into consecutive ``[n, seq_len + 1]`` rows (nanoGPT-style packing).
+
+    The stream is the documents in stored order, each followed by its eos token, so a row may
+    span documents: the eos separators are the only boundaries and the model learns to predict
+    across them, as nanoGPT and llm.c train. Rows do not overlap (row ``i`` is tokens
+    ``i·(seq_len+1) .. (i+1)·(seq_len+1)``: inputs are its first ``seq_len`` tokens, targets its
+    last ``seq_len``). The tail, fewer than ``seq_len + 1`` tokens, is left out. A one-shard
+    split gives a view of its memory map (no copy).
+    """
+    width = seq_len + 1
+    rows = len(split) // width
+    return split.window(0, rows * width).reshape(rows, width)
+
+
+def _check_declared(config: TrainConfig, spec: DataSpec, source: str) -> None:
+    """``model.params`` may state ``vocab_size``/``seq_len``; a value the data contradicts is the user's field."""
+    for key in ("vocab_size", "seq_len"):
+        if key in config.model.params and config.model.params[key] != getattr(spec, key):
+            raise TrainConfigError(f"invalid 'model.params.{key}': {config.model.params[key]!r}, but the data has "
+                                   f"{key} {getattr(spec, key)} ({source}); remove it or make it {getattr(spec, key)}")
+
+
+def token_datasets(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Token rows per split as Ray Datasets with one tensor column, ``tokens`` (blocks of <= ``BLOCK_BYTES``)."""
+    import pyarrow as pa
+    import ray.data
+    from ray.data.extensions import ArrowTensorArray
+
+    out = {}
+    for split, rows in arrays.items():
+        step = max(1, BLOCK_BYTES // max(rows[:1].nbytes, 1))
+        out[split] = ray.data.from_arrow([pa.table({TOKENS: ArrowTensorArray.from_numpy(np.ascontiguousarray(
+            rows[lo:lo + step]))}) for lo in range(0, max(len(rows), 1), step)])
+    return out
 
 
 def synthetic_tokens(options: SyntheticTokens, sequences: int, seed: int, split: int = 0) -> np.ndarray:
@@ -96,16 +201,14 @@ def synthetic_tokens(options: SyntheticTokens, sequences: int, seed: int, split:
     return out
 
 
-def _synthetic_plan(options: SyntheticTokens, seed: int) -> DataPlan:
-    import ray.data
-
-    arrays = {"train": synthetic_tokens(options, options.train_sequences, seed),
-              "validation": synthetic_tokens(options, options.validation_sequences, seed, split=1)}
-    datasets = {split: ray.data.from_items([{TOKENS: row} for row in arr]) for split, arr in arrays.items()}
+def _synthetic_plan(config: TrainConfig, options: SyntheticTokens) -> DataPlan:
+    arrays = {"train": synthetic_tokens(options, options.train_sequences, config.seed),
+              "validation": synthetic_tokens(options, options.validation_sequences, config.seed, split=1)}
     spec = DataSpec("tokens", vocab_size=options.vocab_size, seq_len=options.seq_len)
-    return DataPlan(datasets=datasets, spec=spec, task="language_modeling",
+    _check_declared(config, spec, "data.synthetic_tokens")
+    return DataPlan(datasets=token_datasets(arrays), spec=spec, task="language_modeling",
                     rows={k: len(v) for k, v in arrays.items()},
-                    description={"dataset": "synthetic_tokens", "dataset_version": f"seed{seed}"})
+                    description={"dataset": "synthetic_tokens", "dataset_version": f"seed{config.seed}"})
 
 
 class TabularCollate(NumpyBatchCollateFn):

@@ -168,8 +168,14 @@ class _AttemptStats:
         self.sent = 0
         self.sent_per_step: list[int] = []
         self.checkpoint_rss_growth = 0  # the largest peak-RSS growth of this rank across its saves so far
+        self.intervals: list[float] = []  # step end to step end: the step plus waiting for its batches
+        self._last_end: float | None = None
 
     def add(self, step_time: float, loss: float, uncompressed: int, sent: int) -> None:
+        now = time.perf_counter()
+        if self._last_end is not None:
+            self.intervals.append(now - self._last_end)
+        self._last_end = now
         self.step_times.append(step_time)
         self.losses.append(loss)
         self.uncompressed += uncompressed
@@ -182,6 +188,8 @@ class _AttemptStats:
                "steps_this_attempt": len(self.step_times), "resumed_from_step": self.resumed_from}
         if timed:
             out["step_time_median_s"] = statistics.median(timed)
+        if self.intervals:  # includes the data path (step_time does not), and any checkpoint in between
+            out["step_interval_median_s"] = statistics.median(self.intervals[WARMUP_STEPS_EXCLUDED:] or self.intervals)
         if self.sent:
             out["bytes_uncompressed_total"] = self.uncompressed
             out["bytes_sent_total"] = self.sent
