@@ -3,11 +3,8 @@ workers), real MLflow server. One fit covers registration with lineage and perpl
 version downloaded from the registry with only transformers + torch, the perplexity gate refusing
 a model above its bound, and ``jobs.evaluate`` (perplexity and sampled completions).
 
-Training reads synthetic tokens of the tokenizer's vocabulary; the data plan is given the token
-dataset's version and tokenizer as the token-shard data path names them (``DataPlan.description``
-``dataset``/``dataset_version``/``tokenizer``, ``DataPlan.dataset_version``), by wrapping
-``resolve_data`` in the driver only. Once ``data: {dataset: NAME}`` reads token shards for GPT,
-``LM_DATA`` switches this test to it and the wrapper goes.
+Training reads the token dataset's packed shards (``data: {dataset, version}``), so the registered
+version's tokenizer is the one its data was tokenized with.
 """
 
 from __future__ import annotations
@@ -41,7 +38,6 @@ STDLIB = Path(sysconfig.get_paths()["stdlib"])
 DATASET, MODEL_NAME, SEQ = "lm-pystd", "lm-hf-test", 16
 CONTRACT = {"kind": "text", "text": "text", "metadata": "path", "max_chars": 200_000,
             "split": {"validation_fraction": 0.3, "seed": 0}, "tokenizer": {"vocab_size": 300}}
-LM_DATA = None  # at merge: {"dataset": DATASET, "version": "latest"} (token shards), and drop _with_tokenizer
 RAYLINE_PACKAGES = ("models", "train", "ingest", "cluster", "deployments", "jobs", "rayline")
 E2E_TIMEOUT_S = 300
 
@@ -59,35 +55,21 @@ def token_dataset(settings):
     return Catalog(root).latest(DATASET), manifest
 
 
-def _config(vocab_size: int, **registration):
+def _config(**registration):
     return parse_config({
         "run_name": "lm-hf-test", "seed": 3,
-        "model": {"name": "gpt", "params": {"n_layer": 1, "n_embd": 32, "n_head": 2, "bias": False}},
-        "data": LM_DATA or {"synthetic_tokens": {"vocab_size": vocab_size, "seq_len": SEQ, "train_sequences": 64,
-                                                 "validation_sequences": 16}},
+        "model": {"name": "gpt", "params": {"n_layer": 1, "n_embd": 32, "n_head": 2, "bias": False, "seq_len": SEQ}},
+        "data": {"dataset": DATASET, "version": "latest"},
         "batch_size": 16, "epochs": 1, "optimizer": {"lr": 0.01}, "log_every": 1,
         "registration": {"model_name": MODEL_NAME, "metric": "val_perplexity", "threshold": 1e6,
                          "alias": "challenger", **registration},
     })
 
 
-def _with_tokenizer(resolve, version, tokenizer_id):
-    def resolve_data(config, settings):
-        plan = resolve(config, settings)
-        plan.dataset_version = version
-        plan.description = {"dataset": version.name, "dataset_version": version.version, "tokenizer": tokenizer_id}
-        return plan
-    return resolve_data
-
-
 @pytest.fixture(scope="module")
 def registered(ray_cluster, settings, token_dataset):
-    version, manifest = token_dataset
-    config = _config(manifest["vocab_size"])
-    with pytest.MonkeyPatch.context() as patch:
-        wrapped = _with_tokenizer(trainer.resolve_data, version, manifest["tokenizer"]["id"])
-        patch.setattr(trainer, "resolve_data", wrapped)
-        outcome = trainer.train(config, settings)
+    config = _config()
+    outcome = trainer.train(config, settings)
     assert outcome.registered is not None, outcome.gate_reason
     return config, outcome
 
