@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import sysconfig
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +33,11 @@ MODEL = "customers-churn"
 CANARY_RPS = 25.0
 CANARY_TIMEOUT_S = 180.0
 TERMINAL_PHASES = {"succeeded", "rolled_back", "concluded"}
+# The language-model track's corpus ships with Python itself: the standard library's own sources.
+LM_SOURCES = ("asyncio", "json")
+LM_CONTRACT = "examples/contracts/pystdlib_text.yaml"
+LM_DATASET = "pystdlib"
+LM_MODEL = "pystdlib-gpt"
 
 
 @dataclass
@@ -245,6 +251,42 @@ def stage_report(ctx: DemoContext) -> str:
     return "canary reports: " + ", ".join(written)
 
 
+def stage_lm_ingest(ctx: DemoContext) -> str:
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    sources = " ".join(f"--source {stdlib / package}" for package in LM_SOURCES)
+    result = _job(ctx, f"python -m jobs.ingest {sources} --contract {LM_CONTRACT} --dataset {LM_DATASET} --mlflow")
+    counts = result["counts"]
+    return (f"{LM_DATASET} {result['version']}: {counts['rows_in']} files of {', '.join(LM_SOURCES)} → "
+            f"{counts['rows_out']} documents, {counts['rows_quarantined']} quarantined with reasons, "
+            f"{counts['rows_deduplicated']} duplicates")
+
+
+def stage_lm_tokenize(ctx: DemoContext) -> str:
+    result = _job(ctx, f"python -m jobs.tokenize --dataset {LM_DATASET}")
+    tokens = result["tokens"]
+    return (f"tokenizer {result['tokenizer']} (byte-level BPE, {result['vocab_size']} tokens) → {result['dtype']} "
+            f"shards: {tokens['train']} train / {tokens['validation']} validation tokens")
+
+
+def stage_lm_train(ctx: DemoContext) -> str:
+    result = _job(ctx, "python -m jobs.train --config examples/demo/train_lm.yaml")
+    if not result.get("registered"):
+        raise RuntimeError(f"language model not registered ({result.get('gate')})")
+    version = result["registered"].rsplit("/", 1)[-1]
+    ctx.results["lm"] = version
+    perplexity = result["metrics"]["val_perplexity"]
+    return f"registered {LM_MODEL}/{version} (val_perplexity {perplexity:.1f}) with a Hugging Face GPT-2 folder"
+
+
+def stage_lm_evaluate(ctx: DemoContext) -> str:
+    """The registered folder, as others load it: ``transformers`` alone computes perplexity and samples text."""
+    result = _job(ctx, f"python -m jobs.evaluate --model models:/{LM_MODEL}/{ctx.results['lm']} "
+                       f"--dataset {LM_DATASET}/latest")
+    sample = result["completions"][0]
+    return (f"eval_perplexity {result['metrics']['eval_perplexity']:.1f} on the validation tokens; "
+            f"sampled: {(sample['prompt'] + sample['completion'])[:80]!r}")
+
+
 def stages() -> list[Stage]:
     return [
         ("local stack up (Ray head + MLflow)", stage_stack_up),
@@ -258,6 +300,11 @@ def stages() -> list[Stage]:
         ("propose the worse v1 again: the quality gate refuses it before any traffic", stage_worse_candidate),
         ("canary a deliberately broken v3: automatic rollback", stage_broken_v3),
         ("canary reports (Markdown, HTML, PNG)", stage_report),
+        ("language model: ingest Python's own asyncio + json sources as a text dataset (Ray job)", stage_lm_ingest),
+        ("tokenize: a byte-level BPE trained on that version, packed token shards (Ray job)", stage_lm_tokenize),
+        ("train a tiny GPT on the token shards, registered in the Hugging Face layout (Ray job)", stage_lm_train),
+        ("evaluate the GPT with transformers alone: perplexity and a sampled completion (Ray job)",
+         stage_lm_evaluate),
     ]
 
 

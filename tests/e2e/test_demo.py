@@ -2,7 +2,9 @@
 
 Every stage runs: ingest → train v1 → evaluate → champion → serve → train v2 (better than v1 on the same
 data) → quality gate passes, canary to 100 % (alias moves) → the worse v1 proposed again is refused by the
-quality gate before any traffic → broken v3 (v2's weights) rolled back automatically → canary reports.
+quality gate before any traffic → broken v3 (v2's weights) rolled back automatically → canary reports;
+then the language-model track: Python's own sources ingested as text → tokenizer and token shards → a
+tiny GPT trained and registered in the Hugging Face layout → evaluated with transformers alone.
 Nothing is mocked.
 """
 
@@ -28,7 +30,7 @@ def test_demo_runs_the_whole_pipeline_and_cleans_up(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=1200)
     out = proc.stdout
     assert proc.returncode == 0, out[-3000:] + proc.stderr[-3000:]
-    assert "demo: 11 stages" in out
+    assert "demo: 15 stages" in out
     assert re.search(r"3000 rows in → \d+ clean, \d+ quarantined", out)
     accuracy = dict(re.findall(r"registered customers-churn/(\d) \(val_accuracy (0\.\d+)", out))
     assert float(accuracy["2"]) > float(accuracy["1"]), accuracy   # the promoted v2 is the better model
@@ -43,5 +45,11 @@ def test_demo_runs_the_whole_pipeline_and_cleans_up(tmp_path: Path) -> None:
     for rollout in rollouts:
         folder = ROOT / "reports" / "rollouts" / rollout
         assert (folder / "report.md").is_file() and (folder / "timeline.png").stat().st_size > 0
+    assert re.search(r"pystdlib \S+: \d+ files of asyncio, json → \d+ documents", out)
+    assert re.search(r"tokenizer tok-[0-9a-f]{12} \(byte-level BPE, 4096 tokens\) → uint16 shards", out)
+    trained = re.search(r"registered pystdlib-gpt/1 \(val_perplexity ([\d.]+)\) with a Hugging Face GPT-2 folder", out)
+    evaluated = re.search(r"eval_perplexity ([\d.]+) on the validation tokens; sampled: '.+'", out)
+    assert trained and evaluated, out[-3000:]
+    assert float(evaluated[1]) < 400 and float(trained[1]) < 400   # far below 4096: it learned Python
     assert "stack stopped" in out
     assert not (tmp_path / "state" / "stack.json").exists()
