@@ -65,6 +65,7 @@ class Event:
     tokens: int                      # completion tokens generated so far
     finish_reason: str | None = None
     logprob_sum: float = 0.0         # of the generated tokens under the model (temperature 1), so far
+    at: float = field(default_factory=time.monotonic)   # when the engine emitted it
 
 
 @dataclass(eq=False)

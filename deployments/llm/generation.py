@@ -25,11 +25,19 @@ class Generation:
         self.tokens = 0
 
     async def next(self) -> Event:
-        event = await self.events.get()
-        now = time.monotonic()
-        self.first_at = self.first_at or now
-        self.last_at, self.tokens = now, event.tokens
+        return self._seen(await self.events.get())
+
+    def _seen(self, event: Event) -> Event:
+        self.first_at = self.first_at or event.at
+        self.last_at, self.tokens = event.at, event.tokens
         return event
+
+    def _ready(self) -> list[Event]:
+        """Events already queued (the engine stepped again while the last piece was being sent)."""
+        ready = []
+        while not self.events.empty():
+            ready.append(self._seen(self.events.get_nowait()))
+        return ready
 
     async def collect(self, extra: dict[str, Any]) -> dict[str, Any]:
         text = []
@@ -41,14 +49,18 @@ class Generation:
                                        usage(self.prompt_tokens, event.tokens), extra, self.chat, stream=False)
 
     async def stream(self, extra: dict[str, Any], include_usage: bool) -> AsyncIterator[str]:
-        first = True
-        while True:
-            event = await self.next()
-            yield sse(completion_body(self.rid, self.model, event.text, event.finish_reason, None,
-                                      extra if first else {}, self.chat, stream=True, first=first))
-            first = False
-            if event.finish_reason is not None:
-                break
+        """SSE pieces; events that queued up while the client was slower than the engine go out as one piece
+        (several ``data:`` events in one write: one trip through Serve instead of one per token)."""
+        first, finished = True, False
+        while not finished:
+            piece = []
+            for event in [await self.next(), *self._ready()]:
+                piece.append(sse(completion_body(self.rid, self.model, event.text, event.finish_reason, None,
+                                                 extra if first else {}, self.chat, stream=True, first=first)))
+                first, finished = False, event.finish_reason is not None
+                if finished:
+                    break
+            yield "".join(piece)
         if include_usage:
             yield sse(usage_chunk(self.rid, self.model, usage(self.prompt_tokens, self.tokens), self.chat))
         yield DONE

@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_COMPLETION_TOKENS = 16   # OpenAI's default max_tokens for /v1/completions
 VERSION_HEADER = "x-rayline-version"
+LOGGING = {"log_level": "WARNING", "enable_access_log": False}   # one access line per request costs CPU on 2 cores
 
 api = FastAPI(title="rayline LLM", description="OpenAI-compatible completions and chat on a registered model.")
 
@@ -225,7 +226,7 @@ class LLMServeConfig(BaseModel):
 
 def build(cfg: LLMServeConfig) -> Application:
     return LLMServer.options(name=f"llm-{cfg.variant}", num_replicas=cfg.num_replicas,
-                             ray_actor_options={"num_cpus": cfg.num_cpus}).bind(
+                             ray_actor_options={"num_cpus": cfg.num_cpus}, logging_config=LOGGING).bind(
         cfg.model, cfg.tracking_uri, cfg.variant, cfg.max_active, cfg.max_waiting, cfg.max_tokens_limit,
         cfg.retry_after_s, cfg.torch_threads)
 

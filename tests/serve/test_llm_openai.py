@@ -228,3 +228,20 @@ def test_concurrent_streams_all_complete(llm, reference):
     for thread in threads:
         thread.join(timeout=60)
     assert results == {p: generate_greedy(reference, p, 16)[0] for p in PROMPTS[:MAX_ACTIVE]}
+
+
+def test_token_metrics_reach_rays_metrics_port(llm, ray_metrics_port):
+    """TTFT, inter-token latency, tokens in/out and the mean log-prob, per model and version, as Prometheus
+    scrapes them from Ray's metrics port (what the rollout controller will gate on)."""
+    llm.client.completions.create(model=llm.model, prompt=PROMPTS[5], max_tokens=8, temperature=0)
+    with pytest.raises(openai.BadRequestError):
+        llm.client.completions.create(model=llm.model, prompt=PROMPTS[5], max_tokens=8, n=2)
+    names = ("ttft_seconds_count", "inter_token_seconds_count", "output_tokens_total", "prompt_tokens_total",
+             "mean_neg_logprob_count", "errors_total")
+
+    def exported() -> bool:
+        text = httpx.get(f"http://127.0.0.1:{ray_metrics_port}/metrics", timeout=5).text
+        mine = [line for line in text.splitlines() if f'model="{llm.model}"' in line and 'version="' in line]
+        return all(any(line.startswith(f"ray_rayline_llm_{name}") for line in mine) for name in names)
+
+    wait_for(exported, timeout_s=30, every_s=1)
