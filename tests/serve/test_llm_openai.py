@@ -7,6 +7,7 @@ waiting) make overload reachable with a handful of streams.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -32,6 +33,7 @@ LIMIT = 1900                  # the server's max_tokens limit
 
 @dataclass
 class LLMApp:
+    name: str
     url: str
     model: str
     version: str
@@ -68,7 +70,7 @@ def llm(serve_url: str, settings, tmp_path_factory: pytest.TempPathFactory) -> I
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=30)
     http = httpx.Client(timeout=30)
     try:
-        yield LLMApp(url, name, version, folder, client, http)
+        yield LLMApp(app, url, name, version, folder, client, http)
     finally:
         client.close()
         http.close()
@@ -245,3 +247,18 @@ def test_token_metrics_reach_rays_metrics_port(llm, ray_metrics_port):
         return all(any(line.startswith(f"ray_rayline_llm_{name}") for line in mine) for name in names)
 
     wait_for(exported, timeout_s=30, every_s=1)
+
+
+def test_a_deployment_handle_gets_what_http_gets(llm, reference):
+    """The router's seam: ``respond`` through a handle streams the head, then the same body as over HTTP."""
+    from ray import serve
+
+    handle = serve.get_app_handle(llm.name).options(stream=True)
+    body = {"model": llm.model, "prompt": PROMPTS[1], "max_tokens": 12, "temperature": 0}
+    head, whole = list(handle.respond.remote("completion", body))
+    assert head["status"] == 200 and head["headers"]["x-rayline-version"] == llm.version
+    assert json.loads(whole)["choices"][0]["text"] == generate_greedy(reference, PROMPTS[1], 12)[0]
+    parts = list(handle.respond.remote("completion", {**body, "stream": True}))
+    assert parts[0]["stream"] and parts[-1] == "data: [DONE]\n\n"
+    bad_head, bad_body = list(handle.respond.remote("completion", {**body, "n": 3}))
+    assert bad_head["status"] == 400 and json.loads(bad_body)["error"]["param"] == "n"
