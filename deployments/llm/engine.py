@@ -40,9 +40,9 @@ HOLD = "\ufffd"  # what a byte-level tokenizer decodes an incomplete UTF-8 seque
 class EngineFull(Exception):
     """Active slots and the waiting queue are both full: the caller should retry later."""
 
-    def __init__(self, active: int, waiting: int, retry_after_s: int) -> None:
-        super().__init__(f"server busy: {active} sequences decoding and {waiting} waiting (the limits); "
-                         f"retry in {retry_after_s} s")
+    def __init__(self, admitted: int, max_active: int, max_waiting: int, retry_after_s: int) -> None:
+        super().__init__(f"server busy: {admitted} requests admitted, the limit is {max_active} decoding + "
+                         f"{max_waiting} waiting; retry in {retry_after_s} s")
         self.retry_after_s = retry_after_s
 
 
@@ -133,7 +133,8 @@ class Engine:
             seq.generator.manual_seed(params.seed if params.seed is not None else torch.seed())
         with self._wake:
             if len(self._active) + len(self._waiting) >= self.max_active + self.max_waiting:
-                raise EngineFull(len(self._active), len(self._waiting), self.retry_after_s)
+                raise EngineFull(len(self._active) + len(self._waiting), self.max_active, self.max_waiting,
+                                 self.retry_after_s)
             self._waiting.append(seq)
             self.stats.waiting = len(self._waiting)
             self._wake.notify()
