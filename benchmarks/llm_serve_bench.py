@@ -1,0 +1,238 @@
+"""LLM serving: output tokens/s and time to first token, the deployment vs one-at-a-time ``generate``.
+
+One script, one machine, side by side, same model, same prompts, same ``max_tokens``, greedy:
+
+- (a) ``deployment``: ``deployments.llm.server`` on Ray Serve (private MLflow + Ray), the tiny
+  GPT-2 registered and served from ``models:/NAME@champion``; ``concurrency`` clients each stream
+  ``/v1/completions`` (server-sent events, so the first token's arrival is measured) over HTTP,
+  closed loop, one replica whose engine decodes up to ``--max-active`` sequences together.
+- (b) ``baseline``: the same files loaded in this process with ``transformers`` and served one
+  request at a time with ``model.generate`` (a streamer records the first token). With
+  ``concurrency`` closed-loop clients in front of a one-at-a-time server, request ``j`` arrives
+  when request ``j - concurrency`` finished, so its TTFT includes its wait in the queue.
+- (c) ``--router-url``: the same streaming client against the router (issue 18, item 3, comes
+  later): pass the router's base URL and a third row is measured the same way.
+
+Each repeat runs every concurrency for every path in turn (paths alternate); ``requests`` per run is
+``max(8, 2 × concurrency)``. tokens/s = completion tokens / wall time of the run; TTFT p50/p99 over
+the run's requests; the report gives medians over repeats. The model: GPT-2, ``--layers`` ×
+``--dims``, byte-level BPE, trained for a few steps on generated sentences (``tests.serve.llm_helpers``).
+
+    python benchmarks/llm_serve_bench.py [--repeats 5] [--concurrency 1 4 16 32] [--max-tokens 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.report import MIN_REPEATS, Report, percentile  # noqa: E402
+
+DEPLOYMENT, BASELINE, ROUTER = "deployment", "baseline", "router"
+
+
+def requests_for(concurrency: int) -> int:
+    return max(8, 2 * concurrency)
+
+
+async def _stream_one(client, url: str, model: str, prompt: str, max_tokens: int) -> tuple[float, int]:
+    """(TTFT s, completion tokens) of one streamed completion."""
+    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}}
+    started = time.perf_counter()
+    ttft, tokens = None, 0
+    async with client.stream("POST", f"{url}/v1/completions", json=body) as response:
+        if response.status_code != 200:
+            raise RuntimeError(f"{response.status_code}: {(await response.aread())[:200]!r}")
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if ttft is None and chunk["choices"] and chunk["choices"][0]["text"]:
+                ttft = time.perf_counter() - started
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+    return (ttft if ttft is not None else time.perf_counter() - started), tokens
+
+
+async def _http_run(url: str, model: str, prompts: list[str], concurrency: int, max_tokens: int) -> dict:
+    import httpx
+
+    todo = list(range(requests_for(concurrency)))
+    ttfts: list[float] = []
+    tokens = 0
+
+    async def client_loop(client) -> None:
+        nonlocal tokens
+        while todo:
+            i = todo.pop()
+            ttft, n = await _stream_one(client, url, model, prompts[i % len(prompts)], max_tokens)
+            ttfts.append(ttft)
+            tokens += n
+
+    limits = httpx.Limits(max_connections=concurrency + 4)
+    async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+    return {"ttfts": ttfts, "tokens": tokens, "wall": wall}
+
+
+def _baseline_run(model, tokenizer, prompts: list[str], concurrency: int, max_tokens: int) -> dict:
+    """One request at a time with ``generate``; closed-loop arrivals as described in the module docstring."""
+    import torch
+    from transformers.generation.streamers import BaseStreamer
+
+    class FirstToken(BaseStreamer):
+        def __init__(self) -> None:
+            self.calls, self.at = 0, None
+
+        def put(self, value) -> None:   # first call: the prompt; second: the first generated token
+            self.calls += 1
+            if self.calls == 2:
+                self.at = time.perf_counter()
+
+        def end(self) -> None:
+            pass
+
+    n = requests_for(concurrency)
+    finished: list[float] = []
+    ttfts: list[float] = []
+    tokens = 0
+    started = time.perf_counter()
+    for j in range(n):
+        arrival = started if j < concurrency else finished[j - concurrency]
+        ids = tokenizer(prompts[j % len(prompts)], add_special_tokens=False, return_tensors="pt")["input_ids"]
+        streamer = FirstToken()
+        with torch.inference_mode():
+            out = model.generate(ids, max_new_tokens=max_tokens, do_sample=False, streamer=streamer)
+        finished.append(time.perf_counter())
+        ttfts.append((streamer.at or finished[-1]) - arrival)
+        tokens += out.shape[1] - ids.shape[1]
+    return {"ttfts": ttfts, "tokens": tokens, "wall": time.perf_counter() - started}
+
+
+def _deploy(settings, folder: Path, port: int, max_active: int, torch_threads: int) -> tuple[str, str]:
+    from ray import serve
+
+    from deployments.llm.server import LLMServeConfig, build
+    from tests.serve.llm_helpers import register_lm
+
+    name = "bench-lm"
+    register_lm(settings, name, folder)
+    serve.start(http_options={"host": "127.0.0.1", "port": port},
+                logging_config={"log_level": "WARNING", "enable_access_log": False})
+    cfg = LLMServeConfig(model=f"models:/{name}@champion", tracking_uri=str(settings.mlflow_tracking_uri),
+                         num_cpus=1, max_active=max_active, max_waiting=256, torch_threads=torch_threads)
+    serve.run(build(cfg), name="llm", route_prefix="/llm")
+    return f"http://127.0.0.1:{port}/llm", name
+
+
+def _row(path: str, concurrency: int, repeat: int, result: dict) -> dict:
+    return {"path": path, "concurrency": concurrency, "repeat": repeat, "requests": len(result["ttfts"]),
+            "tokens": result["tokens"], "wall_s": result["wall"], "tokens_per_s": result["tokens"] / result["wall"],
+            "ttft_p50_ms": 1000 * percentile(result["ttfts"], 50),
+            "ttft_p99_ms": 1000 * percentile(result["ttfts"], 99)}
+
+
+def _summary(rows: list[dict], paths: list[str], concurrencies: list[int]) -> list[dict]:
+    out = []
+    for c in concurrencies:
+        med = {p: {k: statistics.median(r[k] for r in rows if r["path"] == p and r["concurrency"] == c)
+                   for k in ("tokens_per_s", "ttft_p50_ms", "ttft_p99_ms")} for p in paths}
+        row = {"concurrency": c}
+        for p in paths:
+            row.update({f"{p}_tok_s": med[p]["tokens_per_s"], f"{p}_ttft_p50_ms": med[p]["ttft_p50_ms"],
+                        f"{p}_ttft_p99_ms": med[p]["ttft_p99_ms"]})
+        row["speedup"] = med[DEPLOYMENT]["tokens_per_s"] / med[BASELINE]["tokens_per_s"]
+        if ROUTER in paths:
+            row["router_ttft_p50_added"] = med[ROUTER]["ttft_p50_ms"] / med[DEPLOYMENT]["ttft_p50_ms"] - 1
+        out.append(row)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=MIN_REPEATS)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 32])
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--dims", type=int, default=256)
+    parser.add_argument("--train-steps", type=int, default=20)
+    parser.add_argument("--max-active", type=int, default=32, help="the engine's decode batch limit")
+    parser.add_argument("--torch-threads", type=int, default=os.cpu_count() or 1,
+                        help="torch threads in the replica and the baseline alike")
+    parser.add_argument("--router-url", help="row (c): the router's base URL serving /v1/completions for the model")
+    args = parser.parse_args()
+    if args.repeats < MIN_REPEATS:
+        parser.error(f"--repeats must be >= {MIN_REPEATS}")
+
+    import ray
+    import torch
+    from ray import serve
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from benchmarks.serving_stack import start_stack
+    from cluster.processes import free_port, session_members, terminate
+    from tests.serve.llm_helpers import PROMPTS, TinyLM, build_tiny_lm, sentences
+
+    torch.set_num_threads(args.torch_threads)
+    work = Path(tempfile.mkdtemp(prefix="llm-bench-"))
+    spec = TinyLM(layers=args.layers, dims=args.dims, context=512, steps=args.train_steps)
+    folder = build_tiny_lm(work / "model", spec)
+    prompts = [*PROMPTS, *(" ".join(s.split()[:4]) for s in sentences(26, seed=1))]
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    settings, mlflow_proc = start_stack(work / "stack")
+    try:
+        url, name = _deploy(settings, folder, free_port(), args.max_active, args.torch_threads)
+        targets = {DEPLOYMENT: url, **({ROUTER: args.router_url} if args.router_url else {})}
+        paths = [DEPLOYMENT, BASELINE, *([ROUTER] if args.router_url else [])]
+        asyncio.run(_http_run(url, name, prompts, 2, args.max_tokens))                 # warm-up
+        _baseline_run(model, tokenizer, prompts, 2, args.max_tokens)
+        report = Report("llm-serve", f"GPT-2 {args.layers}x{args.dims} (context 512, vocab {spec.vocab}), "
+                        f"{len(prompts)} prompts, max_tokens {args.max_tokens}, greedy; requests per run "
+                        f"max(8, 2 x concurrency); {args.repeats} repeats, paths alternating; replica 1 CPU, "
+                        f"engine max_active {args.max_active}, torch threads {args.torch_threads} in the replica "
+                        f"and the baseline; the HTTP client runs on the same cores as the server")
+        load_before = os.getloadavg()
+        for repeat in range(args.repeats):
+            for c in args.concurrency:
+                for path in paths:
+                    if path == BASELINE:
+                        result = _baseline_run(model, tokenizer, prompts, c, args.max_tokens)
+                    else:
+                        result = asyncio.run(_http_run(targets[path], name, prompts, c, args.max_tokens))
+                    report.add(**_row(path, c, repeat, result))
+                    r = report.rows[-1]
+                    print(f"#{repeat} c={c} {path}: {r['tokens_per_s']:.0f} tok/s, TTFT p50 {r['ttft_p50_ms']:.0f} "
+                          f"ms p99 {r['ttft_p99_ms']:.0f} ms ({r['tokens']} tokens)", flush=True)
+        rows = _summary(report.rows, paths, args.concurrency)
+        at16 = next((r for r in rows if r["concurrency"] == 16), None)
+        verdict = "not measured (16 not among --concurrency)" if at16 is None else (
+            f"{at16['speedup']:.2f}x at concurrency 16: target {'met' if at16['speedup'] >= 4 else 'NOT met'}")
+        report.section("Results (medians over repeats)", report.table(rows))
+        report.section("Target", f"deployment >= 4x the baseline's output tokens/s at concurrency 16 on 2 CPU cores: "
+                                 f"{verdict}. Load average before: {load_before[0]:.2f}, after: "
+                                 f"{os.getloadavg()[0]:.2f} (the machine is shared; figures are noisy).")
+        out = report.write(" ".join(["python", "benchmarks/llm_serve_bench.py", *sys.argv[1:]]))
+        print(report.table(rows))
+        print(f"report: {out}")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        terminate(session_members(mlflow_proc.pid), grace_s=5)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,334 @@
+"""Continuous batching for a causal LM on CPU: one decode loop steps every active sequence together.
+
+``transformers`` does the model work (the forward pass, its ``DynamicCache`` KV cache and the cache's
+own ``batch_select_indices`` to drop finished rows). What it does not do for a server, this module
+does: admit requests that arrive while others decode into the *running* batch at the next step,
+per-request sampling (temperature, top-p, its own seeded generator), stop strings, incremental
+detokenization, cancellation within one step, and admission limits.
+
+Why not transformers' own ``ContinuousBatchingManager`` (``generate_batch``)? It runs on CPU here,
+but sampling settings belong to the manager (one ``GenerationConfig``), not to each request, so a
+per-request ``seed``/``temperature``/``top_p`` is not expressible; it returns no log-probabilities
+(the rollout gate's model metric); and its paged cache's first requests waited > 5 s on 2 cores
+(tried with transformers 5.23.0). Its cancel and streaming APIs would have fitted.
+
+How rows of different lengths share one cache: the batch's cache is left-padded. Each sequence
+has ``pad`` columns of zeros on the left that the attention mask hides, and passes its own
+``position_ids``, so a sequence computes exactly what it would alone. A prefill of newcomers
+(itself one left-padded forward) is merged by padding the shorter of the two caches on the left
+and concatenating along the batch; when the longest row leaves, columns that are padding in
+every row are cut off.
+
+The loop runs in one thread per replica (``start``); callers ``submit`` from any thread and get
+:class:`Event` s through their ``emit`` callback (called on the loop's thread).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+HOLD = "\ufffd"  # what a byte-level tokenizer decodes an incomplete UTF-8 sequence to: wait for the next token
+
+
+class EngineFull(Exception):
+    """Active slots and the waiting queue are both full: the caller should retry later."""
+
+    def __init__(self, admitted: int, max_active: int, max_waiting: int, retry_after_s: int) -> None:
+        super().__init__(f"server busy: {admitted} requests admitted, the limit is {max_active} decoding + "
+                         f"{max_waiting} waiting; retry in {retry_after_s} s")
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per request: ``temperature`` 0 is greedy (argmax); ``seed`` makes sampling reproducible."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Event:
+    """New text for one sequence; ``finish_reason`` set on its last event ("stop", "length", "cancelled")."""
+
+    text: str
+    tokens: int                      # completion tokens generated so far
+    finish_reason: str | None = None
+    logprob_sum: float = 0.0         # of the generated tokens under the model (temperature 1), so far
+    at: float = field(default_factory=time.monotonic)   # when the engine emitted it
+
+
+@dataclass(eq=False)
+class Seq:
+    """One request's state in the engine (identity-compared)."""
+
+    prompt_ids: list[int]
+    params: SamplingParams
+    emit: Callable[[Event], None]
+    generated: list[int] = field(default_factory=list)
+    logprob_sum: float = 0.0
+    sent_chars: int = 0                 # of the decoded text already emitted
+    pad: int = 0                        # left padding columns in the batch cache
+    cancelled: bool = False
+    finish_reason: str | None = None
+    submitted_at: float = field(default_factory=time.monotonic)
+    generator: torch.Generator | None = None
+
+    @property
+    def length(self) -> int:
+        return len(self.prompt_ids) + len(self.generated)
+
+
+@dataclass
+class EngineStats:
+    active: int = 0
+    waiting: int = 0
+    max_active_seen: int = 0
+    steps: int = 0
+    finished: int = 0
+    cancelled: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+class Engine:
+    """The batching/generation loop over one ``transformers`` causal LM and its tokenizer."""
+
+    def __init__(self, model: Any, tokenizer: Any, max_active: int = 16, max_waiting: int = 64,
+                 retry_after_s: int = 1) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_active = max_active
+        self.max_waiting = max_waiting
+        self.retry_after_s = retry_after_s
+        self.context = int(getattr(model.config, "n_positions", None) or model.config.max_position_embeddings)
+        eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else model.config.eos_token_id
+        self.eos_id: int | None = eos
+        self.stats = EngineStats()
+        self._waiting: deque[Seq] = deque()
+        self._active: list[Seq] = []
+        self._cache: Any = None          # DynamicCache of the active rows, left-padded
+        self._wake = threading.Condition()
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+
+    # ---- the callers' side (any thread) ----------------------------------------------------------
+
+    def submit(self, prompt_ids: Sequence[int], params: SamplingParams, emit: Callable[[Event], None]) -> Seq:
+        """Queue a sequence; it joins the running batch at the next step. EngineFull past the limits."""
+        seq = Seq(list(prompt_ids), params, emit)
+        if params.temperature > 0:
+            seq.generator = torch.Generator()
+            seq.generator.manual_seed(params.seed if params.seed is not None else torch.seed())
+        with self._wake:
+            if len(self._active) + len(self._waiting) >= self.max_active + self.max_waiting:
+                raise EngineFull(len(self._active) + len(self._waiting), self.max_active, self.max_waiting,
+                                 self.retry_after_s)
+            self._waiting.append(seq)
+            self.stats.waiting = len(self._waiting)
+            self._wake.notify()
+        return seq
+
+    def cancel(self, seq: Seq) -> None:
+        """Stop ``seq``: it leaves the batch (its slot freed) before the next decode step."""
+        with self._wake:
+            seq.cancelled = True
+            self._wake.notify()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="llm-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopped = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    # ---- the loop ----------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._stopped and not self._waiting and not self._active:
+                    self._wake.wait()
+                if self._stopped:
+                    return
+            self.step()
+
+    @torch.inference_mode()
+    def step(self) -> None:
+        """One scheduling step: drop cancelled rows, prefill newcomers into the batch, decode one token for all."""
+        with self._wake:
+            for seq in [s for s in self._waiting if s.cancelled]:
+                self._waiting.remove(seq)
+                self._finish(seq, "cancelled")
+            self._drop([s for s in self._active if s.cancelled], "cancelled")
+            room = self.max_active - len(self._active)
+            newcomers = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
+        if self._active:
+            self._decode(self._active)
+        if newcomers:
+            self._prefill(newcomers)
+        with self._wake:
+            self._drop([s for s in self._active if s.finish_reason is not None], None)
+            self.stats.steps += 1
+            self.stats.active = len(self._active)
+            self.stats.waiting = len(self._waiting)
+            self.stats.max_active_seen = max(self.stats.max_active_seen, len(self._active))
+
+    def _prefill(self, seqs: list[Seq]) -> None:
+        """One left-padded forward over the newcomers' prompts; their first token; their cache merged in."""
+        longest = max(len(s.prompt_ids) for s in seqs)
+        ids = torch.zeros((len(seqs), longest), dtype=torch.long)
+        mask = torch.zeros((len(seqs), longest), dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            seq.pad = longest - len(seq.prompt_ids)
+            ids[row, seq.pad:] = torch.tensor(seq.prompt_ids)
+            mask[row, seq.pad:] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                         logits_to_keep=1)
+        self._merge(seqs, out.past_key_values)
+        self._sample(seqs, out.logits[:, -1, :])
+
+    def _decode(self, seqs: list[Seq]) -> None:
+        """One token for every active sequence: one forward of the whole batch over its cache."""
+        mask = torch.ones((len(seqs), self._cache.get_seq_length() + 1), dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            mask[row, :seq.pad] = 0
+        last = torch.tensor([[s.generated[-1]] for s in seqs])
+        positions = torch.tensor([[s.length - 1] for s in seqs])
+        out = self.model(input_ids=last, attention_mask=mask, position_ids=positions, past_key_values=self._cache,
+                         use_cache=True)
+        self._cache = out.past_key_values
+        self._sample(seqs, out.logits[:, -1, :])
+
+    def _sample(self, seqs: list[Seq], logits: torch.Tensor) -> None:
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        greedy = logprobs.argmax(dim=-1).tolist()
+        for row, seq in enumerate(seqs):
+            token = greedy[row] if seq.params.temperature <= 0 else _draw(logits[row], seq.params, seq.generator)
+            seq.generated.append(token)
+            seq.logprob_sum += float(logprobs[row, token])
+            self._emit_new_text(seq, token)
+
+    def _emit_new_text(self, seq: Seq, token: int) -> None:
+        """Decode the whole completion again (short texts), emit what is new; stop strings end it."""
+        text = self.tokenizer.decode(seq.generated, skip_special_tokens=True)
+        finish = None
+        cut = _first_stop(text, seq.params.stop)
+        if cut is not None:
+            text, finish = text[:cut], "stop"
+        elif self.eos_id is not None and token == self.eos_id:
+            finish = "stop"
+        elif len(seq.generated) >= seq.params.max_tokens or seq.length >= self.context:
+            finish = "length"
+        if finish is None:
+            text = text[:len(text) - _held_back(text, seq.params.stop)]
+        new = text[seq.sent_chars:]
+        if finish is None and (not new or new.endswith(HOLD)):
+            return
+        seq.sent_chars = len(text)
+        seq.finish_reason = finish
+        seq.emit(Event(new, len(seq.generated), finish, seq.logprob_sum))
+
+    # ---- the batch's cache ---------------------------------------------------------------------------
+
+    def _merge(self, seqs: list[Seq], cache: Any) -> None:
+        """Append the newcomers' rows to the batch cache, left-padding the shorter of the two."""
+        if not self._active:
+            self._cache, self._active = cache, list(seqs)
+            return
+        old, new = self._cache.get_seq_length(), cache.get_seq_length()
+        width = max(old, new)
+        for seq in self._active:
+            seq.pad += width - old
+        for seq in seqs:
+            seq.pad += width - new
+        self._cache = _concat(self._cache, width - old, cache, width - new)
+        self._active.extend(seqs)
+
+    def _drop(self, leaving: list[Seq], reason: str | None) -> None:
+        """Remove rows from the batch (the cache's own ``batch_select_indices``), trim shared padding."""
+        if not leaving:
+            return
+        keep = [i for i, s in enumerate(self._active) if s not in leaving]
+        for seq in leaving:
+            self._finish(seq, reason or seq.finish_reason or "stop")
+        self._active = [self._active[i] for i in keep]
+        if not self._active:
+            self._cache = None
+            return
+        self._cache.batch_select_indices(torch.tensor(keep))
+        trim = min(s.pad for s in self._active)
+        if trim:
+            self._cache = _trim_left(self._cache, trim)
+            for seq in self._active:
+                seq.pad -= trim
+
+    def _finish(self, seq: Seq, reason: str) -> None:
+        if reason == "cancelled":
+            self.stats.cancelled += 1
+            seq.finish_reason = reason
+            seq.emit(Event("", len(seq.generated), reason, seq.logprob_sum))
+        else:
+            self.stats.finished += 1
+
+
+def _draw(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
+    """One token from ``softmax(logits / temperature)`` restricted to the top-p nucleus."""
+    probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+    if params.top_p < 1.0:
+        ordered, order = probs.sort(descending=True)
+        outside = ordered.cumsum(-1) - ordered > params.top_p   # keep the smallest prefix reaching top_p
+        ordered[outside] = 0.0
+        probs = torch.zeros_like(probs).scatter(0, order, ordered)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:
+    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return min(hits) if hits else None
+
+
+def _held_back(text: str, stops: tuple[str, ...]) -> int:
+    """How many trailing characters could be the start of a stop string (not streamed until resolved)."""
+    return max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+
+
+def _layers(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _cache_of(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
+    from transformers import DynamicCache
+
+    return DynamicCache(ddp_cache_data=layers)
+
+
+def _trim_left(cache: Any, columns: int) -> Any:
+    """The cache without its first ``columns`` columns (padding in every row)."""
+    return _cache_of([(k[:, :, columns:], v[:, :, columns:]) for k, v in _layers(cache)])
+
+
+def _pad_left(tensor: torch.Tensor, columns: int) -> torch.Tensor:
+    return torch.nn.functional.pad(tensor, (0, 0, columns, 0)) if columns else tensor
+
+
+def _concat(first: Any, first_pad: int, second: Any, second_pad: int) -> Any:
+    return _cache_of([(torch.cat([_pad_left(k1, first_pad), _pad_left(k2, second_pad)]),
+                       torch.cat([_pad_left(v1, first_pad), _pad_left(v2, second_pad)]))
+                      for (k1, v1), (k2, v2) in zip(_layers(first), _layers(second), strict=True)])

@@ -1,0 +1,52 @@
+"""A registered language model version, in the Hugging Face layout, loaded for generation.
+
+The version's artifacts (``models:/NAME/VERSION`` after resolving an alias once, so every
+replica pins the same version) are downloaded through MLflow and loaded with
+``AutoModelForCausalLM`` / ``AutoTokenizer``. The Hugging Face directory (``config.json``,
+``model.safetensors``, tokenizer files) may be the artifact root (a version registered from
+``runs:/RUN/hf``) or its ``hf/`` folder (a version registered from the whole run's artifacts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cluster.errors import RegistryError
+from cluster.registry import ModelVersionInfo, Registry
+from cluster.settings import load_settings
+
+HF_SUBDIR = "hf"
+
+
+@dataclass
+class LoadedLM:
+    info: ModelVersionInfo
+    model: Any        # transformers PreTrainedModel (causal LM), eval mode
+    tokenizer: Any    # transformers PreTrainedTokenizerBase
+
+
+def hf_dir(root: Path) -> Path:
+    """Where the Hugging Face files are under a version's artifacts: the root or ``hf/``."""
+    for candidate in (root, root / HF_SUBDIR):
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise RegistryError(f"{root} holds no Hugging Face model (no config.json at its root or under {HF_SUBDIR}/)")
+
+
+def resolve(ref: str, tracking_uri: str | None) -> ModelVersionInfo:
+    """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` → the version it names now."""
+    return Registry(load_settings(mlflow_tracking_uri=tracking_uri)).resolve(ref)
+
+
+def load(info: ModelVersionInfo) -> LoadedLM:
+    """Download the version's artifacts and load model and tokenizer (CPU, float32, eval)."""
+    import mlflow.artifacts
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    root = Path(mlflow.artifacts.download_artifacts(artifact_uri=info.uri))
+    folder = hf_dir(root)
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    return LoadedLM(info, model, tokenizer)

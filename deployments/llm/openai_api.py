@@ -1,0 +1,181 @@
+"""The OpenAI wire format: request models (pydantic), response and stream-chunk bodies, error bodies.
+
+Shapes follow OpenAI's API as its official client parses them (and as vLLM's OpenAI-compatible
+server answers): ``text_completion`` / ``chat.completion`` objects, streamed chunks as server-sent
+events ``data: {...}\\n\\n`` ending with ``data: [DONE]``, errors as
+``{"error": {"message", "type", "param", "code"}}`` where ``param`` names the offending field.
+Unknown fields are rejected (400 naming them), not silently ignored: a client that sends
+``logprobs`` or ``n: 2`` learns this server does not do it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+MAX_STOP_STRINGS = 4
+
+
+class OpenAIError(Exception):
+    """An error the client gets as an OpenAI error body with ``status``."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error", headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool = False
+
+
+class _Sampling(BaseModel):
+    """Fields both endpoints share."""
+
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+    model: str
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: int = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None          # accepted (the router's sticky key); not used by the model
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, value: int) -> int:
+        if value != 1:
+            raise ValueError("only n=1 is supported")
+        return value
+
+    @field_validator("stop")
+    @classmethod
+    def _few_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and len(value) > MAX_STOP_STRINGS:
+            raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings")
+        return value
+
+    def stops(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str]
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and len(value) != 1:
+            raise ValueError("exactly one prompt per request (a list of one string, or a string)")
+        return value
+
+    def text(self) -> str:
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "user", "assistant", "developer"]
+    content: str
+    name: str | None = None
+
+
+class ChatRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+
+    def token_limit(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
+def parse(model: type[BaseModel], body: Any) -> Any:
+    """``body`` validated as ``model``; OpenAIError 400 naming the first bad field otherwise."""
+    if not isinstance(body, dict):
+        raise OpenAIError(400, "the request body must be a JSON object", None, "invalid_body")
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = [str(p) for p in first["loc"]]
+        param = ".".join(loc) or None
+        if first["type"] == "extra_forbidden":
+            message = f"unknown field {param!r}: not part of this endpoint or not supported by this server"
+            code = "unknown_parameter"
+        elif first["type"] == "missing":
+            message, code = f"{param!r} is required", "missing_required_parameter"
+        else:
+            message, code = f"{param!r}: {first['msg']}", "invalid_value"
+        # A union's error location names the member type (e.g. stop.list[str].0): keep the field's own name.
+        raise OpenAIError(400, message, loc[0] if loc else None, code) from None
+
+
+PLAIN_TEMPLATE = "{role}: {content}\n"   # one line per message, then "assistant:" (documented in docs/llm-serving.md)
+
+
+def chat_prompt(tokenizer: Any, messages: list[ChatMessage]) -> str:
+    """The tokenizer's chat template when it has one, else the plain template."""
+    plain = [{"role": m.role, "content": m.content} for m in messages]
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(plain, add_generation_prompt=True, tokenize=False)
+    return "".join(PLAIN_TEMPLATE.format(**m) for m in plain) + "assistant:"
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def completion_body(rid: str, model: str, text: str, finish: str | None, use: dict[str, int] | None,
+                    extra: dict[str, Any], chat: bool, stream: bool, first: bool = False) -> dict[str, Any]:
+    """A whole response (``stream`` False) or one stream chunk of either endpoint."""
+    if chat:
+        obj = "chat.completion.chunk" if stream else "chat.completion"
+        if stream:
+            delta: dict[str, Any] = {"role": "assistant", "content": text} if first else {"content": text}
+            choice: dict[str, Any] = {"index": 0, "delta": delta if text or first else {}, "finish_reason": finish,
+                                      "logprobs": None}
+        else:
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
+                      "logprobs": None}
+    else:
+        obj = "text_completion"
+        choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+    body = {"id": rid, "object": obj, "created": int(time.time()), "model": model, "choices": [choice], **extra}
+    if use is not None:
+        body["usage"] = use
+    return body
+
+
+def usage_chunk(rid: str, model: str, use: dict[str, int], chat: bool) -> dict[str, Any]:
+    """The last chunk before [DONE] when ``stream_options.include_usage``: no choices, the usage."""
+    return {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion", "created": int(time.time()),
+            "model": model, "choices": [], "usage": use}
+
+
+def sse(payload: dict[str, Any] | str) -> str:
+    return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
+
+
+DONE = sse("[DONE]")

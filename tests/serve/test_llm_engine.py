@@ -1,0 +1,143 @@
+"""The continuous-batching engine and the OpenAI request parsing, without Ray or Serve.
+
+The model is a real ``transformers`` GPT-2 (random weights, wide initialisation so greedy decoding
+varies); the tokenizer is a stand-in that spells ids as letters (the engine only calls ``decode``).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from deployments.llm.engine import Engine, EngineFull, Event, SamplingParams
+from deployments.llm.loader import hf_dir
+from deployments.llm.openai_api import ChatRequest, CompletionRequest, OpenAIError, parse
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class Letters:
+    """Decodes id ``i`` as one letter (``a`` + i mod 26); no end-of-sequence token."""
+
+    eos_token_id = None
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return "".join(chr(97 + i % 26) for i in ids)
+
+
+@pytest.fixture(scope="module")
+def model():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=128, vocab_size=300, initializer_range=0.5)
+    return GPT2LMHeadModel(config).eval()
+
+
+def greedy(model, prompt: list[int], max_tokens: int) -> list[int]:
+    out = model.generate(torch.tensor([prompt]), max_new_tokens=max_tokens, do_sample=False, pad_token_id=0)
+    return out[0, len(prompt):].tolist()
+
+
+def drain(engine: Engine) -> None:
+    while engine._active or engine._waiting:
+        engine.step()
+
+
+def test_sequences_joining_a_running_batch_decode_exactly_as_generate_alone(model):
+    """Six prompts of different lengths, each submitted one step after the previous: every completion
+    equals ``transformers`` greedy ``generate`` on that prompt alone, and the batch held them together."""
+    engine = Engine(model, Letters(), max_active=8)
+    prompts = [[1, 2, 3], [5, 6, 7, 8, 9, 10, 11], [20], [30, 31, 32, 33], [40, 41], [7] * 20]
+    seqs = []
+    for i, prompt in enumerate(prompts):
+        seqs.append(engine.submit(prompt, SamplingParams(max_tokens=8 + 3 * i, temperature=0), lambda e: None))
+        engine.step()
+    drain(engine)
+    for prompt, seq in zip(prompts, seqs, strict=True):
+        assert seq.generated == greedy(model, prompt, seq.params.max_tokens)
+        assert seq.finish_reason == "length"
+    assert engine.stats.max_active_seen == len(prompts)
+
+
+def test_cancel_frees_the_slot_at_the_next_step(model):
+    engine = Engine(model, Letters(), max_active=2)
+    events: list[Event] = []
+    long = engine.submit([1, 2], SamplingParams(max_tokens=100, temperature=0), events.append)
+    other = engine.submit([3], SamplingParams(max_tokens=100, temperature=0), lambda e: None)
+    engine.step()
+    engine.step()
+    engine.cancel(long)
+    engine.step()
+    assert engine.stats.active == 1 and engine._active == [other]
+    assert engine.stats.cancelled == 1
+    assert events[-1].finish_reason == "cancelled" and len(long.generated) < 100
+
+
+def test_past_active_and_waiting_limits_submit_is_refused_with_a_retry_hint(model):
+    engine = Engine(model, Letters(), max_active=1, max_waiting=1, retry_after_s=3)
+    params = SamplingParams(max_tokens=5, temperature=0)
+    engine.submit([1], params, lambda e: None)
+    engine.step()
+    engine.submit([2], params, lambda e: None)
+    with pytest.raises(EngineFull) as full:
+        engine.submit([3], params, lambda e: None)
+    assert full.value.retry_after_s == 3
+
+
+def test_seeded_sampling_repeats_and_top_p_near_zero_is_greedy(model):
+    def sample(seed: int, top_p: float = 1.0) -> list[int]:
+        engine = Engine(model, Letters())
+        seq = engine.submit([4, 5], SamplingParams(max_tokens=12, temperature=1.0, top_p=top_p, seed=seed),
+                            lambda e: None)
+        drain(engine)
+        return seq.generated
+
+    assert sample(7) == sample(7)
+    assert sample(7) != sample(8)
+    assert sample(7, top_p=1e-6) == greedy(model, [4, 5], 12)
+
+
+def test_stop_string_ends_the_sequence_and_is_not_emitted(model):
+    text = Letters().decode(greedy(model, [9, 9], 20))
+    stop = text[5:7]
+    events: list[Event] = []
+    engine = Engine(model, Letters())
+    engine.submit([9, 9], SamplingParams(max_tokens=20, temperature=0, stop=(stop,)), events.append)
+    drain(engine)
+    emitted = "".join(e.text for e in events)
+    assert emitted == text[:text.find(stop)]
+    assert events[-1].finish_reason == "stop"
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"model": "m", "prompt": "x", "n": 2}, "n"),
+    ({"model": "m", "prompt": "x", "temperature": "hot"}, "temperature"),
+    ({"model": "m", "prompt": "x", "logprobs": 2}, "logprobs"),
+    ({"model": "m", "prompt": "x", "max_tokens": 0}, "max_tokens"),
+    ({"model": "m"}, "prompt"),
+    ({"model": "m", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+])
+def test_bad_completion_fields_are_named(body, param):
+    with pytest.raises(OpenAIError) as err:
+        parse(CompletionRequest, body)
+    assert err.value.status == 400 and err.value.param == param
+
+
+def test_bad_chat_message_role_is_named():
+    with pytest.raises(OpenAIError) as err:
+        parse(ChatRequest, {"model": "m", "messages": [{"role": "wizard", "content": "hi"}]})
+    assert err.value.param == "messages"
+
+
+def test_hf_folder_is_found_at_the_artifact_root_or_under_hf(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "config.json").write_text("{}")
+    (tmp_path / "b" / "hf").mkdir(parents=True)
+    (tmp_path / "b" / "hf" / "config.json").write_text("{}")
+    assert hf_dir(tmp_path / "a") == tmp_path / "a"
+    assert hf_dir(tmp_path / "b") == tmp_path / "b" / "hf"
+    from cluster.errors import RegistryError
+
+    with pytest.raises(RegistryError):
+        hf_dir(tmp_path)

@@ -1,0 +1,264 @@
+"""The generation deployment through the official ``openai`` client, over real Serve HTTP.
+
+A tiny GPT-2 is trained in the test, registered in the session's MLflow server (``runs:/RUN/hf``) and
+served from ``models:/NAME@champion``; nothing is mocked. Small limits (4 sequences decoding, 2
+waiting) make overload reachable with a handful of streams.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import torch
+
+from tests.serve.helpers import wait_for
+from tests.serve.llm_helpers import PROMPTS, TinyLM, build_tiny_lm, register_lm
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+MAX_ACTIVE, MAX_WAITING = 4, 2
+SPEC = TinyLM(context=2048)   # room for streams long enough (seconds) to still be decoding when the test acts
+LONG = 1800                   # tokens of such a stream
+LIMIT = 1900                  # the server's max_tokens limit
+
+
+@dataclass
+class LLMApp:
+    name: str
+    url: str
+    model: str
+    version: str
+    folder: Path
+    client: openai.OpenAI
+    http: httpx.Client
+
+    def stats(self) -> dict:
+        return self.http.get(f"{self.url}/v1/engine/stats").json()
+
+    def open_stream(self, max_tokens: int = LONG) -> httpx.Response:
+        """A completion stream whose response has started (its slot is taken); the caller closes it."""
+        request = self.http.build_request("POST", f"{self.url}/v1/completions", json={
+            "model": self.model, "prompt": PROMPTS[0], "max_tokens": max_tokens, "temperature": 0, "stream": True})
+        response = self.http.send(request, stream=True)
+        assert response.status_code == 200, response.read()
+        return response
+
+
+@pytest.fixture(scope="module")
+def llm(serve_url: str, settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LLMApp]:
+    from ray import serve
+
+    from deployments.llm.server import LLMServeConfig, build
+
+    name = f"lm-{uuid.uuid4().hex[:6]}"
+    folder = build_tiny_lm(tmp_path_factory.mktemp("tiny-lm"), SPEC)
+    version = register_lm(settings, name, folder)
+    app = f"llm-{uuid.uuid4().hex[:6]}"
+    cfg = LLMServeConfig(model=f"models:/{name}@champion", tracking_uri=str(settings.mlflow_tracking_uri),
+                         num_cpus=0.25, max_active=MAX_ACTIVE, max_waiting=MAX_WAITING, max_tokens_limit=LIMIT)
+    serve.run(build(cfg), name=app, route_prefix=f"/{app}")
+    url = f"{serve_url}/{app}"
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=30)
+    http = httpx.Client(timeout=30)
+    try:
+        yield LLMApp(app, url, name, version, folder, client, http)
+    finally:
+        client.close()
+        http.close()
+        serve.delete(app)
+
+
+@pytest.fixture(scope="module")
+def reference(llm: LLMApp):
+    """The same registered files loaded with plain ``transformers`` (what greedy output must equal)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(llm.folder).eval(), AutoTokenizer.from_pretrained(llm.folder)
+
+
+def generate_greedy(reference, prompt: str, max_tokens: int) -> tuple[str, int, int]:
+    """(text, prompt tokens, completion tokens) of ``transformers`` greedy ``generate``."""
+    model, tokenizer = reference
+    ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        out = model.generate(ids, max_new_tokens=max_tokens, do_sample=False)[0, ids.shape[1]:]
+    return tokenizer.decode(out, skip_special_tokens=True), ids.shape[1], len(out)
+
+
+def test_greedy_completion_equals_transformers_generate_and_names_the_version(llm, reference):
+    raw = llm.client.completions.with_raw_response.create(model=llm.model, prompt=PROMPTS[1], max_tokens=24,
+                                                          temperature=0)
+    completion = raw.parse()
+    text, prompt_tokens, completion_tokens = generate_greedy(reference, PROMPTS[1], 24)
+    assert completion.choices[0].text == text and text.strip()
+    assert completion.usage.prompt_tokens == prompt_tokens
+    assert completion.usage.completion_tokens == completion_tokens
+    assert completion.usage.total_tokens == prompt_tokens + completion_tokens
+    assert raw.headers["x-rayline-version"] == llm.version
+    assert completion.model_extra["rayline"]["version"] == llm.version
+
+
+def test_streamed_completion_equals_the_whole_one_with_usage_last(llm, reference):
+    chunks = list(llm.client.completions.create(model=llm.model, prompt=PROMPTS[2], max_tokens=20, temperature=0,
+                                                stream=True, stream_options={"include_usage": True}))
+    text, prompt_tokens, completion_tokens = generate_greedy(reference, PROMPTS[2], 20)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == text
+    assert chunks[0].model_extra["rayline"]["version"] == llm.version
+    assert chunks[-2].choices[0].finish_reason == "length"
+    assert not chunks[-1].choices
+    assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (prompt_tokens, completion_tokens)
+
+
+def test_chat_streamed_and_not_agree_and_use_the_plain_template(llm, reference):
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "the cat"}]
+    whole = llm.client.chat.completions.create(model=llm.model, messages=messages, max_tokens=16, temperature=0)
+    chunks = list(llm.client.chat.completions.create(model=llm.model, messages=messages, max_tokens=16,
+                                                     temperature=0, stream=True))
+    plain = "system: be brief\nuser: the cat\nassistant:"
+    text, prompt_tokens, _ = generate_greedy(reference, plain, 16)
+    assert whole.choices[0].message.content == text
+    assert whole.choices[0].message.role == "assistant"
+    assert whole.usage.prompt_tokens == prompt_tokens
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == text
+    assert chunks[0].model_extra["rayline"]["version"] == llm.version
+
+
+def test_seeded_sampling_is_reproducible(llm):
+    def sample(seed: int) -> str:
+        return llm.client.completions.create(model=llm.model, prompt=PROMPTS[3], max_tokens=24, temperature=1.0,
+                                             top_p=0.95, seed=seed).choices[0].text
+
+    first = sample(11)
+    assert sample(11) == first
+    assert sample(12) != first
+
+
+def test_stop_string_ends_the_completion(llm, reference):
+    text, _, _ = generate_greedy(reference, PROMPTS[0], 24)
+    stop = text[len(text) // 2:len(text) // 2 + 3]
+    completion = llm.client.completions.create(model=llm.model, prompt=PROMPTS[0], max_tokens=24, temperature=0,
+                                               stop=["never", stop])
+    assert completion.choices[0].text == text[:text.index(stop)]
+    assert completion.choices[0].finish_reason == "stop"
+
+
+@pytest.mark.parametrize(("kwargs", "error", "param"), [
+    ({"prompt": "the cat " * 1200}, openai.BadRequestError, "prompt"),             # longer than the context
+    ({"max_tokens": LIMIT + 1}, openai.BadRequestError, "max_tokens"),              # over the server's limit
+    ({"prompt": "the cat " * 600, "max_tokens": LIMIT}, openai.BadRequestError, "max_tokens"),   # no room left
+    ({"extra_body": {"frobnicate": True}}, openai.BadRequestError, "frobnicate"),  # unknown field
+    ({"temperature": "hot"}, openai.BadRequestError, "temperature"),               # wrong type
+    ({"n": 2}, openai.BadRequestError, "n"),
+    ({"model": "no-such-model"}, openai.NotFoundError, "model"),
+])
+def test_bad_input_is_an_openai_error_naming_the_field(llm, kwargs, error, param):
+    args = {"model": llm.model, "prompt": PROMPTS[0], "max_tokens": 4, **kwargs}
+    with pytest.raises(error) as raised:
+        llm.client.completions.create(**args)
+    assert raised.value.param == param
+    assert set(raised.value.body) >= {"message", "type", "param", "code"}
+
+
+def test_a_request_arriving_mid_decode_joins_the_batch_and_finishes_first(llm):
+    long = llm.open_stream()
+    try:
+        lines = long.iter_lines()   # one iterator only: dropping a started one closes the connection
+        next(lines)
+        started = time.monotonic()
+        short = llm.client.completions.create(model=llm.model, prompt=PROMPTS[4], max_tokens=4, temperature=0)
+        assert short.usage.completion_tokens == 4 and time.monotonic() - started < 10
+        stats = llm.stats()
+        assert stats["active"] >= 1   # the long one is still decoding after the short one finished
+        assert stats["max_active_seen"] >= 2
+        assert next(line for line in lines if line.startswith("data:"))
+    finally:
+        long.close()
+
+
+def test_a_client_that_disconnects_frees_its_slot(llm):
+    before = llm.stats()["cancelled"]
+    stream = llm.open_stream()
+    chunks = (line for line in stream.iter_lines() if line.startswith("data:"))
+    next(chunks), next(chunks)
+    stream.close()
+    wait_for(lambda: llm.stats()["active"] == 0, timeout_s=2, every_s=0.05)
+    assert llm.stats()["cancelled"] == before + 1   # stopped, not run to max_tokens
+
+
+def test_past_the_queue_limit_answers_429_with_retry_after(llm):
+    holders = [llm.open_stream() for _ in range(MAX_ACTIVE + MAX_WAITING)]
+    try:
+        with pytest.raises(openai.RateLimitError) as raised:
+            llm.client.completions.create(model=llm.model, prompt=PROMPTS[0], max_tokens=4)
+        assert raised.value.status_code == 429
+        assert int(raised.value.response.headers["retry-after"]) >= 1
+        assert raised.value.code == "server_busy"
+    finally:
+        for holder in holders:
+            holder.close()
+    wait_for(lambda: llm.stats()["active"] == 0, timeout_s=10, every_s=0.05)
+
+
+def test_models_lists_the_served_version(llm):
+    listed = llm.client.models.list()
+    assert [m.id for m in listed.data] == [llm.model]
+    assert listed.data[0].model_extra["version"] == llm.version
+
+
+def test_concurrent_streams_all_complete(llm, reference):
+    """Four streams at once (the active limit) each get their own greedy text, not a neighbour's."""
+    results: dict[str, str] = {}
+
+    def run(prompt: str) -> None:
+        chunks = llm.client.completions.create(model=llm.model, prompt=prompt, max_tokens=16, temperature=0,
+                                               stream=True)
+        results[prompt] = "".join(c.choices[0].text for c in chunks)
+
+    threads = [threading.Thread(target=run, args=(p,)) for p in PROMPTS[:MAX_ACTIVE]]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert results == {p: generate_greedy(reference, p, 16)[0] for p in PROMPTS[:MAX_ACTIVE]}
+
+
+def test_token_metrics_reach_rays_metrics_port(llm, ray_metrics_port):
+    """TTFT, inter-token latency, tokens in/out and the mean log-prob, per model and version, as Prometheus
+    scrapes them from Ray's metrics port (what the rollout controller will gate on)."""
+    llm.client.completions.create(model=llm.model, prompt=PROMPTS[5], max_tokens=8, temperature=0)
+    with pytest.raises(openai.BadRequestError):
+        llm.client.completions.create(model=llm.model, prompt=PROMPTS[5], max_tokens=8, n=2)
+    names = ("ttft_seconds_count", "inter_token_seconds_count", "output_tokens_total", "prompt_tokens_total",
+             "mean_neg_logprob_count", "errors_total")
+
+    def exported() -> bool:
+        text = httpx.get(f"http://127.0.0.1:{ray_metrics_port}/metrics", timeout=5).text
+        mine = [line for line in text.splitlines() if f'model="{llm.model}"' in line and 'version="' in line]
+        return all(any(line.startswith(f"ray_rayline_llm_{name}") for line in mine) for name in names)
+
+    wait_for(exported, timeout_s=30, every_s=1)
+
+
+def test_a_deployment_handle_gets_what_http_gets(llm, reference):
+    """The router's seam: ``respond`` through a handle streams the head, then the same body as over HTTP."""
+    from ray import serve
+
+    handle = serve.get_app_handle(llm.name).options(stream=True)
+    body = {"model": llm.model, "prompt": PROMPTS[1], "max_tokens": 12, "temperature": 0}
+    head, whole = list(handle.respond.remote("completion", body))
+    assert head["status"] == 200 and head["headers"]["x-rayline-version"] == llm.version
+    assert json.loads(whole)["choices"][0]["text"] == generate_greedy(reference, PROMPTS[1], 12)[0]
+    parts = list(handle.respond.remote("completion", {**body, "stream": True}))
+    assert parts[0]["stream"] and parts[-1] == "data: [DONE]\n\n"
+    bad_head, bad_body = list(handle.respond.remote("completion", {**body, "n": 3}))
+    assert bad_head["status"] == 400 and json.loads(bad_body)["error"]["param"] == "n"
