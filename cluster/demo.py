@@ -287,6 +287,26 @@ def stage_lm_evaluate(ctx: DemoContext) -> str:
             f"sampled: {(sample['prompt'] + sample['completion'])[:80]!r}")
 
 
+def stage_lm_serve(ctx: DemoContext) -> str:
+    """The registered GPT behind the OpenAI API on Ray Serve, called with the official ``openai`` client."""
+    import openai
+
+    from cluster import serving
+
+    base_url = serving.deploy_llm(ctx.settings, f"models:/{LM_MODEL}/{ctx.results['lm']}")
+    client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=60)
+    started, first, pieces = time.monotonic(), None, []
+    for event in client.completions.create(model=LM_MODEL, prompt="import asyncio\n\n\nasync def ", max_tokens=32,
+                                           temperature=0.8, seed=0, stream=True):
+        first = first if first is not None else time.monotonic() - started
+        pieces.extend(choice.text for choice in event.choices)
+    text = "".join(pieces)
+    if not text:
+        raise RuntimeError(f"the stream from {base_url} carried no text")
+    return (f"streamed from {base_url}/completions with the openai client: first token after {first * 1000:.0f} ms, "
+            f"{len(pieces)} events: {('async def ' + text)[:60]!r}")
+
+
 def stages() -> list[Stage]:
     return [
         ("local stack up (Ray head + MLflow)", stage_stack_up),
@@ -305,6 +325,7 @@ def stages() -> list[Stage]:
         ("train a tiny GPT on the token shards, registered in the Hugging Face layout (Ray job)", stage_lm_train),
         ("evaluate the GPT with transformers alone: perplexity and a sampled completion (Ray job)",
          stage_lm_evaluate),
+        ("serve the GPT behind the OpenAI API (continuous batching) and stream a completion", stage_lm_serve),
     ]
 
 

@@ -97,6 +97,25 @@ def deploy(settings: Settings, cfg: Any, name: str = APP_NAME) -> str:
     return serve_url(settings)
 
 
+def deploy_llm(settings: Settings, model: str, name: str = "llm", **options: Any) -> str:
+    """Serve a language model (``models:/NAME@ALIAS``, Hugging Face layout) behind the OpenAI API at ``/<name>``.
+
+    Beside the tabular app (route ``/``) on the same Serve; returns the OpenAI base URL (``…/<name>/v1``).
+    """
+    from ray import serve
+
+    from deployments.llm.server import LLMServeConfig, build
+
+    connect(settings)
+    serve.start(proxy_location="HeadOnly", http_options={"host": settings.host, "port": settings.serve_http_port})
+    cfg = LLMServeConfig(model=model, tracking_uri=settings.mlflow_tracking_uri, **options)
+    try:
+        serve.run(build(cfg), name=name, route_prefix=f"/{name}")
+    except RuntimeError as exc:
+        raise ServeError(f"deploying {name} failed: {startup_failure(name, str(exc))}") from None
+    return f"{serve_url(settings)}/{name}/v1"
+
+
 def startup_failure(app: str, error: str) -> str:
     """The one line that says why ``app`` failed to deploy (``error``: what ``serve.run`` raised).
 

@@ -4,7 +4,8 @@ The version's artifacts (``models:/NAME/VERSION`` after resolving an alias once,
 replica pins the same version) are downloaded through MLflow and loaded with
 ``AutoModelForCausalLM`` / ``AutoTokenizer``. The Hugging Face directory (``config.json``,
 ``model.safetensors``, tokenizer files) may be the artifact root (a version registered from
-``runs:/RUN/hf``) or its ``hf/`` folder (a version registered from the whole run's artifacts).
+``runs:/RUN/hf``), its ``hf/`` folder (a version registered from the whole run's artifacts) or
+``extra_files/hf/`` (a GPT trained and registered by rayline, ``models.packaging.HF_PATH``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from cluster.errors import RegistryError
 from cluster.registry import ModelVersionInfo, Registry
 from cluster.settings import load_settings
+from models.packaging import HF_PATH
 
 HF_SUBDIR = "hf"
 
@@ -28,11 +30,12 @@ class LoadedLM:
 
 
 def hf_dir(root: Path) -> Path:
-    """Where the Hugging Face files are under a version's artifacts: the root or ``hf/``."""
-    for candidate in (root, root / HF_SUBDIR):
+    """Where the Hugging Face files are under a version's artifacts: the root, ``hf/`` or ``extra_files/hf/``."""
+    for candidate in (root, root / HF_SUBDIR, root / HF_PATH):
         if (candidate / "config.json").is_file():
             return candidate
-    raise RegistryError(f"{root} holds no Hugging Face model (no config.json at its root or under {HF_SUBDIR}/)")
+    raise RegistryError(f"{root} holds no Hugging Face model (no config.json at its root, under {HF_SUBDIR}/ "
+                        f"or {HF_PATH}/)")
 
 
 def resolve(ref: str, tracking_uri: str | None) -> ModelVersionInfo:

@@ -4,7 +4,8 @@ Every stage runs: ingest → train v1 → evaluate → champion → serve → tr
 data) → quality gate passes, canary to 100 % (alias moves) → the worse v1 proposed again is refused by the
 quality gate before any traffic → broken v3 (v2's weights) rolled back automatically → canary reports;
 then the language-model track: Python's own sources ingested as text → tokenizer and token shards → a
-tiny GPT trained and registered in the Hugging Face layout → evaluated with transformers alone.
+tiny GPT trained and registered in the Hugging Face layout → evaluated with transformers alone → served
+behind the OpenAI API and streamed with the ``openai`` client.
 Nothing is mocked.
 """
 
@@ -30,7 +31,7 @@ def test_demo_runs_the_whole_pipeline_and_cleans_up(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=1200)
     out = proc.stdout
     assert proc.returncode == 0, out[-3000:] + proc.stderr[-3000:]
-    assert "demo: 15 stages" in out
+    assert "demo: 16 stages" in out
     assert re.search(r"3000 rows in → \d+ clean, \d+ quarantined", out)
     accuracy = dict(re.findall(r"registered customers-churn/(\d) \(val_accuracy (0\.\d+)", out))
     assert float(accuracy["2"]) > float(accuracy["1"]), accuracy   # the promoted v2 is the better model
@@ -51,5 +52,7 @@ def test_demo_runs_the_whole_pipeline_and_cleans_up(tmp_path: Path) -> None:
     evaluated = re.search(r"eval_perplexity ([\d.]+) on the validation tokens; sampled: '.+'", out)
     assert trained and evaluated, out[-3000:]
     assert float(evaluated[1]) < 400 and float(trained[1]) < 400   # far below 4096: it learned Python
+    assert re.search(r"streamed from http://\S+/llm/v1/completions with the openai client: first token after \d+ ms, "
+                     r"\d+ events: 'async def .+'", out), out[-3000:]
     assert "stack stopped" in out
     assert not (tmp_path / "state" / "stack.json").exists()
