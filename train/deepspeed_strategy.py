@@ -13,12 +13,13 @@ and speaks the same interface to the loop and to the one checkpoint component:
   micro-step count advances inside ``backward``;
 - save: every rank writes its ZeRO shard with ``engine.save_checkpoint`` under ``deepspeed/``
   of its own staging directory (Ray Train merges the ranks' files into one stored checkpoint);
-- export: once every rank's shards are stored (one barrier), rank 0 alone builds the plain full
-  fp32 ``model.pt`` every strategy exports from those files (``train.consolidate``, DeepSpeed's
-  ``zero_to_fp32``) and writes it into the stored checkpoint (local or object storage). No rank
-  gathers parameters over the network for it, so the other ranks' memory does not grow at a
-  checkpoint (``save_16bit_model`` all-gathered each layer on every rank: rank 1 grew by about
-  half the model's size);
+- export, the plain full ``model.pt`` every strategy writes: at ZeRO 0–2 every rank holds the
+  whole module, so rank 0 writes it in ``save``; at ZeRO-3, once every rank's shards are stored
+  (one barrier), rank 0 alone builds the fp32 state_dict from those files (``train.consolidate``,
+  DeepSpeed's ``zero_to_fp32``) and writes it into the stored checkpoint (local or object
+  storage). No rank gathers parameters over the network for it, so the other ranks' memory does
+  not grow at a checkpoint (``save_16bit_model`` all-gathered each layer on every rank: rank 1
+  grew by about half the model's size);
 - load: ``engine.load_checkpoint``.
 """
 
@@ -39,7 +40,7 @@ from train.config import TrainConfig
 from train.consolidate import consolidated_state_dict_at
 from train.deepspeed_config import DeepSpeedOptionError, DeepSpeedOptions, build_ds_config, resolved
 from train.memory import innermost_optimizer
-from train.strategy import Strategy
+from train.strategy import MODEL_FILE, Strategy
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ class DeepSpeedStrategy(Strategy):
 
     @property
     def stage(self) -> int:
-        return int(self.ds_config["zero_optimization"]["stage"])
+        return options_of(self.config).stage  # set in one place only (check_config refuses a raw override)
 
     def setup(self, model: nn.Module, optimizer_factory: Callable[[nn.Module], torch.optim.Optimizer]) -> None:
         """Build the engine; DeepSpeed makes the optimizer from the config (``optimizer_factory`` is unused)."""
@@ -161,10 +162,12 @@ class DeepSpeedStrategy(Strategy):
         return float(norm) if norm is not None else float("nan")
 
     def save(self, directory: Path, rank: int) -> list[str]:
-        """Every rank writes its DeepSpeed shard (collective); ``model.pt`` comes in ``export``."""
+        """Every rank writes its DeepSpeed shard (collective); rank 0 the module below ZeRO-3 (else ``export``)."""
         ds_dir = directory / DS_DIR
         before = {p for p in directory.rglob("*") if p.is_file()}
         self.engine.save_checkpoint(str(ds_dir), tag=DS_TAG, save_latest=True)
+        if self.stage < 3 and rank == 0:  # the module's own weights, in its dtype
+            torch.save({k: v.detach().cpu() for k, v in self.raw_model.state_dict().items()}, directory / MODEL_FILE)
         written = sorted(p for p in directory.rglob("*") if p.is_file() and p not in before)
         return [str(p.relative_to(directory)) for p in written]
 
@@ -177,9 +180,12 @@ class DeepSpeedStrategy(Strategy):
             self.engine.empty_partition_cache()
 
     def export(self, stored_url: str, rank: int) -> None:
-        """Rank 0 consolidates the stored shards into ``model.pt`` once every rank's upload is done (collective)."""
+        """ZeRO-3: rank 0 consolidates the stored shards into ``model.pt`` once every rank's upload is done
+        (collective)."""
         import torch.distributed as dist
 
+        if self.stage < 3:
+            return
         if dist.is_initialized():
             dist.barrier()  # each rank's report returns once its own files are stored
         if rank == 0:
