@@ -276,7 +276,11 @@ class Checkpointer:
                              checkpoint_dir_name=name)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        strategy.export(stored_url(ray.train.get_checkpoint()), self.rank)
+        stored = ray.train.get_checkpoint()  # this one, unless Ray skipped the report after a worker failure
+        if stored is not None and str(stored.path).rstrip("/").endswith(f"/{name}"):
+            strategy.export(stored_url(stored), self.rank)
+        else:
+            log.warning("checkpoint %s was not stored (report skipped after a worker failure); no export", name)
 
     def restore(self, strategy: Any, extras: dict[str, Stateful]) -> TrainState | None:
         """The state of the latest reported checkpoint (after a failure or a resubmit), or None."""

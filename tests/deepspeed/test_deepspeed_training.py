@@ -53,7 +53,7 @@ def job(run_name: str, stage: int, **extra):
     })
 
 
-# 6.3 M parameters (24 MiB fp32): large enough that a quarter of it stands clear of the fixed ~3 MiB a
+# 6.3 M parameters (24 MiB fp32): large enough that a third of it stands clear of the fixed 2-4 MiB a
 # checkpoint's upload costs every rank, whatever the model's size.
 ZERO3_GPT = {"n_layer": 8, "n_head": 4, "n_embd": 256}
 ZERO3_ACCUMULATION = 2
@@ -178,10 +178,11 @@ def test_zero3_checkpoint_grows_only_rank0s_peak_memory(zero3_run):
     """Peak RSS growth of each rank while it saved a checkpoint (the kernel's high-water mark, reset
     before the save, Ray Train's upload included): rank 0 builds the export from the stored shards and
     writes it, so it grows by at least the model's size; rank 1 only writes its own shard from memory it
-    already holds. Its bound, a quarter of the model's fp32 size (6 MiB here), leaves room for what a
-    save costs every rank whatever the model (~3 MiB measured, mostly the upload; DeepSpeed's own
-    save_checkpoint 0.3 MiB) and fails the gather it replaces: with ``save_16bit_model`` rank 1 grew
-    by about half the model (6-7.5 MiB of a 12 MiB one)."""
+    already holds. Its bound, a third of the model's fp32 size (8 MiB here), leaves room for what a
+    save costs every rank whatever the model (2.3-4.3 MiB measured over 5 runs, mostly Ray Train's
+    upload; DeepSpeed's own save_checkpoint 0.3 MiB) and fails any gather of the model into rank 1:
+    a full copy is >= 100 % of it, and ``save_16bit_model``'s layer-by-layer gather grew rank 1 by
+    50-60 % of a 12 MiB model."""
     _, outcome, _ = zero3_run
     params = build_model("gpt", ZERO3_GPT, DataSpec("tokens", vocab_size=VOCAB, seq_len=SEQ))
     model_bytes = sum(p.numel() * p.element_size() for p in params.parameters())
@@ -189,7 +190,7 @@ def test_zero3_checkpoint_grows_only_rank0s_peak_memory(zero3_run):
     print(f"model {model_bytes / 2**20:.1f} MiB; checkpoint peak RSS growth rank 0 {growth[0] / 2**20:.2f} MiB, "
           f"rank 1 {growth[1] / 2**20:.2f} MiB")
     assert growth[0] >= model_bytes  # the measure sees the export
-    assert growth[1] < 0.25 * model_bytes
+    assert growth[1] < model_bytes / 3
 
 
 @pytest.mark.slow
