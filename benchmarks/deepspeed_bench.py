@@ -11,7 +11,9 @@ by ``train.memory`` from the tensors themselves (the target is stage 2 <= 55 % o
 the peak resident memory each variant adds above the process's live memory while it builds
 and trains (``train.memory.rss_window``: the kernel's high-water mark, reset per variant, so
 variants run one after another in one process are measured apart); and the same while it
-saves a checkpoint with the strategy's own ``save`` (ZeRO-3: rank 0 alone gathers the model).
+saves a checkpoint with the strategy's own ``save`` and ``export`` into one folder both ranks
+share, as Ray Train's stored checkpoint is (DeepSpeed: every rank writes its shard, then rank 0
+alone builds ``model.pt`` from the shards on disk; no rank gathers parameters for it).
 
     python benchmarks/deepspeed_bench.py [--precision bf16] [--repeats 5] [--steps 8] [--n-layer 4 --n-embd 256]
 """
@@ -71,9 +73,11 @@ def make_strategy(variant: str, config: Any, device: torch.device):
     return DeepSpeedStrategy(config, device)
 
 
-def run_variant(variant: str, args: argparse.Namespace, device: torch.device, rank: int) -> dict[str, float]:
+def run_variant(variant: str, args: argparse.Namespace, device: torch.device, rank: int,
+                checkpoint_dir: Path) -> dict[str, float]:
     """Build and train one variant inside a memory window, then save one checkpoint inside another."""
     import gc
+    import shutil
 
     from train.memory import rss_window
 
@@ -81,8 +85,13 @@ def run_variant(variant: str, args: argparse.Namespace, device: torch.device, ra
     with rss_window() as training:
         strategy, times = train_variant(variant, args, device, rank)
         report = memory_report_of(strategy)
-    with tempfile.TemporaryDirectory() as tmp, rss_window() as saving:
-        strategy.save(Path(tmp), rank)
+    checkpoint_dir.mkdir(exist_ok=True)
+    with rss_window() as saving:
+        strategy.save(checkpoint_dir, rank)
+        strategy.export(str(checkpoint_dir), rank)
+    dist.barrier()
+    if rank == 0:
+        shutil.rmtree(checkpoint_dir)
     del strategy
     return {"step_time_s": statistics.median(times), **report, "train_peak_growth_bytes": training.growth_bytes,
             "save_peak_growth_bytes": saving.growth_bytes}
@@ -135,7 +144,7 @@ def worker(rank: int, args: argparse.Namespace, port: int, out: str) -> None:
     rows = []
     for repeat in range(args.repeats):
         for variant in VARIANTS:
-            result = run_variant(variant, args, device, rank)
+            result = run_variant(variant, args, device, rank, Path(out).parent / f"checkpoint-{repeat}-{variant}")
             gathered: list[Any] = [None] * WORLD
             dist.all_gather_object(gathered, result)
             if rank == 0:
@@ -214,8 +223,9 @@ def write_report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
                              "copy of their partition, so the fp32 ratio is ~75 %.\n\n"
                              "Peak MiB: the resident memory a variant added above the process's live memory while "
                              "it built and trained (train) or saved one checkpoint with its own save (save), "
-                             "median over repeats per rank (train.memory.rss_window). ZeRO-3's save gathers "
-                             "the model into rank 0 alone, one layer at a time.\n\n"
+                             "median over repeats per rank (train.memory.rss_window). Under DeepSpeed every rank "
+                             "writes its shard and rank 0 alone builds the exported model from the shards on "
+                             "disk.\n\n"
                              "Step time: rank 0's median per repeat, median over repeats. DDP under bf16 is "
                              "autocast over fp32 parameters, while DeepSpeed's bf16 mode casts the weights, so "
                              "bf16 step ratios compare different arithmetic; fp32 ratios compare like with like.")

@@ -6,11 +6,15 @@ A checkpoint is a directory merged by Ray Train from every rank's files:
 - ``train_state.json`` (rank 0): step, epoch, batches consumed in the epoch, world size;
 - ``extras.pt`` (rank 0): loop-owned state such as the LR scheduler;
 - ``rng_rank{r}.pt``: torch/numpy/python (and CUDA) RNG states of rank ``r``;
-- ``COMPLETE_rank{r}.json``: written last by rank ``r``, the sha256 of each of its files.
+- ``COMPLETE_rank{r}.json``: written last by rank ``r``, the sha256 of each of its files;
+- ``COMPLETE_export.json``: where a strategy exports the plain model only after every rank's
+  shards are stored (DeepSpeed: rank 0 consolidates them), the sha256 of ``model.pt``, written
+  into the stored checkpoint after it.
 
 Each rank writes into a fresh temporary directory and hands it to ``ray.train.report``,
 which uploads it and registers the checkpoint only once every rank reported. On load,
-every rank's manifest must be present and every digest must match, so a checkpoint
+every rank's manifest must be present, ``model.pt`` must be vouched for by one, and every
+digest must match, so a checkpoint
 interrupted mid-save (or damaged later) is refused with :class:`CheckpointError` instead
 of loading wrong. When the latest checkpoint is refused that way, the restore falls back to
 the newest older checkpoint of the run that verifies, with a warning, instead of failing the
@@ -48,6 +52,8 @@ STATE_FILE = "train_state.json"
 EXTRAS_FILE = "extras.pt"
 CHECKPOINT_PREFIX = "checkpoint_step"
 REDO_SUFFIX = "-redo"  # a step trained again after a fallback (see Checkpointer)
+EXPORT_MANIFEST = "COMPLETE_export.json"  # model.pt written into the stored checkpoint after the ranks' files
+MODEL_FILE = "model.pt"  # the plain full state_dict every strategy exports (train.strategy re-exports it)
 
 
 class CheckpointError(RaylineError):
@@ -139,15 +145,44 @@ def verify(directory: Path) -> TrainState:
         state = TrainState(**json.loads(state_path.read_text()))
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"checkpoint {directory}: {STATE_FILE} is unreadable ({exc}): incomplete") from None
+    manifests = []
     for rank in range(state.world_size):
         manifest_path = directory / manifest_file(rank)
         if not manifest_path.is_file():
             raise CheckpointError(f"checkpoint {directory} lacks rank {rank}'s manifest: incomplete save")
-        for name, digest in json.loads(manifest_path.read_text()).items():
+        manifests.append(json.loads(manifest_path.read_text()))
+    if (directory / EXPORT_MANIFEST).is_file():
+        manifests.append(json.loads((directory / EXPORT_MANIFEST).read_text()))
+    if not any(MODEL_FILE in manifest for manifest in manifests):
+        raise CheckpointError(f"checkpoint {directory} has no exported {MODEL_FILE}: incomplete save")
+    for manifest in manifests:
+        for name, digest in manifest.items():
             path = directory / name
             if not path.is_file() or _digest(path) != digest:
                 raise CheckpointError(f"checkpoint {directory}: {name} is missing or does not match its digest")
     return state
+
+
+def stored_url(checkpoint: Any) -> str:
+    """Where a ``ray.train.Checkpoint`` is stored, as a URL ``cluster.files`` reads and writes."""
+    from pyarrow.fs import LocalFileSystem, PyFileSystem
+
+    fs, path = checkpoint.filesystem, str(checkpoint.path)
+    if fs is None or isinstance(fs, LocalFileSystem):
+        return path
+    if isinstance(fs, PyFileSystem):  # an fsspec filesystem behind pyarrow (any other URL scheme)
+        protocol = fs.handler.fs.protocol
+        return f"{protocol if isinstance(protocol, str) else protocol[0]}://{path}"
+    return f"{fs.type_name}://{path}"
+
+
+def write_export(url: str, state_dict: dict[str, torch.Tensor]) -> None:
+    """Put ``model.pt`` into the stored checkpoint at ``url``, then its manifest (the export is complete)."""
+    with _storage(Path(tempfile.gettempdir())), tempfile.TemporaryDirectory(prefix="rayline-export-") as tmp:
+        local = Path(tmp) / MODEL_FILE
+        torch.save(state_dict, local)
+        files.upload_tree(Path(tmp), url)
+        files.atomic_write(files.join(url, EXPORT_MANIFEST), json.dumps({MODEL_FILE: _digest(local)}))
 
 
 def latest_complete(run_dir: str | Path) -> Path | None:
@@ -241,6 +276,11 @@ class Checkpointer:
                              checkpoint_dir_name=name)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+        stored = ray.train.get_checkpoint()  # this one, unless Ray skipped the report after a worker failure
+        if stored is not None and str(stored.path).rstrip("/").endswith(f"/{name}"):
+            strategy.export(stored_url(stored), self.rank)
+        else:
+            log.warning("checkpoint %s was not stored (report skipped after a worker failure); no export", name)
 
     def restore(self, strategy: Any, extras: dict[str, Stateful]) -> TrainState | None:
         """The state of the latest reported checkpoint (after a failure or a resubmit), or None."""

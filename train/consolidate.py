@@ -7,10 +7,12 @@ with DeepSpeed's own ``zero_to_fp32``; a stage-0 checkpoint already holds the fu
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import torch
 
+from cluster import files
 from cluster.errors import RaylineError
 
 MODEL_STATES = "mp_rank_00_model_states.pt"
@@ -46,3 +48,12 @@ def consolidated_state_dict(checkpoint_dir: str | Path, tag: str | None = None) 
     else:
         state = torch.load(tag_dir / MODEL_STATES, map_location="cpu", weights_only=False)["module"]
     return {k: (v.float() if v.is_floating_point() else v).contiguous().cpu() for k, v in state.items()}
+
+
+def consolidated_state_dict_at(url: str, tag: str | None = None) -> dict[str, torch.Tensor]:
+    """``consolidated_state_dict`` of a checkpoint on any storage (read in place when local)."""
+    if files.is_local(url):
+        return consolidated_state_dict(files.local_path(url), tag)
+    with tempfile.TemporaryDirectory(prefix="rayline-consolidate-") as tmp:
+        files.download_tree(url, Path(tmp))
+        return consolidated_state_dict(tmp, tag)

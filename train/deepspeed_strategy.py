@@ -12,11 +12,15 @@ and speaks the same interface to the loop and to the one checkpoint component:
   ``backward`` once per micro-batch and ``step`` once per optimizer step, and DeepSpeed's own
   micro-step count advances inside ``backward``;
 - save: every rank writes its ZeRO shard with ``engine.save_checkpoint`` under ``deepspeed/``
-  of its own staging directory (Ray Train merges the ranks' files into one checkpoint), and
-  ``engine.save_16bit_model`` writes the plain full ``model.pt`` every strategy exports — on
-  rank 0 only: under ZeRO-3 it gathers one layer at a time into rank 0 (DeepSpeed's
-  ``stage3_gather_16bit_weights_on_model_save``), so no other rank ever holds the whole model;
-  load: ``engine.load_checkpoint``.
+  of its own staging directory (Ray Train merges the ranks' files into one stored checkpoint);
+- export, the plain full ``model.pt`` every strategy writes: at ZeRO 0–2 every rank holds the
+  whole module, so rank 0 writes it in ``save``; at ZeRO-3, once every rank's shards are stored
+  (one barrier), rank 0 alone builds the fp32 state_dict from those files (``train.consolidate``,
+  DeepSpeed's ``zero_to_fp32``) and writes it into the stored checkpoint (local or object
+  storage). No rank gathers parameters over the network for it, so the other ranks' memory does
+  not grow at a checkpoint (``save_16bit_model`` all-gathered each layer on every rank: rank 1
+  grew by about half the model's size);
+- load: ``engine.load_checkpoint``.
 """
 
 from __future__ import annotations
@@ -30,8 +34,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from train.checkpoint import CheckpointError
+from cluster import files
+from train.checkpoint import CheckpointError, write_export
 from train.config import TrainConfig
+from train.consolidate import consolidated_state_dict_at
 from train.deepspeed_config import DeepSpeedOptionError, DeepSpeedOptions, build_ds_config, resolved
 from train.memory import innermost_optimizer
 from train.strategy import MODEL_FILE, Strategy
@@ -114,7 +120,7 @@ class DeepSpeedStrategy(Strategy):
 
     @property
     def stage(self) -> int:
-        return int(self.ds_config["zero_optimization"]["stage"])
+        return options_of(self.config).stage  # set in one place only (check_config refuses a raw override)
 
     def setup(self, model: nn.Module, optimizer_factory: Callable[[nn.Module], torch.optim.Optimizer]) -> None:
         """Build the engine; DeepSpeed makes the optimizer from the config (``optimizer_factory`` is unused)."""
@@ -156,15 +162,34 @@ class DeepSpeedStrategy(Strategy):
         return float(norm) if norm is not None else float("nan")
 
     def save(self, directory: Path, rank: int) -> list[str]:
-        """Every rank writes its DeepSpeed shard; rank 0 alone writes the plain ``model.pt`` (collective)."""
+        """Every rank writes its DeepSpeed shard (collective); rank 0 the module below ZeRO-3 (else ``export``)."""
         ds_dir = directory / DS_DIR
         before = {p for p in directory.rglob("*") if p.is_file()}
         self.engine.save_checkpoint(str(ds_dir), tag=DS_TAG, save_latest=True)
-        if not self.engine.save_16bit_model(str(directory), MODEL_FILE):  # every rank calls; rank 0 writes
-            raise CheckpointError("DeepSpeed did not export the model: stage3_gather_16bit_weights_on_model_save "
-                                  "is off in the DeepSpeed config")
+        if self.stage < 3 and rank == 0:  # the module's own weights, in its dtype
+            torch.save({k: v.detach().cpu() for k, v in self.raw_model.state_dict().items()}, directory / MODEL_FILE)
         written = sorted(p for p in directory.rglob("*") if p.is_file() and p not in before)
         return [str(p.relative_to(directory)) for p in written]
+
+    def after_evaluation(self) -> None:
+        """ZeRO-3: partition the parameters again (every rank). After a training step DeepSpeed's prefetcher
+        keeps each parameter gathered by a forward-only pass until its last use in the recorded
+        forward+backward trace, which evaluation never reaches, so every rank would hold the whole
+        model through the checkpoint save and into the next step."""
+        if self.stage == 3:
+            self.engine.empty_partition_cache()
+
+    def export(self, stored_url: str, rank: int) -> None:
+        """ZeRO-3: rank 0 consolidates the stored shards into ``model.pt`` once every rank's upload is done
+        (collective)."""
+        import torch.distributed as dist
+
+        if self.stage < 3:
+            return
+        if dist.is_initialized():
+            dist.barrier()  # each rank's report returns once its own files are stored
+        if rank == 0:
+            write_export(stored_url, consolidated_state_dict_at(files.join(stored_url, DS_DIR), tag=DS_TAG))
 
     def load(self, directory: Path, rank: int) -> None:
         ds_dir = directory / DS_DIR

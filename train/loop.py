@@ -150,6 +150,7 @@ def evaluate(strategy: Strategy, task: Any, data: RankBatches, limit: int | None
             for key, value in task.sums(model, x, y, valid).items():
                 sums[key] += value
     model.train()
+    strategy.after_evaluation()
     if torch.distributed.is_initialized():
         packed = torch.tensor([sums[k] for k in task.sum_keys], dtype=torch.float64)
         torch.distributed.all_reduce(packed)

@@ -9,7 +9,9 @@ outside. The train loop only calls this interface, so adding DeepSpeed is one mo
 - ``save(directory, rank)`` / ``load(directory, rank)``: this strategy's part of a checkpoint
   (model, optimizer, loss scaler, communication state) — the checkpoint component does the rest;
   every strategy writes a plain, full ``state_dict`` to ``MODEL_FILE`` from rank 0 only (no other
-  rank builds a full copy), which is what gets exported to MLflow;
+  rank builds a full copy), which is what gets exported to MLflow — in ``save`` or, where the
+  full model exists only once every rank's files are stored, in ``export`` (collective, after
+  Ray Train stored the checkpoint);
 - ``comm_bytes()``: bytes the last steps would send uncompressed vs sent.
 """
 
@@ -24,9 +26,9 @@ import torch
 from torch import nn
 
 from train import compression
+from train.checkpoint import MODEL_FILE
 from train.config import TrainConfig, TrainConfigError
 
-MODEL_FILE = "model.pt"
 OPTIMIZER_FILE = "optimizer.pt"
 SCALER_FILE = "scaler.pt"
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -73,6 +75,14 @@ class Strategy(ABC):
 
     @abstractmethod
     def load(self, directory: Path, rank: int) -> None: ...
+
+    def after_evaluation(self) -> None:
+        """Free what evaluation's forwards left behind (collective where the strategy needs it)."""
+        return None
+
+    def export(self, stored_url: str, rank: int) -> None:
+        """After every rank's ``save`` is stored at ``stored_url``: write ``MODEL_FILE`` there if ``save`` did not."""
+        return None
 
     def autocast(self) -> contextlib.AbstractContextManager:
         dtype = AUTOCAST_DTYPES.get(self.config.precision)
