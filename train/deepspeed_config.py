@@ -243,8 +243,6 @@ def _zero_section(options: DeepSpeedOptions, device: Device) -> dict[str, Any]:
         zero["zero_quantized_gradients"] = True
     if options.zero_hpz_partition_size > 1:
         zero["zero_hpz_partition_size"] = options.zero_hpz_partition_size
-    if options.stage == 3:  # the export gathers one layer at a time into rank 0 (engine.save_16bit_model)
-        zero["stage3_gather_16bit_weights_on_model_save"] = True
     if options.stage >= 2 and device == "cuda":
         zero.setdefault("overlap_comm", True)
     return zero
