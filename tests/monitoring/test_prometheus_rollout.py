@@ -202,7 +202,9 @@ def test_every_metric_the_shipped_dashboards_and_alerts_query_is_in_the_live_scr
     referenced = referenced_metric_names(docs)
     exported_after(prometheus, rollout)
     live = prometheus.metric_names()
-    missing = referenced - live
+    # The language-model dashboard's names come from generation replicas, which this tabular rollout does
+    # not run: tests/serve/test_llm_openai.py checks them against its own live scrape.
+    missing = {name for name in referenced - live if not name.startswith("ray_rayline_llm_")}
     has_gpu = ray.cluster_resources().get("GPU", 0) > 0
     record("monitoring: dashboard names", referenced=len(referenced), missing=sorted(missing), gpu=has_gpu)
     assert not (missing if has_gpu else missing - GPU_ONLY), f"queried but not scraped: {sorted(missing)}"

@@ -20,8 +20,11 @@ import openai
 import pytest
 import torch
 
+from tests.helm.metric_names import metric_names_in_expr
 from tests.serve.helpers import wait_for
 from tests.serve.llm_helpers import PROMPTS, TinyLM, build_tiny_lm, register_lm
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -234,17 +237,19 @@ def test_concurrent_streams_all_complete(llm, reference):
 
 def test_token_metrics_reach_rays_metrics_port(llm, ray_metrics_port):
     """TTFT, inter-token latency, tokens in/out and the mean log-prob, per model and version, as Prometheus
-    scrapes them from Ray's metrics port (what the rollout controller will gate on)."""
+    scrapes them from Ray's metrics port: every name the shipped language-model Grafana dashboard queries."""
     llm.client.completions.create(model=llm.model, prompt=PROMPTS[5], max_tokens=8, temperature=0)
     with pytest.raises(openai.BadRequestError):
         llm.client.completions.create(model=llm.model, prompt=PROMPTS[5], max_tokens=8, n=2)
-    names = ("ttft_seconds_count", "inter_token_seconds_count", "output_tokens_total", "prompt_tokens_total",
-             "mean_neg_logprob_count", "errors_total")
+    dashboard = json.loads((ROOT / "helm" / "rayline" / "dashboards" / "llm.json").read_text())
+    names = {name for panel in dashboard["panels"] for target in panel["targets"]
+             for name in metric_names_in_expr(target["expr"])}
+    assert len(names) >= 8 and all(name.startswith("ray_rayline_llm_") for name in names), names
 
     def exported() -> bool:
         text = httpx.get(f"http://127.0.0.1:{ray_metrics_port}/metrics", timeout=5).text
         mine = [line for line in text.splitlines() if f'model="{llm.model}"' in line and 'version="' in line]
-        return all(any(line.startswith(f"ray_rayline_llm_{name}") for line in mine) for name in names)
+        return all(any(line.startswith(name + "{") for line in mine) for name in names)
 
     wait_for(exported, timeout_s=30, every_s=1)
 
