@@ -91,6 +91,26 @@ def test_placement_and_resolve_options_reach_the_serve_app(renderer) -> None:
     assert "max_replicas_per_node" not in default["args"] and "controller_resources" not in default["args"]
 
 
+def test_a_language_model_is_a_second_serve_app_whose_args_the_llm_server_accepts(renderer) -> None:
+    """``serving.llm`` adds the OpenAI-API application beside the tabular one, its args through the real
+    ``LLMServeConfig`` and its module's ``build_app``; enabled without a model, the chart refuses to render."""
+    from deployments.llm.server import LLMServeConfig
+
+    def llm(values: dict[str, Any]) -> None:
+        values["serving"]["llm"].update(enabled=True, model="models:/pystdlib-gpt@champion", maxActive=8)
+
+    tabular, language = serve_apps(renderer.render(renderer.values(llm)))
+    assert tabular["route_prefix"] == "/" and language["route_prefix"] == "/llm"
+    module, _, attr = language["import_path"].partition(":")
+    assert attr in top_level_functions(module_file(module))
+    cfg = LLMServeConfig(**language["args"])
+    assert (cfg.model, cfg.max_active, cfg.tracking_uri) == ("models:/pystdlib-gpt@champion", 8,
+                                                            tabular["args"]["tracking_uri"])
+    assert len(serve_apps(renderer.render())) == 1  # off by default
+    refused = renderer.error(renderer.values(lambda v: v["serving"]["llm"].update(enabled=True)))
+    assert "llm" in refused and "model" in refused
+
+
 @pytest.mark.parametrize("example", list(EXAMPLES))
 def test_serve_app_state_dir_is_on_a_claim_mounted_in_every_serving_pod(rendered: dict[str, Manifest],
                                                                         example: str) -> None:
