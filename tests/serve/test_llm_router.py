@@ -10,28 +10,58 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
+from cluster.registry import Registry
 from deployments.contracts import BASELINE, CANDIDATE, HEADER_FORCE, HEADER_STICKY, HEADER_VARIANT, HEADER_VERSION
-from tests.serve.helpers import ServeApp, admin_ok, running_app, wait_for, wait_for_traffic
+from tests.serve.helpers import (
+    TERMINAL,
+    ServeApp,
+    admin_ok,
+    champion_version,
+    phase,
+    running_app,
+    spec,
+    wait_for,
+    wait_for_traffic,
+)
 from tests.serve.llm_helpers import PROMPTS, TinyLM, build_tiny_lm, register_lm
+from tests.serve.test_rollout import Load
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 SPEC = TinyLM(context=512)   # room for a stream long enough to see its first token arrive well before its end
+FIGURES = {"dataset": "lm-test", "dataset_version": "v1", "val_loss": "2.5"}
+SLOW_FIRST_TOKEN_S = 0.1     # the slow candidate's added wait: 3x and more the tiny model's TTFT here
+LM_GATES = {"max_error_rate": 0.05, "min_requests_per_check": 5, "confidence": 0.95,
+            "max_latency_ratio_vs_baseline": 2.0}   # latency: the router records TTFT for LM requests
 
 
 @pytest.fixture(scope="module")
-def lm_app(serve_url: str, settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeApp]:
-    """The router app over v1 (baseline) and v2 (candidate) of a tiny GPT, split 50/50 without a controller."""
+def lm_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_lm(tmp_path_factory.mktemp("tiny-lm"), SPEC)
+
+
+def register_two(settings, folder: Path) -> str:
+    """A new model: the tiny GPT as v1 @champion and again as v2 @challenger, both tagged with the same
+    validation figures (what the rollout's quality gate reads); returns its name."""
     name = f"lm-{uuid.uuid4().hex[:6]}"
-    folder = build_tiny_lm(tmp_path_factory.mktemp("tiny-lm"), SPEC)
-    register_lm(settings, name, folder, alias="champion")
-    register_lm(settings, name, folder, alias="challenger")
-    with running_app(serve_url, settings, name, kind="llm", controller=False,
+    registry = Registry(settings)
+    for alias in ("champion", "challenger"):
+        version = register_lm(settings, name, folder, alias=alias)
+        for key, value in FIGURES.items():
+            registry.set_version_tag(name, version, key, value)
+    return name
+
+
+@pytest.fixture(scope="module")
+def lm_app(serve_url: str, settings, lm_folder: Path) -> Iterator[ServeApp]:
+    """The router app over v1 (baseline) and v2 (candidate) of a tiny GPT, split 50/50 without a controller."""
+    with running_app(serve_url, settings, register_two(settings, lm_folder), kind="llm", controller=False,
                      traffic={BASELINE: 0.5, CANDIDATE: 0.5}, llm={"max_active": 8}) as app:
         yield app
 
@@ -171,3 +201,43 @@ def test_models_lists_the_model_and_the_version_of_each_variant(lm_app, client):
     listed = client.models.list()
     assert [m.id for m in listed.data] == [lm_app.model]
     assert listed.data[0].model_extra["versions"] == lm_app.versions
+
+
+# ---- canary rollouts of language models: the same controller, gating on TTFT ------------------------------------
+
+class CompletionLoad(Load):
+    """Streamed completions from a few threads (each user sticky); every response's variant and status kept."""
+
+    def send(self, i: int) -> httpx.Response:
+        body = {"model": self.app.model, "prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": 2, "stream": True,
+                "user": f"user-{i % 50}"}
+        with self.app.client.stream("POST", f"{self.app.url}/v1/completions", json=body) as response:
+            response.read()
+        return response
+
+
+def canary(app: ServeApp) -> dict:
+    """Run a 50/100 % canary of challenger over champion under load to its end; the final rollout status."""
+    with CompletionLoad(app) as load:
+        admin_ok(app, "POST", "/admin/rollout/start", {
+            "spec": spec(app, steps=[50, 100], thresholds=LM_GATES, quality={"metric": "val_loss"}), "actor": "ci"})
+        wait_for(lambda: phase(app) in TERMINAL, timeout_s=60, every_s=0.25)
+    assert any(v == CANDIDATE and code == 200 for _, v, code in load.served), "the candidate served traffic"
+    return admin_ok(app, "GET", "/admin/rollout")["rollout"]
+
+
+def test_a_candidate_with_a_slow_first_token_is_rolled_back_automatically(serve_url, settings, lm_folder):
+    """The candidate's first token comes ``SLOW_FIRST_TOKEN_S`` late (an explicit fault option of the app)."""
+    with running_app(serve_url, settings, register_two(settings, lm_folder), kind="llm",
+                     llm={"first_token_delay_s": {CANDIDATE: SLOW_FIRST_TOKEN_S}}) as app:
+        rollout = canary(app)
+    assert rollout["phase"] == "rolled_back", rollout
+    assert "latency" in rollout["decision"]["reason"] and rollout["decision"]["actor"] == "controller"
+    assert champion_version(app) == app.versions[BASELINE]
+
+
+def test_a_healthy_candidate_is_promoted_and_the_champion_alias_moves(serve_url, settings, lm_folder):
+    with running_app(serve_url, settings, register_two(settings, lm_folder), kind="llm") as app:
+        rollout = canary(app)
+    assert rollout["phase"] == "succeeded", rollout
+    assert champion_version(app) == app.versions[CANDIDATE]
