@@ -237,11 +237,7 @@ class Router:
             variant, key = self._variant(request, instances, self.options.get("sticky_field"))
         except PayloadError as exc:
             return json_error(exc.status, exc.field, exc.message, headers)
-        headers[HEADER_VARIANT] = variant
-        headers[HEADER_VERSION] = self.versions.get(variant, "")
-        _, shadow, _ = self._routing()
-        if shadow and shadow != variant and shadow in self.servers:
-            self._send_shadow(lambda: self._shadow_predict(shadow, instances))
+        self._served_by(variant, headers, lambda shadow: self._shadow_predict(shadow, instances))
         status, body = await self._call(variant, instances)
         self.recorder.record(variant, body.get("version") or self.versions.get(variant), status,
                              time.perf_counter() - started, body.pop("metrics", None), key=key)
@@ -374,6 +370,14 @@ class Router:
             response.cancel()
             raise
 
+    def _served_by(self, variant: str, headers: dict[str, str], copy: Callable[[str], Awaitable[None]]) -> None:
+        """Name ``variant`` and its version in ``headers``; ``copy(shadow)`` runs when another variant shadows."""
+        headers[HEADER_VARIANT] = variant
+        headers[HEADER_VERSION] = self.versions.get(variant, "")
+        _, shadow, _ = self._routing()
+        if shadow and shadow != variant and shadow in self.servers:
+            self._send_shadow(lambda: copy(shadow))
+
     def _send_shadow(self, run: Callable[[], Awaitable[None]]) -> None:
         """Run a shadow copy (``run`` calls a variant and records it as shadow) in the background; its response
         is dropped. Past ``max_shadow_in_flight`` copies the copy is dropped, never queued."""
@@ -444,11 +448,7 @@ class Router:
             variant, key = self._variant(request, [body] if isinstance(body, dict) else [], STICKY_USER_FIELD)
         except PayloadError as exc:
             return openai_error(exc.status, exc.message, exc.field, headers)
-        headers[HEADER_VARIANT] = variant
-        headers[HEADER_VERSION] = self.versions.get(variant, "")
-        _, shadow, _ = self._routing()
-        if shadow and shadow != variant and shadow in self.servers:
-            self._send_shadow(lambda: self._shadow_generate(shadow, kind, body))
+        self._served_by(variant, headers, lambda shadow: self._shadow_generate(shadow, kind, body))
         relay = Relay(variant, started)
         try:
             head, stream = await self._open_stream(variant, kind, body)

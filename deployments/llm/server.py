@@ -8,7 +8,11 @@ replica) and runs one :class:`~deployments.llm.engine.Engine`, whose loop decode
 request together. Every response names the version (``x-rayline-version`` and the first stream
 event's ``rayline`` object).
 
-The seam for a router in front: :meth:`LLMServer.respond` is a streaming method a
+:class:`LLMModel` is the model, engine and ``respond`` without HTTP; :class:`LLMServer` adds the routes
+(an app of its own) and ``LLMVariant`` is the model as a plain deployment, a version behind the router
+(``kind: llm``: the router is its app's one HTTP ingress).
+
+The seam for a router in front: :meth:`LLMModel.respond` is a streaming method a
 ``DeploymentHandle`` can call (``handle.options(stream=True).respond.remote("chat", body)``); it
 yields one head ``{"status", "headers", "stream"}`` and then the body as text pieces (server-sent
 events when streaming, one JSON document otherwise). The HTTP routes here are themselves written on
