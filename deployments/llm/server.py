@@ -110,6 +110,11 @@ class LLMModel:
         return {"model": self.info.name, "version": self.info.version, "variant": self.labels["variant"],
                 "kind": "llm", "fields": []}
 
+    async def engine_stats(self) -> dict[str, Any]:
+        """The decode batch now (active, waiting, cancelled, ...) with the limits and labels."""
+        return {**self.engine.stats.as_dict(), "max_active": self.engine.max_active,
+                "max_waiting": self.engine.max_waiting, **self.labels}
+
     # ---- the seam: one streaming method for HTTP and handles ------------------------------------------
 
     async def respond(self, kind: str, body: Any) -> AsyncIterator[Any]:
@@ -209,8 +214,7 @@ class LLMServer(LLMModel):
 
     @api.get("/v1/engine/stats")
     async def stats(self) -> JSONResponse:
-        return JSONResponse({**self.engine.stats.as_dict(), "max_active": self.engine.max_active,
-                             "max_waiting": self.engine.max_waiting, **self.labels}, headers=self.headers)
+        return JSONResponse(await self.engine_stats(), headers=self.headers)
 
     @api.post("/v1/completions")
     async def completions(self, request: Request) -> Response:

@@ -162,6 +162,21 @@ def test_a_stream_is_relayed_as_it_is_generated_not_buffered(lm_app):
     assert first_s < total_s / 3, (first_s, total_s)
 
 
+def test_a_client_that_leaves_a_routed_stream_stops_its_generation(lm_app):
+    """The router passes the disconnect on: the variant's engine drops the sequence (``cancelled``), no slot held."""
+    from ray import serve
+
+    engine = serve.get_deployment_handle(f"llm-{CANDIDATE}", lm_app.name).engine_stats
+    before = engine.remote().result()["cancelled"]
+    body = {"model": lm_app.model, "prompt": PROMPTS[0], "max_tokens": 480, "temperature": 0, "stream": True}
+    with lm_app.client.stream("POST", f"{lm_app.url}/v1/completions", json=body,
+                              headers={HEADER_FORCE: CANDIDATE}) as response:
+        events = (line for line in response.iter_lines() if line.startswith("data:"))
+        next(events), next(events)
+    wait_for(lambda: engine.remote().result()["active"] == 0, timeout_s=5, every_s=0.05)
+    assert engine.remote().result()["cancelled"] == before + 1   # stopped, not run to max_tokens
+
+
 def test_shadow_copies_are_generated_and_recorded_but_never_answer(lm_app, client, lm_split):
     lm_split({BASELINE: 1.0}, shadow=CANDIDATE)
     for i in range(6):
