@@ -10,8 +10,8 @@ One script, one machine, side by side, same model, same prompts, same ``max_toke
   request at a time with ``model.generate`` (a streamer records the first token). With
   ``concurrency`` closed-loop clients in front of a one-at-a-time server, request ``j`` arrives
   when request ``j - concurrency`` finished, so its TTFT includes its wait in the queue.
-- (c) ``--router-url``: the same streaming client against the router (issue 18, item 3, comes
-  later): pass the router's base URL and a third row is measured the same way.
+- (c) ``--router``: the same streaming client against the router app (``kind: llm``, this model as its
+  one variant, deployed here beside the deployment), or ``--router-url`` for a router already running.
 
 Each repeat runs every concurrency for every path in turn (paths alternate); ``requests`` per run is
 ``max(8, 2 × concurrency)``. tokens/s = completion tokens / wall time of the run; TTFT p50/p99 over
@@ -138,6 +138,22 @@ def _deploy(settings, folder: Path, port: int, max_active: int, torch_threads: i
     return f"http://127.0.0.1:{port}/llm", name
 
 
+def _deploy_router(settings, name: str, port: int, max_active: int, torch_threads: int) -> str:
+    """Row (c): the router app (``kind: llm``, the registered model as its only variant, no controller) beside
+    the deployment on the same Serve; the same replica size and engine limits as the deployment's."""
+    from ray import serve
+
+    from deployments.app import build
+    from deployments.serve_config import parse_config
+
+    cfg = parse_config({"model_name": name, "kind": "llm", "baseline": f"models:/{name}@champion",
+                        "tracking_uri": str(settings.mlflow_tracking_uri), "state_dir": str(settings.state_dir),
+                        "controller": False, "num_cpus": 1, "router_num_cpus": 0.25,
+                        "llm": {"max_active": max_active, "max_waiting": 256, "torch_threads": torch_threads}})
+    serve.run(build(cfg), name="router", route_prefix="/router")
+    return f"http://127.0.0.1:{port}/router"
+
+
 def _row(path: str, concurrency: int, repeat: int, result: dict) -> dict:
     return {"path": path, "concurrency": concurrency, "repeat": repeat, "requests": len(result["ttfts"]),
             "tokens": result["tokens"], "wall_s": result["wall"], "tokens_per_s": result["tokens"] / result["wall"],
@@ -173,6 +189,7 @@ def main() -> None:
     parser.add_argument("--torch-threads", type=int, default=os.cpu_count() or 1,
                         help="torch threads in the replica and the baseline alike")
     parser.add_argument("--router-url", help="row (c): the router's base URL serving /v1/completions for the model")
+    parser.add_argument("--router", action="store_true", help="row (c): deploy the router app (kind: llm) here")
     args = parser.parse_args()
     if args.repeats < MIN_REPEATS:
         parser.error(f"--repeats must be >= {MIN_REPEATS}")
@@ -195,9 +212,12 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     settings, mlflow_proc = start_stack(work / "stack")
     try:
-        url, name = _deploy(settings, folder, free_port(), args.max_active, args.torch_threads)
-        targets = {DEPLOYMENT: url, **({ROUTER: args.router_url} if args.router_url else {})}
-        paths = [DEPLOYMENT, BASELINE, *([ROUTER] if args.router_url else [])]
+        port = free_port()
+        url, name = _deploy(settings, folder, port, args.max_active, args.torch_threads)
+        router_url = args.router_url or (
+            _deploy_router(settings, name, port, args.max_active, args.torch_threads) if args.router else None)
+        targets = {DEPLOYMENT: url, **({ROUTER: router_url} if router_url else {})}
+        paths = [DEPLOYMENT, BASELINE, *([ROUTER] if router_url else [])]
         asyncio.run(_http_run(url, name, prompts, 2, args.max_tokens))                 # warm-up
         _baseline_run(model, tokenizer, prompts, 2, args.max_tokens)
         report = Report("llm-serve", f"GPT-2 {args.layers}x{args.dims} (context 512, vocab {spec.vocab}), "

@@ -24,7 +24,7 @@ from cluster.registry import Registry
 from cluster.settings import load_settings
 from deployments.model_server import ModelServer, ref_model
 from deployments.router import Router
-from deployments.serve_config import ServeAppConfig, parse_config
+from deployments.serve_config import MODEL_PREFIX, ServeAppConfig, parse_config
 from deployments.static_traffic import StaticTraffic, normalise
 
 CONTROLLER_MODULE = "deployments.controller"
@@ -66,6 +66,22 @@ def model_server(cfg: ServeAppConfig, variant: str, uri: str, version: str | Non
     ).bind(**model_args(cfg, variant, uri, version, tracking_uri, unresolved))
 
 
+def llm_server(cfg: ServeAppConfig, variant: str, version: str, tracking_uri: str) -> Application:
+    """The bound generation deployment of one variant of a language model (``kind: llm``), pinned to ``version``."""
+    from deployments.llm.server import LOGGING, LLMVariant
+
+    llm = cfg.llm
+    return LLMVariant.options(
+        name=f"llm-{variant}",
+        num_replicas=cfg.replicas,
+        ray_actor_options=cfg.actor_options(cfg.num_cpus),
+        logging_config=LOGGING,
+        **cfg.placement,
+    ).bind(f"{MODEL_PREFIX}{cfg.model_name}/{version}", tracking_uri, variant, llm.max_active, llm.max_waiting,
+           llm.max_tokens_limit, int(cfg.retry_after_s) or 1, llm.torch_threads,
+           llm.first_token_delay_s.get(variant, 0.0))
+
+
 def build(cfg: ServeAppConfig, admin_token: str | None = None, predict_token: str | None = None) -> Application:
     """The application for ``cfg``; tokens default to the environment variables the config names."""
     settings = load_settings(mlflow_tracking_uri=cfg.tracking_uri)
@@ -83,7 +99,12 @@ def build(cfg: ServeAppConfig, admin_token: str | None = None, predict_token: st
             uri, version = info.uri, info.version
             versions[variant] = info.version
         except RegistryError as exc:   # no such alias/model yet, or MLflow away: the model server waits for it
+            if cfg.kind == "llm":   # a language model's server loads its version at start: it must exist
+                raise ConfigError(f"{variant} {ref} does not resolve: {str(exc).splitlines()[0]}") from None
             unresolved = str(exc).splitlines()[0]
+        if cfg.kind == "llm":
+            servers[variant] = llm_server(cfg, variant, versions[variant], tracking_uri)
+            continue
         servers[variant] = (model_args if cfg.colocate else model_server)(cfg, variant, uri, version,
                                                                           tracking_uri, unresolved)
     managed = cfg.controller
@@ -106,6 +127,7 @@ def build(cfg: ServeAppConfig, admin_token: str | None = None, predict_token: st
     predict = predict_token or os.environ.get(cfg.predict_token_env) or _secret(settings.serve_predict_token)
     options = {
         "managed": managed,
+        "kind": cfg.kind,
         "initial_traffic": None if managed else {"weights": normalise(cfg.traffic or {"baseline": 1.0}, cfg.variants),
                                                  "shadow": cfg.shadow},
         "sticky_field": cfg.sticky_field,

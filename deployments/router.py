@@ -23,10 +23,11 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import SecretStr
 from ray import serve
 from ray.exceptions import RayActorError
@@ -51,6 +52,7 @@ from deployments.contracts import (
     Traffic,
 )
 from deployments.feedback import FeedbackBody, FeedbackStore, GroupCommit, SeenKeys, count, outcomes, parse_body, record
+from deployments.llm.relay import STICKY_USER_FIELD, CallFailed, Relay, openai_error
 from deployments.openapi import document as openapi_document
 from deployments.payload import PayloadError, check_size, install_json_errors, json_error, parse_instances, parse_json
 from deployments.request_ids import RequestIdError, Served, derive_key, issue, verify
@@ -121,6 +123,9 @@ class Router:
         self.servers = {v: load_local(s) if isinstance(s, dict) else s for v, s in servers.items()}
         self._predict = {v: h.options(method_name="predict", **options.get("model_call_options", {}))
                          for v, h in self.servers.items()}  # one per call path
+        self.kind = options.get("kind", "tabular")
+        self._respond = ({v: h.options(stream=True, method_name="respond") for v, h in self.servers.items()}
+                         if self.kind == "llm" else {})   # a language model's streaming seam, per variant
         self.versions = versions
         self.waiting = set(self.servers) - set(versions)   # model servers still waiting for their reference
         self.controller = controller
@@ -222,18 +227,17 @@ class Router:
         headers = {HEADER_TRACE: trace_id, "traceparent": make_traceparent(trace_id)}
         if (refused := self._refuse_caller(name, request, headers)) is not None:
             return refused
+        if self.kind == "llm":
+            return json_error(404, "model", f"{self.model_name!r} is a language model: POST /v1/completions or "
+                                            "/v1/chat/completions", headers)
         try:
             check_size(request.headers.get("content-length"), self.options["max_body_bytes"])
             instances = parse_instances(await request.body(), self.options["max_body_bytes"],
                                         self.options["max_instances"])
-            variant, key = self._variant(request, instances)
+            variant, key = self._variant(request, instances, self.options.get("sticky_field"))
         except PayloadError as exc:
             return json_error(exc.status, exc.field, exc.message, headers)
-        headers[HEADER_VARIANT] = variant
-        headers[HEADER_VERSION] = self.versions.get(variant, "")
-        _, shadow, _ = self._routing()
-        if shadow and shadow != variant and shadow in self.servers:
-            self._send_shadow(shadow, instances)
+        self._served_by(variant, headers, lambda shadow: self._shadow_predict(shadow, instances))
         status, body = await self._call(variant, instances)
         self.recorder.record(variant, body.get("version") or self.versions.get(variant), status,
                              time.perf_counter() - started, body.pop("metrics", None), key=key)
@@ -306,7 +310,8 @@ class Router:
             raise PayloadError(exc.status, "request_id", str(exc)) from None
         return body, served, outcomes(served, body)
 
-    def _variant(self, request: Request, instances: list[dict[str, Any]]) -> tuple[str, str | None]:
+    def _variant(self, request: Request, instances: list[dict[str, Any]],
+                 sticky_field: str | None) -> tuple[str, str | None]:
         """(variant, sticky key or None): the key also goes into the windows, so A/B tests count users."""
         forced = request.headers.get(HEADER_FORCE)
         if forced:
@@ -316,7 +321,7 @@ class Router:
         routed, _, _ = self._routing()
         weights = {v: w for v, w in routed.items()
                    if v in self.servers and v not in self.waiting} or {BASELINE: 1.0}   # no model yet: no traffic
-        key = sticky_key(request.headers.get(HEADER_STICKY), instances, self.options.get("sticky_field"))
+        key = sticky_key(request.headers.get(HEADER_STICKY), instances, sticky_field)
         return choose(weights, key, salt=self.model_name), key
 
     async def _call(self, variant: str, instances: list[dict[str, Any]], retries: int = REPLICA_DEATH_RETRIES,
@@ -334,18 +339,26 @@ class Router:
             if retries > 0 and time.monotonic() < deadline:
                 logger.warning("replica of %s died before answering (%s); retrying", variant, type(exc).__name__)
                 return await self._call(variant, instances, retries - 1, deadline)
-            return 503, _error(503, f"{variant} replica failed: {type(exc).__name__}")
-        except TimeoutError:
-            return 504, _error(504, f"{variant} did not answer within {self.options['request_timeout_s']} s")
-        except BackPressureError as exc:
-            return 503, _error(503, f"{variant} is overloaded: {exc}")
-        except DeploymentUnavailableError as exc:
-            return 503, _error(503, f"{variant} is unavailable: {exc}")
-        except Exception as exc:  # any other failure is a 503 for this request, not a router crash
-            logger.warning("call to %s failed: %s", variant, exc)
-            return 503, _error(503, f"{variant} replica failed: {type(exc).__name__}")
+            status, message = self._failure(variant, exc)
+            return status, _error(status, message)
+        except Exception as exc:  # any other failure is a 5xx for this request, not a router crash
+            status, message = self._failure(variant, exc)
+            return status, _error(status, message)
         status = int(result.pop("status"))
         return status, result
+
+    def _failure(self, variant: str, exc: BaseException) -> tuple[int, str]:
+        """A model call's exception → (503/504, one line): what the caller gets instead of a router crash."""
+        if isinstance(exc, RayActorError):
+            return 503, f"{variant} replica failed: {type(exc).__name__}"
+        if isinstance(exc, TimeoutError):
+            return 504, f"{variant} did not answer within {self.options['request_timeout_s']} s"
+        if isinstance(exc, BackPressureError):
+            return 503, f"{variant} is overloaded: {exc}"
+        if isinstance(exc, DeploymentUnavailableError):
+            return 503, f"{variant} is unavailable: {exc}"
+        logger.warning("call to %s failed: %s", variant, exc)
+        return 503, f"{variant} replica failed: {type(exc).__name__}"
 
     async def _call_once(self, variant: str, instances: list[dict[str, Any]], deadline: float) -> dict[str, Any]:
         """One attempt at the model call, cancelled when ``deadline`` (monotonic) passes."""
@@ -357,24 +370,147 @@ class Router:
             response.cancel()
             raise
 
-    def _send_shadow(self, variant: str, instances: list[dict[str, Any]]) -> None:
-        """Copy the request to ``variant`` in the background; its response is recorded, then dropped."""
+    def _served_by(self, variant: str, headers: dict[str, str], copy: Callable[[str], Awaitable[None]]) -> None:
+        """Name ``variant`` and its version in ``headers``; ``copy(shadow)`` runs when another variant shadows."""
+        headers[HEADER_VARIANT] = variant
+        headers[HEADER_VERSION] = self.versions.get(variant, "")
+        _, shadow, _ = self._routing()
+        if shadow and shadow != variant and shadow in self.servers:
+            self._send_shadow(lambda: copy(shadow))
+
+    def _send_shadow(self, run: Callable[[], Awaitable[None]]) -> None:
+        """Run a shadow copy (``run`` calls a variant and records it as shadow) in the background; its response
+        is dropped. Past ``max_shadow_in_flight`` copies the copy is dropped, never queued."""
         if self._shadow_in_flight >= self.options.get("max_shadow_in_flight", 64):
             return
         self._shadow_in_flight += 1
 
         async def shadow() -> None:
-            started = time.perf_counter()
             try:
-                status, body = await self._call(variant, instances)
-                self.recorder.record(variant, body.get("version") or self.versions.get(variant), status,
-                                     time.perf_counter() - started, body.get("metrics"), shadow=True)
+                await run()
             finally:
                 self._shadow_in_flight -= 1
 
         task = asyncio.get_running_loop().create_task(shadow())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _shadow_predict(self, variant: str, instances: list[dict[str, Any]]) -> None:
+        started = time.perf_counter()
+        status, body = await self._call(variant, instances)
+        self.recorder.record(variant, body.get("version") or self.versions.get(variant), status,
+                             time.perf_counter() - started, body.get("metrics"), shadow=True)
+
+    # ---------------------------------------------------------------- language models (kind: llm)
+    @api.post("/v1/completions")
+    async def completions(self, request: Request) -> Response:
+        return await self._generate("completion", request)
+
+    @api.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._generate("chat", request)
+
+    @api.get("/v1/models")
+    async def list_models(self, request: Request) -> Response:
+        """OpenAI's model list: the one model this app serves, with the version each variant serves."""
+        if (refused := self._refuse_generation(request, {})) is not None:
+            return refused
+        card = {"id": self.model_name, "object": "model", "created": 0, "owned_by": "rayline",
+                "versions": dict(self.versions)}
+        return JSONResponse({"object": "list", "data": [card]})
+
+    def _refuse_generation(self, request: Request, headers: dict[str, str]) -> Response | None:
+        """Not a language model here (404), or the predict bearer token missing (401): OpenAI's error shape."""
+        if self.kind != "llm":
+            return openai_error(404, f"{self.model_name!r} is a tabular model: POST /v1/models/{self.model_name}"
+                                     ":predict", "model", headers)
+        if self.predict_token is not None and not _bearer_ok(request, self.predict_token):
+            return openai_error(401, "missing or wrong bearer token (the client's api_key)", None,
+                                {**headers, "WWW-Authenticate": "Bearer"})
+        return None
+
+    async def _generate(self, kind: str, request: Request) -> Response:
+        """Route one completion/chat request to a variant and pass its ``LLMServer.respond`` stream through.
+
+        Sticky by the OpenAI ``user`` field (or the sticky header), forced by the force header, weighted
+        otherwise, a shadow copy to the shadow variant. Streams are relayed piece by piece as the model
+        yields them (no buffering). The windows get the status and, as latency, the time to the first token.
+        """
+        self._ensure_loops()
+        started = time.perf_counter()
+        trace_id = parse_traceparent(request.headers.get("traceparent")) or new_trace_id()
+        headers = {HEADER_TRACE: trace_id, "traceparent": make_traceparent(trace_id)}
+        if (refused := self._refuse_generation(request, headers)) is not None:
+            return refused
+        try:
+            check_size(request.headers.get("content-length"), self.options["max_body_bytes"])
+            body = parse_json(await request.body(), self.options["max_body_bytes"])
+            variant, key = self._variant(request, [body] if isinstance(body, dict) else [], STICKY_USER_FIELD)
+        except PayloadError as exc:
+            return openai_error(exc.status, exc.message, exc.field, headers)
+        self._served_by(variant, headers, lambda shadow: self._shadow_generate(shadow, kind, body))
+        relay = Relay(variant, started)
+        try:
+            head, stream = await self._open_stream(variant, kind, body)
+        except CallFailed as failed:
+            self.recorder.record(variant, self.versions.get(variant), failed.status, time.perf_counter() - started,
+                                 key=key)
+            retry = {"Retry-After": str(max(1, math.ceil(self.options.get("retry_after_s", 1))))}
+            return openai_error(failed.status, failed.message, None, {**headers, **retry}, "server_error")
+        relay.status = int(head["status"])
+        headers = {**head["headers"], **headers}
+        pieces = self._relayed(relay, stream, key)
+        if head["stream"]:
+            return StreamingResponse(pieces, status_code=relay.status, headers=headers, media_type="text/event-stream")
+        text = "".join([piece async for piece in pieces])
+        return Response(text, status_code=relay.status, headers=headers, media_type="application/json")
+
+    async def _open_stream(self, variant: str, kind: str, body: Any,
+                           retries: int = REPLICA_DEATH_RETRIES) -> tuple[dict[str, Any], Any]:
+        """(head, the rest of the stream) of ``variant``'s ``respond``; CallFailed when no head came.
+
+        The head comes before any generation, within ``request_timeout_s``; a replica that died before it is
+        asked once more (nothing was generated yet). The body then takes as long as the generation does.
+        """
+        deadline = time.monotonic() + self.options["request_timeout_s"]
+        while True:
+            stream = self._respond[variant].remote(kind, body)
+            try:
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    return await anext(stream), stream
+            except RayActorError as exc:
+                stream.cancel()
+                if retries > 0 and time.monotonic() < deadline:
+                    retries -= 1
+                    continue
+                raise CallFailed(*self._failure(variant, exc)) from None
+            except Exception as exc:  # any other failure is a 5xx for this request, not a router crash
+                stream.cancel()
+                raise CallFailed(*self._failure(variant, exc)) from None
+
+    async def _relayed(self, relay: Relay, stream: Any, key: str | None, shadow: bool = False) -> AsyncIterator[str]:
+        """The stream's pieces as they come; recorded once when it ends, is cut off, or the client leaves."""
+        try:
+            async for piece in stream:
+                relay.seen()
+                yield piece
+        except Exception as exc:   # the replica failed mid-stream: the client sees the stream end early
+            relay.status = self._failure(relay.variant, exc)[0]
+        finally:
+            stream.cancel()   # a client that went away: its sequence stops (a no-op once the stream ended)
+            self.recorder.record(relay.variant, self.versions.get(relay.variant), relay.status, relay.latency_s(),
+                                 shadow=shadow, key=key)
+
+    async def _shadow_generate(self, variant: str, kind: str, body: Any) -> None:
+        relay = Relay(variant, time.perf_counter())
+        try:
+            head, stream = await self._open_stream(variant, kind, body)
+        except CallFailed as failed:
+            self.recorder.record(variant, self.versions.get(variant), failed.status, relay.latency_s(), shadow=True)
+            return
+        relay.status = int(head["status"])
+        async for _ in self._relayed(relay, stream, None, shadow=True):
+            pass
 
     # ---------------------------------------------------------------- model info, health
     @api.get("/v1/models/{name}")

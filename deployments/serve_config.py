@@ -23,12 +23,30 @@ MODEL_PREFIX = "models:/"
 FAST_PATH_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
 
 
+class LLMOptions(BaseModel):
+    """How each variant's :class:`~deployments.llm.server.LLMServer` runs (``kind: llm``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_active: int = Field(16, ge=1, description="sequences one replica decodes together")
+    max_waiting: int = Field(64, ge=0, description="queued beyond max_active before 429")
+    max_tokens_limit: int | None = Field(None, ge=1, description="the largest max_tokens accepted (default: context)")
+    torch_threads: int | None = Field(1, ge=1, description="torch threads per model replica")
+    first_token_delay_s: dict[str, float] = Field(
+        default_factory=dict, description="TEST/FAULT option: variant → seconds its server waits before each "
+                                          "request's first token (a deliberately slow version for rollback tests)")
+
+
 class ServeAppConfig(BaseModel):
     """What to serve (model, baseline and candidate refs) and how (replicas, limits, timeouts)."""
 
     model_config = ConfigDict(extra="forbid")
 
     model_name: str = Field(min_length=1, description="registered model name; also the predict path segment")
+    kind: Literal["tabular", "llm"] = Field(
+        "tabular", description="tabular: the predict API; llm: a language model (Hugging Face layout) behind "
+                               "OpenAI's /v1/completions, /v1/chat/completions and /v1/models, streamed")
+    llm: LLMOptions = Field(default_factory=LLMOptions, description="generation settings when kind is llm")
     baseline: str = Field(description="models:/NAME/VERSION or models:/NAME@ALIAS (e.g. models:/iris@champion)")
     candidate: str | None = Field(None, description="second version to canary / A-B test against the baseline")
     tracking_uri: str | None = Field(None, description="MLflow tracking URI (default: settings / env)")
@@ -101,6 +119,11 @@ class ServeAppConfig(BaseModel):
                 raise ValueError(f"traffic must give non-negative weights to {variants}, got {self.traffic}")
         if self.shadow is not None and self.shadow not in variants:
             raise ValueError(f"shadow must be one of {variants}, got {self.shadow!r}")
+        if self.kind == "llm" and self.colocate:
+            raise ValueError("colocate is for tabular models; a language model runs in its own replicas")
+        unknown = set(self.llm.first_token_delay_s) - set(variants)
+        if unknown:
+            raise ValueError(f"llm.first_token_delay_s names variants not served: {sorted(unknown)}")
         return self
 
     @property

@@ -8,7 +8,11 @@ replica) and runs one :class:`~deployments.llm.engine.Engine`, whose loop decode
 request together. Every response names the version (``x-rayline-version`` and the first stream
 event's ``rayline`` object).
 
-The seam for a router in front: :meth:`LLMServer.respond` is a streaming method a
+:class:`LLMModel` is the model, engine and ``respond`` without HTTP; :class:`LLMServer` adds the routes
+(an app of its own) and ``LLMVariant`` is the model as a plain deployment, a version behind the router
+(``kind: llm``: the router is its app's one HTTP ingress).
+
+The seam for a router in front: :meth:`LLMModel.respond` is a streaming method a
 ``DeploymentHandle`` can call (``handle.options(stream=True).respond.remote("chat", body)``); it
 yields one head ``{"status", "headers", "stream"}`` and then the body as text pieces (server-sent
 events when streaming, one JSON document otherwise). The HTTP routes here are themselves written on
@@ -68,13 +72,18 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
                                     kind="server_error").body(), status_code=500)
 
 
-@serve.deployment(name="llm", ray_actor_options={"num_cpus": 1}, max_ongoing_requests=512, health_check_period_s=5)
-@serve.ingress(api)
-class LLMServer:
+class LLMModel:
+    """One replica's model and engine, and the ``respond`` seam; no HTTP (the router's variants are these)."""
+
     def __init__(self, model: str, tracking_uri: str | None = None, variant: str = "default", max_active: int = 16,
                  max_waiting: int = 64, max_tokens_limit: int | None = None, retry_after_s: int = 1,
-                 torch_threads: int | None = None) -> None:
-        """``model``: ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``, resolved once here."""
+                 torch_threads: int | None = None, first_token_delay_s: float = 0.0) -> None:
+        """``model``: ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``, resolved once here.
+
+        ``first_token_delay_s`` is a test/fault option (like ``models.faulty`` for tabular models): every
+        admitted request waits this long before it joins the engine, so the version's time to first token
+        grows by it; the rollout tests canary such a slow version. 0 in production.
+        """
         import torch
 
         if torch_threads:
@@ -87,6 +96,7 @@ class LLMServer:
         self.max_tokens_limit = min(max_tokens_limit or self.engine.context, self.engine.context)
         self.labels = {"model": self.info.name, "version": self.info.version, "variant": variant}
         self.names = {self.info.name, f"{self.info.name}/{self.info.version}", model.removeprefix("models:/")}
+        self.first_token_delay_s = first_token_delay_s
         self.headers = {VERSION_HEADER: self.info.version, "x-rayline-model": self.info.name,
                         "x-rayline-variant": variant}
 
@@ -95,40 +105,15 @@ class LLMServer:
         if engine is not None:
             engine.stop()
 
-    # ---- HTTP -----------------------------------------------------------------------------------------
+    async def ready(self) -> dict[str, Any]:
+        """What the router asks every variant (readiness, the version it serves); no input fields to list."""
+        return {"model": self.info.name, "version": self.info.version, "variant": self.labels["variant"],
+                "kind": "llm", "fields": []}
 
-    @api.get("/v1/models")
-    async def models(self) -> JSONResponse:
-        card = {"id": self.info.name, "object": "model", "created": 0, "owned_by": "rayline",
-                "version": self.info.version, "max_model_len": self.engine.context}
-        return JSONResponse({"object": "list", "data": [card]}, headers=self.headers)
-
-    @api.get("/v1/engine/stats")
-    async def stats(self) -> JSONResponse:
-        return JSONResponse({**self.engine.stats.as_dict(), "max_active": self.engine.max_active,
-                             "max_waiting": self.engine.max_waiting, **self.labels}, headers=self.headers)
-
-    @api.post("/v1/completions")
-    async def completions(self, request: Request) -> Response:
-        return await self._http("completion", request)
-
-    @api.post("/v1/chat/completions")
-    async def chat_completions(self, request: Request) -> Response:
-        return await self._http("chat", request)
-
-    async def _http(self, kind: str, request: Request) -> Response:
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
-        parts = self.respond(kind, body)
-        head = await anext(parts)
-        if head["stream"]:
-            return StreamingResponse(parts, status_code=head["status"], headers=head["headers"],
-                                     media_type="text/event-stream")
-        text = await anext(parts)
-        await parts.aclose()
-        return Response(text, status_code=head["status"], headers=head["headers"], media_type="application/json")
+    async def engine_stats(self) -> dict[str, Any]:
+        """The decode batch now (active, waiting, cancelled, ...) with the limits and labels."""
+        return {**self.engine.stats.as_dict(), "max_active": self.engine.max_active,
+                "max_waiting": self.engine.max_waiting, **self.labels}
 
     # ---- the seam: one streaming method for HTTP and handles ------------------------------------------
 
@@ -143,6 +128,8 @@ class LLMServer:
                                   kind="not_found_error")
             prompt_ids = self._prompt_ids(req, chat)
             params = self._params(req, len(prompt_ids), chat)
+            if self.first_token_delay_s:
+                await asyncio.sleep(self.first_token_delay_s)
             events: asyncio.Queue[Event] = asyncio.Queue()
             loop = asyncio.get_running_loop()
             seq = self.engine.submit(prompt_ids, params, lambda e: loop.call_soon_threadsafe(events.put_nowait, e))
@@ -205,6 +192,51 @@ class LLMServer:
                               "context_length_exceeded")
         return SamplingParams(max_tokens=asked, temperature=req.temperature, top_p=req.top_p, seed=req.seed,
                               stop=req.stops())
+
+
+# The router (``kind: llm``) is its app's one HTTP ingress, so its variants are plain deployments of the model.
+LLMVariant = serve.deployment(name="llm-variant", ray_actor_options={"num_cpus": 1}, max_ongoing_requests=512,
+                              health_check_period_s=5)(LLMModel)
+
+
+@serve.deployment(name="llm", ray_actor_options={"num_cpus": 1}, max_ongoing_requests=512, health_check_period_s=5)
+@serve.ingress(api)
+class LLMServer(LLMModel):
+    """The model behind its own OpenAI HTTP routes (an app of its own, no router)."""
+
+    # ---- HTTP -----------------------------------------------------------------------------------------
+
+    @api.get("/v1/models")
+    async def models(self) -> JSONResponse:
+        card = {"id": self.info.name, "object": "model", "created": 0, "owned_by": "rayline",
+                "version": self.info.version, "max_model_len": self.engine.context}
+        return JSONResponse({"object": "list", "data": [card]}, headers=self.headers)
+
+    @api.get("/v1/engine/stats")
+    async def stats(self) -> JSONResponse:
+        return JSONResponse(await self.engine_stats(), headers=self.headers)
+
+    @api.post("/v1/completions")
+    async def completions(self, request: Request) -> Response:
+        return await self._http("completion", request)
+
+    @api.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._http("chat", request)
+
+    async def _http(self, kind: str, request: Request) -> Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        parts = self.respond(kind, body)
+        head = await anext(parts)
+        if head["stream"]:
+            return StreamingResponse(parts, status_code=head["status"], headers=head["headers"],
+                                     media_type="text/event-stream")
+        text = await anext(parts)
+        await parts.aclose()
+        return Response(text, status_code=head["status"], headers=head["headers"], media_type="application/json")
 
 
 class LLMServeConfig(BaseModel):

@@ -11,6 +11,7 @@ import threading
 import time
 from typing import Any
 
+import httpx
 import pytest
 
 from deployments.contracts import CANDIDATE, HEADER_VARIANT
@@ -43,11 +44,15 @@ class Load:
         while not self._stop.is_set():
             sent = time.time()
             try:
-                r = self.app.predict([instance(i)])
+                r = self.send(i)
                 self.served.append((sent, r.headers.get(HEADER_VARIANT, ""), r.status_code))
             except Exception:
                 continue
             i += 1
+
+    def send(self, i: int) -> httpx.Response:
+        """One request of the load (the i-th of its thread); subclasses send other kinds."""
+        return self.app.predict([instance(i)])
 
     def __enter__(self) -> Load:
         for t in self._threads:
