@@ -111,6 +111,22 @@ def test_a_language_model_is_a_second_serve_app_whose_args_the_llm_server_accept
     assert "llm" in refused and "model" in refused
 
 
+def test_the_router_app_serves_a_language_model_with_kind_llm(renderer) -> None:
+    """``serving.app.kind: llm``: the router app (canaries, A/B, shadow) for a language model, through the
+    real ``parse_config``; the default stays tabular."""
+    def llm(values: dict[str, Any]) -> None:
+        values["serving"]["app"].update(kind="llm", modelName="pystdlib-gpt", llm={"maxActive": 4, "maxWaiting": 8,
+                                                                                   "torchThreads": 2})
+
+    [app] = serve_apps(renderer.render(renderer.values(llm)))
+    cfg = parse_config(app["args"])
+    assert (cfg.kind, cfg.llm.max_active, cfg.llm.max_waiting, cfg.llm.torch_threads) == ("llm", 4, 8, 2)
+    assert cfg.candidate == "models:/pystdlib-gpt@challenger" and not cfg.llm.first_token_delay_s
+    [default] = serve_apps(renderer.render())
+    assert parse_config(default["args"]).kind == "tabular"
+    assert "kind" in renderer.error(renderer.values(lambda v: v["serving"]["app"].update(kind="vision")))
+
+
 @pytest.mark.parametrize("example", list(EXAMPLES))
 def test_serve_app_state_dir_is_on_a_claim_mounted_in_every_serving_pod(rendered: dict[str, Manifest],
                                                                         example: str) -> None:

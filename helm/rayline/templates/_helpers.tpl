@@ -111,6 +111,10 @@ deployments/serve_config.py ServeAppConfig (extra fields fail the deployment).
 {{- with $app.candidateAlias }}{{ $_ := set $args "candidate" (printf "models:/%s@%s" $app.modelName .) }}{{ end -}}
 {{- with $app.traffic }}{{ $_ := set $args "traffic" . }}{{ end -}}
 {{- with $app.shadow }}{{ $_ := set $args "shadow" . }}{{ end -}}
+{{- if eq (default "tabular" $app.kind) "llm" }}
+{{- $_ := set $args "kind" "llm" }}
+{{- $_ := set $args "llm" (dict "max_active" $app.llm.maxActive "max_waiting" $app.llm.maxWaiting "torch_threads" $app.llm.torchThreads) }}
+{{- end -}}
 {{- toYaml $args -}}
 {{- end -}}
 
