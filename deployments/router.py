@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import SecretStr
 from ray import serve
 from ray.exceptions import RayActorError
@@ -52,7 +52,7 @@ from deployments.contracts import (
     Traffic,
 )
 from deployments.feedback import FeedbackBody, FeedbackStore, GroupCommit, SeenKeys, count, outcomes, parse_body, record
-from deployments.llm.relay import STICKY_USER_FIELD, CallFailed, Relay, openai_error
+from deployments.llm.relay import STICKY_USER_FIELD, CallFailed, Relay, http_response, openai_error
 from deployments.openapi import document as openapi_document
 from deployments.payload import PayloadError, check_size, install_json_errors, json_error, parse_instances, parse_json
 from deployments.request_ids import RequestIdError, Served, derive_key, issue, verify
@@ -459,11 +459,7 @@ class Router:
             return openai_error(failed.status, failed.message, None, {**headers, **retry}, "server_error")
         relay.status = int(head["status"])
         headers = {**head["headers"], **headers}
-        pieces = self._relayed(relay, stream, key)
-        if head["stream"]:
-            return StreamingResponse(pieces, status_code=relay.status, headers=headers, media_type="text/event-stream")
-        text = "".join([piece async for piece in pieces])
-        return Response(text, status_code=relay.status, headers=headers, media_type="application/json")
+        return await http_response(head, self._relayed(relay, stream, key), headers)
 
     async def _open_stream(self, variant: str, kind: str, body: Any,
                            retries: int = REPLICA_DEATH_RETRIES) -> tuple[dict[str, Any], Any]:

@@ -10,8 +10,10 @@ OpenAI client reads them like the model server's own.
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
+from typing import Any
 
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from deployments.llm.openai_api import OpenAIError
 
@@ -47,3 +49,13 @@ def openai_error(status: int, message: str, param: str | None, headers: dict[str
                  kind: str = "invalid_request_error") -> JSONResponse:
     body = OpenAIError(status, message, param, kind=kind).body()
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def http_response(head: dict[str, Any], pieces: AsyncIterator[str], headers: dict[str, str]) -> Response:
+    """``respond``'s head and the rest of its pieces as one HTTP answer: server-sent events passed on as they come,
+    or the single JSON document. The model server's own routes and the router both answer through this."""
+    status = int(head["status"])
+    if head["stream"]:
+        return StreamingResponse(pieces, status_code=status, headers=headers, media_type="text/event-stream")
+    text = "".join([piece async for piece in pieces])
+    return Response(text, status_code=status, headers=headers, media_type="application/json")

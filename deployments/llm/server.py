@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve import Application
@@ -45,6 +45,7 @@ from deployments.llm.openai_api import (
     new_id,
     parse,
 )
+from deployments.llm.relay import http_response
 
 logger = logging.getLogger(__name__)
 
@@ -231,12 +232,7 @@ class LLMServer(LLMModel):
             body = None
         parts = self.respond(kind, body)
         head = await anext(parts)
-        if head["stream"]:
-            return StreamingResponse(parts, status_code=head["status"], headers=head["headers"],
-                                     media_type="text/event-stream")
-        text = await anext(parts)
-        await parts.aclose()
-        return Response(text, status_code=head["status"], headers=head["headers"], media_type="application/json")
+        return await http_response(head, parts, head["headers"])
 
 
 class LLMServeConfig(BaseModel):
