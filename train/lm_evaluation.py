@@ -16,13 +16,13 @@ own ``GPT``), so an evaluation also proves the artifact others load is the model
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
-from torch.nn import functional as F
+
+from train.tasks import LanguageModeling
 
 PROMPTS = 3
 PROMPT_TOKENS = 16  # at most; also at most half the context
@@ -43,16 +43,16 @@ def windows(tokens: np.ndarray, seq_len: int) -> np.ndarray:
 @torch.no_grad()
 def perplexity(logits_of: Callable[[torch.Tensor], torch.Tensor], rows: np.ndarray,
                batch: int = BATCH) -> dict[str, float]:
-    """Mean next-token loss and perplexity of ``logits_of`` over ``rows`` (from :func:`windows`)."""
-    total, count = 0.0, 0
+    """Mean next-token loss and perplexity of ``logits_of`` over ``rows`` (from :func:`windows`), summed and
+    turned into figures by the training task's own ``sums``/``metrics`` (the same loss, the same perplexity)."""
+    task = LanguageModeling()
+    sums = dict.fromkeys(task.sum_keys, 0.0)
     for lo in range(0, len(rows), batch):
         chunk = torch.from_numpy(rows[lo:lo + batch])
-        logits = logits_of(chunk[:, :-1]).float()
-        total += float(F.cross_entropy(logits.reshape(-1, logits.size(-1)), chunk[:, 1:].reshape(-1),
-                                       reduction="sum"))
-        count += chunk[:, 1:].numel()
-    loss = total / max(count, 1)
-    return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)), "eval_tokens": float(count)}
+        for key, value in task.sums(logits_of, chunk[:, :-1], chunk[:, 1:]).items():
+            sums[key] += value
+    figures = task.metrics(sums)
+    return {"eval_loss": figures["val_loss"], "eval_perplexity": figures["val_perplexity"], "eval_tokens": sums["n"]}
 
 
 @torch.no_grad()
