@@ -5,9 +5,14 @@ One script, one machine, side by side, same model, same prompts, same ``max_toke
 - (a) ``deployment``: ``deployments.llm.server`` on Ray Serve (private MLflow + Ray), the tiny
   GPT-2 registered and served from ``models:/NAME@champion``; ``concurrency`` clients each stream
   ``/v1/completions`` (server-sent events, so the first token's arrival is measured) over HTTP,
-  closed loop, one replica whose engine decodes up to ``--max-active`` sequences together.
+  closed loop, one replica whose engine decodes up to ``--max-active`` sequences together, with
+  ``--torch-threads`` (1: Ray's own setting for a 1-CPU replica; 2 threads measured slower, their
+  OpenMP threads contend with the proxy and the clients on 2 cores) and ``--stream-interval`` tokens
+  per streamed event after the first (8: each event is one Serve item, replica → proxy → client,
+  whose CPU cost per item exceeds a decode step's per row; 1 streams every token).
 - (b) ``baseline``: the same files loaded in this process with ``transformers`` and served one
-  request at a time with ``model.generate`` (a streamer records the first token). With
+  request at a time with ``model.generate`` (a streamer records the first token), with the torch
+  thread count (1 or all cores) that was faster in a warm-up run, so the baseline gets its best. With
   ``concurrency`` closed-loop clients in front of a one-at-a-time server, request ``j`` arrives
   when request ``j - concurrency`` finished, so its TTFT includes its wait in the queue.
 - (c) ``--router``: the same streaming client against the router app (``kind: llm``, this model as its
@@ -122,7 +127,26 @@ def _baseline_run(model, tokenizer, prompts: list[str], concurrency: int, max_to
     return {"ttfts": ttfts, "tokens": tokens, "wall": time.perf_counter() - started}
 
 
-def _deploy(settings, folder: Path, port: int, max_active: int, torch_threads: int) -> tuple[str, str]:
+def _fastest_threads(model, tokenizer, prompts: list[str], max_tokens: int) -> int:
+    """The baseline's torch threads: 1 or every core, whichever ``generate`` ran faster (best of 2 runs each)."""
+    import torch
+
+    speed = {}
+    for threads in sorted({1, os.cpu_count() or 1}):
+        torch.set_num_threads(threads)
+        speed[threads] = max(_tokens_per_s(_baseline_run(model, tokenizer, prompts, 2, max_tokens)) for _ in range(2))
+    best = max(speed, key=speed.get)
+    torch.set_num_threads(best)
+    print("baseline warm-up tok/s by torch threads:", {t: round(v) for t, v in speed.items()}, "->", best)
+    return best
+
+
+def _tokens_per_s(result: dict) -> float:
+    return result["tokens"] / result["wall"]
+
+
+def _deploy(settings, folder: Path, port: int, max_active: int, torch_threads: int,
+            stream_interval: int) -> tuple[str, str]:
     from ray import serve
 
     from deployments.llm.server import LLMServeConfig, build
@@ -133,7 +157,8 @@ def _deploy(settings, folder: Path, port: int, max_active: int, torch_threads: i
     serve.start(http_options={"host": "127.0.0.1", "port": port},
                 logging_config={"log_level": "WARNING", "enable_access_log": False})
     cfg = LLMServeConfig(model=f"models:/{name}@champion", tracking_uri=str(settings.mlflow_tracking_uri),
-                         num_cpus=1, max_active=max_active, max_waiting=256, torch_threads=torch_threads)
+                         num_cpus=1, max_active=max_active, max_waiting=256, torch_threads=torch_threads,
+                         stream_interval=stream_interval)
     serve.run(build(cfg), name="llm", route_prefix="/llm")
     return f"http://127.0.0.1:{port}/llm", name
 
@@ -156,7 +181,7 @@ def _deploy_router(settings, name: str, port: int, max_active: int, torch_thread
 
 def _row(path: str, concurrency: int, repeat: int, result: dict) -> dict:
     return {"path": path, "concurrency": concurrency, "repeat": repeat, "requests": len(result["ttfts"]),
-            "tokens": result["tokens"], "wall_s": result["wall"], "tokens_per_s": result["tokens"] / result["wall"],
+            "tokens": result["tokens"], "wall_s": result["wall"], "tokens_per_s": _tokens_per_s(result),
             "ttft_p50_ms": 1000 * percentile(result["ttfts"], 50),
             "ttft_p99_ms": 1000 * percentile(result["ttfts"], 99)}
 
@@ -186,8 +211,9 @@ def main() -> None:
     parser.add_argument("--dims", type=int, default=256)
     parser.add_argument("--train-steps", type=int, default=20)
     parser.add_argument("--max-active", type=int, default=32, help="the engine's decode batch limit")
-    parser.add_argument("--torch-threads", type=int, default=os.cpu_count() or 1,
-                        help="torch threads in the replica and the baseline alike")
+    parser.add_argument("--torch-threads", type=int, default=1, help="torch threads in the replica")
+    parser.add_argument("--stream-interval", type=int, default=8,
+                        help="the deployment's tokens per streamed event after the first (1: every token)")
     parser.add_argument("--router-url", help="row (c): the router's base URL serving /v1/completions for the model")
     parser.add_argument("--router", action="store_true", help="row (c): deploy the router app (kind: llm) here")
     args = parser.parse_args()
@@ -195,7 +221,6 @@ def main() -> None:
         parser.error(f"--repeats must be >= {MIN_REPEATS}")
 
     import ray
-    import torch
     from ray import serve
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -203,7 +228,6 @@ def main() -> None:
     from cluster.processes import free_port, session_members, terminate
     from tests.serve.llm_helpers import PROMPTS, TinyLM, build_tiny_lm, sentences
 
-    torch.set_num_threads(args.torch_threads)
     work = Path(tempfile.mkdtemp(prefix="llm-bench-"))
     spec = TinyLM(layers=args.layers, dims=args.dims, context=512, steps=args.train_steps)
     folder = build_tiny_lm(work / "model", spec)
@@ -213,18 +237,19 @@ def main() -> None:
     settings, mlflow_proc = start_stack(work / "stack")
     try:
         port = free_port()
-        url, name = _deploy(settings, folder, port, args.max_active, args.torch_threads)
+        url, name = _deploy(settings, folder, port, args.max_active, args.torch_threads, args.stream_interval)
         router_url = args.router_url or (
             _deploy_router(settings, name, port, args.max_active, args.torch_threads) if args.router else None)
         targets = {DEPLOYMENT: url, **({ROUTER: router_url} if router_url else {})}
         paths = [DEPLOYMENT, BASELINE, *([ROUTER] if router_url else [])]
         asyncio.run(_http_run(url, name, prompts, 2, args.max_tokens))                 # warm-up
-        _baseline_run(model, tokenizer, prompts, 2, args.max_tokens)
+        baseline_threads = _fastest_threads(model, tokenizer, prompts, args.max_tokens)
         report = Report("llm-serve", f"GPT-2 {args.layers}x{args.dims} (context 512, vocab {spec.vocab}), "
                         f"{len(prompts)} prompts, max_tokens {args.max_tokens}, greedy; requests per run "
                         f"max(8, 2 x concurrency); {args.repeats} repeats, paths alternating; replica 1 CPU, "
-                        f"engine max_active {args.max_active}, torch threads {args.torch_threads} in the replica "
-                        f"and the baseline; the HTTP client runs on the same cores as the server")
+                        f"engine max_active {args.max_active}, stream_interval {args.stream_interval}, torch threads "
+                        f"{args.torch_threads} in the replica, {baseline_threads} in the baseline (the faster of 1 "
+                        f"and all cores at warm-up); the HTTP client runs on the same cores as the server")
         load_before = os.getloadavg()
         for repeat in range(args.repeats):
             for c in args.concurrency:

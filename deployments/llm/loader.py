@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cluster.errors import RegistryError
+from cluster.errors import ConfigError, RegistryError
 from cluster.registry import ModelVersionInfo, Registry
 from cluster.settings import load_settings
 from models.packaging import HF_PATH
 
 HF_SUBDIR = "hf"
+DEVICES = ("cpu", "cuda")
 
 
 @dataclass
@@ -43,13 +44,24 @@ def resolve(ref: str, tracking_uri: str | None) -> ModelVersionInfo:
     return Registry(load_settings(mlflow_tracking_uri=tracking_uri)).resolve(ref)
 
 
-def load(info: ModelVersionInfo) -> LoadedLM:
-    """Download the version's artifacts and load model and tokenizer (CPU, float32, eval)."""
+def check_device(device: str) -> None:
+    """``device`` is ``cpu``, or ``cuda`` where torch sees a GPU; ConfigError naming the field otherwise."""
+    import torch
+
+    if device not in DEVICES:
+        raise ConfigError(f"device: {device!r} is not one of {', '.join(DEVICES)}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: 'cuda' was asked for but torch sees no CUDA GPU in this replica "
+                          "(set num_gpus > 0 on a node with a GPU, or device 'cpu')")
+
+
+def load(info: ModelVersionInfo, device: str = "cpu") -> LoadedLM:
+    """Download the version's artifacts and load model and tokenizer (float32, eval, on ``device``)."""
     import mlflow.artifacts
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     root = Path(mlflow.artifacts.download_artifacts(artifact_uri=info.uri))
     folder = hf_dir(root)
-    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    model = AutoModelForCausalLM.from_pretrained(folder).to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     return LoadedLM(info, model, tokenizer)

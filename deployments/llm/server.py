@@ -36,7 +36,7 @@ from ray.serve import Application
 from deployments.llm import metrics
 from deployments.llm.engine import Engine, EngineFull, Event, SamplingParams
 from deployments.llm.generation import Generation
-from deployments.llm.loader import load, resolve
+from deployments.llm.loader import check_device, load, resolve
 from deployments.llm.openai_api import (
     ChatRequest,
     CompletionRequest,
@@ -78,8 +78,13 @@ class LLMModel:
 
     def __init__(self, model: str, tracking_uri: str | None = None, variant: str = "default", max_active: int = 16,
                  max_waiting: int = 64, max_tokens_limit: int | None = None, retry_after_s: int = 1,
-                 torch_threads: int | None = None, first_token_delay_s: float = 0.0) -> None:
+                 torch_threads: int | None = None, first_token_delay_s: float = 0.0, device: str = "cpu",
+                 stream_interval: int = 1) -> None:
         """``model``: ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``, resolved once here.
+
+        ``device``: ``"cpu"`` or ``"cuda"`` (the replica's GPU: the engine makes every tensor there); checked
+        first, so a replica without CUDA fails at construction with one line naming the field.
+        ``stream_interval``: tokens per streamed event after the first (see ``deployments.llm.engine``).
 
         ``first_token_delay_s`` is a test/fault option (like ``models.faulty`` for tabular models): every
         admitted request waits this long before it joins the engine, so the version's time to first token
@@ -87,12 +92,13 @@ class LLMModel:
         """
         import torch
 
+        check_device(device)
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.info = resolve(model, tracking_uri)
-        loaded = load(self.info)
+        loaded = load(self.info, device)
         self.tokenizer = loaded.tokenizer
-        self.engine = Engine(loaded.model, loaded.tokenizer, max_active, max_waiting, retry_after_s)
+        self.engine = Engine(loaded.model, loaded.tokenizer, max_active, max_waiting, retry_after_s, stream_interval)
         self.engine.start()
         self.max_tokens_limit = min(max_tokens_limit or self.engine.context, self.engine.context)
         self.labels = {"model": self.info.name, "version": self.info.version, "variant": variant}
@@ -250,13 +256,17 @@ class LLMServeConfig(BaseModel):
     max_tokens_limit: int | None = Field(default=None, ge=1)
     retry_after_s: int = Field(default=1, ge=1)
     torch_threads: int | None = Field(default=None, ge=1)
+    num_gpus: float = Field(default=0, ge=0, description="GPUs per replica; > 0 runs the engine on cuda")
+    stream_interval: int = Field(default=1, ge=1, description="tokens per streamed event after the first")
 
 
 def build(cfg: LLMServeConfig) -> Application:
-    return LLMServer.options(name=f"llm-{cfg.variant}", num_replicas=cfg.num_replicas,
-                             ray_actor_options={"num_cpus": cfg.num_cpus}, logging_config=LOGGING).bind(
+    actor = {"num_cpus": cfg.num_cpus, **({"num_gpus": cfg.num_gpus} if cfg.num_gpus else {})}
+    return LLMServer.options(name=f"llm-{cfg.variant}", num_replicas=cfg.num_replicas, ray_actor_options=actor,
+                             logging_config=LOGGING).bind(
         cfg.model, cfg.tracking_uri, cfg.variant, cfg.max_active, cfg.max_waiting, cfg.max_tokens_limit,
-        cfg.retry_after_s, cfg.torch_threads)
+        cfg.retry_after_s, cfg.torch_threads, device="cuda" if cfg.num_gpus else "cpu",
+        stream_interval=cfg.stream_interval)
 
 
 def build_app(args: dict[str, Any]) -> Application:

@@ -141,3 +141,33 @@ def test_hf_folder_is_found_at_the_artifact_root_or_under_hf(tmp_path):
 
     with pytest.raises(RegistryError):
         hf_dir(tmp_path)
+
+
+def test_stream_interval_sends_the_first_token_at_once_then_every_n_tokens_and_loses_no_text(model):
+    """``stream_interval`` 4 (fewer Serve items per token): the first event carries one token, the middle ones
+    four, the last one the rest; the text and log-prob sum are those of the token-by-token stream."""
+    def run(interval: int) -> list[Event]:
+        events: list[Event] = []
+        engine = Engine(model, Letters(), stream_interval=interval)
+        engine.submit([3, 4], SamplingParams(max_tokens=14, temperature=0), events.append)
+        drain(engine)
+        return events
+
+    each, grouped = run(1), run(4)
+    assert [e.tokens for e in each] == list(range(1, 15))
+    assert [e.tokens for e in grouped] == [1, 5, 9, 13, 14]
+    assert "".join(e.text for e in grouped) == "".join(e.text for e in each)
+    assert grouped[-1].finish_reason == "length"
+    assert grouped[-1].logprob_sum == pytest.approx(each[-1].logprob_sum)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the replica without CUDA")
+def test_device_cuda_without_a_gpu_fails_the_replica_at_construction_naming_the_field():
+    """Checked before the model is resolved: no registry, no Ray needed (this machine has no CUDA)."""
+    from cluster.errors import ConfigError
+    from deployments.llm.server import LLMModel, LLMServeConfig
+
+    with pytest.raises(ConfigError) as err:
+        LLMModel("models:/lm@champion", device="cuda")
+    assert str(err.value).startswith("device: 'cuda'") and "\n" not in str(err.value)
+    assert LLMServeConfig(model="models:/lm@champion", num_gpus=1).num_gpus == 1
