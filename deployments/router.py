@@ -124,10 +124,11 @@ class Router:
         # A handle per variant, or (colocated) the model's args: loaded here and called in-process.
         self.servers = {v: load_local(s, self.kind) if isinstance(s, dict) else s for v, s in servers.items()}
         llm = self.kind == "llm"
-        self._predict = {} if llm else {v: h.options(method_name="predict", **options.get("model_call_options", {}))
+        transport = options.get("model_call_options", {})   # gRPC by value: each streamed piece too
+        self._predict = {} if llm else {v: h.options(method_name="predict", **transport)
                                         for v, h in self.servers.items()}  # one per call path
-        self._respond = {v: h.options(stream=True, method_name="respond")   # a language model's streaming seam
-                         for v, h in self.servers.items()} if llm else {}
+        self._respond = {v: h.options(stream=True, method_name="respond", **transport)   # a language model's
+                         for v, h in self.servers.items()} if llm else {}                 # streaming seam
         self.versions = versions
         self.waiting = set(self.servers) - set(versions)   # model servers still waiting for their reference
         self.controller = controller
