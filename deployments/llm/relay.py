@@ -5,7 +5,8 @@ streaming handle (colocated: in-process, ``deployments.colocated.LocalStream``) 
 :class:`Relay` keeps that request's status and its time to first token, which the rollout windows take
 as the request's latency (the controller's latency gates then compare TTFT between versions). Errors the
 router itself answers use OpenAI's error shape, so an OpenAI client reads them like the model server's
-own. """
+own.
+"""
 
 from __future__ import annotations
 
