@@ -17,6 +17,14 @@ One script, one machine, side by side, same model, same prompts, same ``max_toke
   when request ``j - concurrency`` finished, so its TTFT includes its wait in the queue.
 - (c) ``--router``: the same streaming client against the router app (``kind: llm``, this model as its
   one variant, deployed here beside the deployment), or ``--router-url`` for a router already running.
+  ``--router-topology`` picks the router apps: ``separate`` (row ``router``: router replica → the variant's
+  own deployment, one more Serve hop per request and per streamed piece, by value over gRPC),
+  ``separate-actor`` (row ``router-actor``: the same with ``model_calls: actor``, Ray actor calls by
+  reference) and ``colocated`` (row ``router-colocated``: ``colocate: true``, the variant's engine inside the
+  router replica, streamed in-process: the deployment's hop count). Each gets the deployment's CPU and limits.
+  The router app's replicas run user code on Serve's main event loop (``replica_env``'s default); the
+  deployment row does not, so ``colocated-default-env`` (row ``router-colocated-default-env``) is the colocated
+  router with Serve's default env, the deployment's: the same hops and threads, only the router's code added.
 
 Each repeat runs every concurrency for every path in turn (paths alternate); ``requests`` per run is
 ``max(8, 2 × concurrency)``. tokens/s = completion tokens / wall time of the run; TTFT p50/p99 over
@@ -44,6 +52,8 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.report import MIN_REPEATS, Report, percentile  # noqa: E402
 
 DEPLOYMENT, BASELINE, ROUTER = "deployment", "baseline", "router"
+ROUTER_PATHS = {"separate": ROUTER, "separate-actor": f"{ROUTER}-actor", "colocated": f"{ROUTER}-colocated",
+                "colocated-default-env": f"{ROUTER}-colocated-default-env"}
 
 
 def requests_for(concurrency: int) -> int:
@@ -163,9 +173,10 @@ def _deploy(settings, folder: Path, port: int, max_active: int, torch_threads: i
     return f"http://127.0.0.1:{port}/llm", name
 
 
-def _deploy_router(settings, name: str, port: int, max_active: int, torch_threads: int) -> str:
-    """Row (c): the router app (``kind: llm``, the registered model as its only variant, no controller) beside
-    the deployment on the same Serve; the same replica size and engine limits as the deployment's."""
+def _deploy_router(settings, name: str, port: int, max_active: int, torch_threads: int, stream_interval: int,
+                   topology: str) -> str:
+    """Row (c): a router app (``kind: llm``, the registered model as its only variant, no controller) beside
+    the deployment on the same Serve, in ``topology``; the same replica size and engine limits as the deployment's."""
     from ray import serve
 
     from deployments.app import build
@@ -174,9 +185,14 @@ def _deploy_router(settings, name: str, port: int, max_active: int, torch_thread
     cfg = parse_config({"model_name": name, "kind": "llm", "baseline": f"models:/{name}@champion",
                         "tracking_uri": str(settings.mlflow_tracking_uri), "state_dir": str(settings.state_dir),
                         "controller": False, "num_cpus": 1, "router_num_cpus": 0.25,
-                        "llm": {"max_active": max_active, "max_waiting": 256, "torch_threads": torch_threads}})
-    serve.run(build(cfg), name="router", route_prefix="/router")
-    return f"http://127.0.0.1:{port}/router"
+                        "colocate": topology.startswith("colocated"),
+                        "model_calls": "actor" if topology == "separate-actor" else "grpc",
+                        **({"replica_env": {}} if topology.endswith("default-env") else {}),
+                        "llm": {"max_active": max_active, "max_waiting": 256, "torch_threads": torch_threads,
+                                "stream_interval": stream_interval}})
+    app = ROUTER_PATHS[topology]
+    serve.run(build(cfg), name=app, route_prefix=f"/{app}")
+    return f"http://127.0.0.1:{port}/{app}"
 
 
 def _row(path: str, concurrency: int, repeat: int, result: dict) -> dict:
@@ -196,8 +212,10 @@ def _summary(rows: list[dict], paths: list[str], concurrencies: list[int]) -> li
             row.update({f"{p}_tok_s": med[p]["tokens_per_s"], f"{p}_ttft_p50_ms": med[p]["ttft_p50_ms"],
                         f"{p}_ttft_p99_ms": med[p]["ttft_p99_ms"]})
         row["speedup"] = med[DEPLOYMENT]["tokens_per_s"] / med[BASELINE]["tokens_per_s"]
-        if ROUTER in paths:
-            row["router_ttft_p50_added"] = med[ROUTER]["ttft_p50_ms"] / med[DEPLOYMENT]["ttft_p50_ms"] - 1
+        for p in paths:
+            if p.startswith(ROUTER):
+                row[f"{p}_ttft_p50_added"] = med[p]["ttft_p50_ms"] / med[DEPLOYMENT]["ttft_p50_ms"] - 1
+                row[f"{p}_tok_s_ratio"] = med[p]["tokens_per_s"] / med[DEPLOYMENT]["tokens_per_s"]
         out.append(row)
     return out
 
@@ -216,6 +234,8 @@ def main() -> None:
                         help="the deployment's tokens per streamed event after the first (1: every token)")
     parser.add_argument("--router-url", help="row (c): the router's base URL serving /v1/completions for the model")
     parser.add_argument("--router", action="store_true", help="row (c): deploy the router app (kind: llm) here")
+    parser.add_argument("--router-topology", nargs="+", choices=sorted(ROUTER_PATHS), default=["separate"],
+                        help="with --router: which router apps to deploy, one row each")
     args = parser.parse_args()
     if args.repeats < MIN_REPEATS:
         parser.error(f"--repeats must be >= {MIN_REPEATS}")
@@ -238,11 +258,14 @@ def main() -> None:
     try:
         port = free_port()
         url, name = _deploy(settings, folder, port, args.max_active, args.torch_threads, args.stream_interval)
-        router_url = args.router_url or (
-            _deploy_router(settings, name, port, args.max_active, args.torch_threads) if args.router else None)
-        targets = {DEPLOYMENT: url, **({ROUTER: router_url} if router_url else {})}
-        paths = [DEPLOYMENT, BASELINE, *([ROUTER] if router_url else [])]
-        asyncio.run(_http_run(url, name, prompts, 2, args.max_tokens))                 # warm-up
+        routers = {ROUTER: args.router_url} if args.router_url else {
+            ROUTER_PATHS[t]: _deploy_router(settings, name, port, args.max_active, args.torch_threads,
+                                            args.stream_interval, t)
+            for t in (args.router_topology if args.router else [])}
+        targets = {DEPLOYMENT: url, **routers}
+        paths = [DEPLOYMENT, BASELINE, *routers]
+        for target in targets.values():                                                 # warm-up
+            asyncio.run(_http_run(target, name, prompts, 2, args.max_tokens))
         baseline_threads = _fastest_threads(model, tokenizer, prompts, args.max_tokens)
         report = Report("llm-serve", f"GPT-2 {args.layers}x{args.dims} (context 512, vocab {spec.vocab}), "
                         f"{len(prompts)} prompts, max_tokens {args.max_tokens}, greedy; requests per run "
@@ -267,9 +290,13 @@ def main() -> None:
         verdict = "not measured (16 not among --concurrency)" if at16 is None else (
             f"{at16['speedup']:.2f}x at concurrency 16: target {'met' if at16['speedup'] >= 4 else 'NOT met'}")
         report.section("Results (medians over repeats)", report.table(rows))
+        added = "; ".join(f"{p} c={r['concurrency']}: {r[f'{p}_ttft_p50_added']:+.1%}"
+                          for p in routers for r in rows)
         report.section("Target", f"deployment >= 4x the baseline's output tokens/s at concurrency 16 on 2 CPU cores: "
-                                 f"{verdict}. Load average before: {load_before[0]:.2f}, after: "
-                                 f"{os.getloadavg()[0]:.2f} (the machine is shared; figures are noisy).")
+                                 f"{verdict}. The router adds <= 5 % to TTFT p50: "
+                                 f"{added or 'not measured (no --router)'}. Load average before: "
+                                 f"{load_before[0]:.2f}, after: {os.getloadavg()[0]:.2f} (the machine is shared; "
+                                 f"figures are noisy).")
         out = report.write(" ".join(["python", "benchmarks/llm_serve_bench.py", *sys.argv[1:]]))
         print(report.table(rows))
         print(f"report: {out}")

@@ -66,20 +66,31 @@ def model_server(cfg: ServeAppConfig, variant: str, uri: str, version: str | Non
     ).bind(**model_args(cfg, variant, uri, version, tracking_uri, unresolved))
 
 
+def llm_args(cfg: ServeAppConfig, variant: str, version: str, tracking_uri: str) -> dict[str, Any]:
+    """``LLMModel``'s constructor arguments for one variant (its own deployment, or inside the router)."""
+    llm = cfg.llm
+    args: dict[str, Any] = {
+        "model": f"{MODEL_PREFIX}{cfg.model_name}/{version}", "tracking_uri": tracking_uri, "variant": variant,
+        "max_active": llm.max_active, "max_waiting": llm.max_waiting, "max_tokens_limit": llm.max_tokens_limit,
+        "retry_after_s": int(cfg.retry_after_s) or 1, "torch_threads": llm.torch_threads,
+        "stream_interval": llm.stream_interval,
+        "first_token_delay_s": llm.first_token_delay_s.get(variant, 0.0)}
+    if llm.num_gpus > 0:   # only then: a CPU deployment keeps the engine's default device
+        args["device"] = "cuda"
+    return args
+
+
 def llm_server(cfg: ServeAppConfig, variant: str, version: str, tracking_uri: str) -> Application:
     """The bound generation deployment of one variant of a language model (``kind: llm``), pinned to ``version``."""
     from deployments.llm.server import LOGGING, LLMVariant
 
-    llm = cfg.llm
     return LLMVariant.options(
         name=f"llm-{variant}",
         num_replicas=cfg.replicas,
-        ray_actor_options=cfg.actor_options(cfg.num_cpus),
+        ray_actor_options=cfg.actor_options(cfg.num_cpus, cfg.llm.num_gpus),
         logging_config=LOGGING,
         **cfg.placement,
-    ).bind(f"{MODEL_PREFIX}{cfg.model_name}/{version}", tracking_uri, variant, llm.max_active, llm.max_waiting,
-           llm.max_tokens_limit, int(cfg.retry_after_s) or 1, llm.torch_threads,
-           llm.first_token_delay_s.get(variant, 0.0))
+    ).bind(**llm_args(cfg, variant, version, tracking_uri))
 
 
 def build(cfg: ServeAppConfig, admin_token: str | None = None, predict_token: str | None = None) -> Application:
@@ -103,7 +114,7 @@ def build(cfg: ServeAppConfig, admin_token: str | None = None, predict_token: st
                 raise ConfigError(f"{variant} {ref} does not resolve: {str(exc).splitlines()[0]}") from None
             unresolved = str(exc).splitlines()[0]
         if cfg.kind == "llm":
-            servers[variant] = llm_server(cfg, variant, versions[variant], tracking_uri)
+            servers[variant] = (llm_args if cfg.colocate else llm_server)(cfg, variant, versions[variant], tracking_uri)
             continue
         servers[variant] = (model_args if cfg.colocate else model_server)(cfg, variant, uri, version,
                                                                           tracking_uri, unresolved)
@@ -141,18 +152,25 @@ def build(cfg: ServeAppConfig, admin_token: str | None = None, predict_token: st
         "feedback_root": cfg.feedback_store_root,
         "feedback_ttl_s": cfg.feedback_ttl_days * 86400,
     }
-    # Colocated, the router's replicas are the model replicas: sized and limited as those.
-    sizing = ({"num_replicas": cfg.replicas, "ray_actor_options": cfg.actor_options(cfg.num_cpus),
-               "max_ongoing_requests": cfg.max_ongoing_requests} if cfg.colocate else
-              {"num_replicas": cfg.router_replicas, "ray_actor_options": cfg.actor_options(cfg.router_num_cpus)})
     return Router.options(
-        **sizing,
+        **router_sizing(cfg),
         **cfg.placement,
         max_queued_requests=cfg.max_queued_requests,
         backpressure_config={"retry_after_s": cfg.retry_after_s},
         logging_config=cfg.logging_config,
     ).bind(cfg.model_name, servers, versions, controller, options,
            SecretStr(admin) if admin else None, SecretStr(predict) if predict else None)
+
+
+def router_sizing(cfg: ServeAppConfig) -> dict[str, Any]:
+    """The router's replicas, resources and limits. Colocated, they are the model replicas: sized and limited as
+    those, GPUs included (a language model's engines limit their own admissions, 429 past max_waiting, so its
+    streams keep the router's own request limit)."""
+    if not cfg.colocate:
+        return {"num_replicas": cfg.router_replicas, "ray_actor_options": cfg.actor_options(cfg.router_num_cpus)}
+    limit = {} if cfg.kind == "llm" else {"max_ongoing_requests": cfg.max_ongoing_requests}
+    return {"num_replicas": cfg.replicas, "ray_actor_options": cfg.actor_options(cfg.num_cpus, cfg.llm.num_gpus),
+            **limit}
 
 
 def _secret(value: SecretStr | None) -> str | None:

@@ -12,7 +12,8 @@ token-checked, audited pass-through to the controller.
 Topologies: by default each version is its own deployment (its own replica set) and the router
 calls it through a Serve handle, one extra hop (by value over gRPC unless ``model_calls: actor``).
 With ``colocate: true`` every router replica loads the versions itself (``deployments.colocated``)
-and calls them in-process: the same routing code, no second hop.
+and calls them in-process: the same routing code, no second hop. Language models too: each router replica
+then runs every variant's engine, and ``respond`` streams from an in-process async generator.
 """
 
 
@@ -119,13 +120,15 @@ class Router:
                  admin_token: SecretStr | None = None, predict_token: SecretStr | None = None) -> None:
         configure_logging("serve-router", level=options.get("log_level", "INFO"), fmt="json")
         self.model_name = model_name
-        # A handle per variant, or (colocated) the model's args: loaded here and called in-process.
-        self.servers = {v: load_local(s) if isinstance(s, dict) else s for v, s in servers.items()}
-        self._predict = {v: h.options(method_name="predict", **options.get("model_call_options", {}))
-                         for v, h in self.servers.items()}  # one per call path
         self.kind = options.get("kind", "tabular")
-        self._respond = ({v: h.options(stream=True, method_name="respond") for v, h in self.servers.items()}
-                         if self.kind == "llm" else {})   # a language model's streaming seam, per variant
+        # A handle per variant, or (colocated) the model's args: loaded here and called in-process.
+        self.servers = {v: load_local(s, self.kind) if isinstance(s, dict) else s for v, s in servers.items()}
+        llm = self.kind == "llm"
+        transport = options.get("model_call_options", {})   # gRPC by value: each streamed piece too
+        self._predict = {} if llm else {v: h.options(method_name="predict", **transport)
+                                        for v, h in self.servers.items()}  # one per call path
+        self._respond = {v: h.options(stream=True, method_name="respond", **transport)   # a language model's
+                         for v, h in self.servers.items()} if llm else {}                 # streaming seam
         self.versions = versions
         self.waiting = set(self.servers) - set(versions)   # model servers still waiting for their reference
         self.controller = controller
@@ -507,6 +510,10 @@ class Router:
         relay.status = int(head["status"])
         async for _ in self._relayed(relay, stream, None, shadow=True):
             pass
+
+    async def engine_stats(self, variant: str) -> dict[str, Any]:
+        """(handle method, ``kind: llm``) ``variant``'s decode batch now: colocated, this replica's own engine."""
+        return await _awaited(self.servers[variant].engine_stats.remote())
 
     # ---------------------------------------------------------------- model info, health
     @api.get("/v1/models/{name}")

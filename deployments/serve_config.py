@@ -32,6 +32,12 @@ class LLMOptions(BaseModel):
     max_waiting: int = Field(64, ge=0, description="queued beyond max_active before 429")
     max_tokens_limit: int | None = Field(None, ge=1, description="the largest max_tokens accepted (default: context)")
     torch_threads: int | None = Field(1, ge=1, description="torch threads per model replica")
+    stream_interval: int = Field(1, ge=1, description="tokens per streamed event after the first (1: every token; "
+                                                      "more: fewer, larger events, more tokens/s under load)")
+    num_gpus: float = Field(
+        0, ge=0, le=1, description="GPUs per variant replica (a fraction, or 1: one engine runs on one device); "
+                                   "> 0 runs the engine on CUDA. Colocated, the router replicas ask for it instead "
+                                   "and every variant they load shares that GPU")
     first_token_delay_s: dict[str, float] = Field(
         default_factory=dict, description="TEST/FAULT option: variant → seconds its server waits before each "
                                           "request's first token (a deliberately slow version for rollback tests)")
@@ -65,7 +71,8 @@ class ServeAppConfig(BaseModel):
     colocate: bool = Field(
         False, description="load every version inside the router's replicas: no extra Serve hop per request "
                            "(about a direct call's latency), but the versions share each replica's CPU, memory "
-                           "and fate; for small models. Replicas, CPUs and limits are then the model's settings")
+                           "and fate; for small models. Replicas, CPUs (and llm.num_gpus) and limits are then the "
+                           "model's settings. A language model: each router replica runs every variant's engine")
     model_calls: Literal["grpc", "actor"] = Field(
         "grpc", description="transport of router → model calls (separate replica sets): 'grpc' sends them by value "
                             "over gRPC between replicas (Serve's fast path; 5-10 % more throughput on 2 cores), "
@@ -119,8 +126,8 @@ class ServeAppConfig(BaseModel):
                 raise ValueError(f"traffic must give non-negative weights to {variants}, got {self.traffic}")
         if self.shadow is not None and self.shadow not in variants:
             raise ValueError(f"shadow must be one of {variants}, got {self.shadow!r}")
-        if self.kind == "llm" and self.colocate:
-            raise ValueError("colocate is for tabular models; a language model runs in its own replicas")
+        if self.kind != "llm" and self.llm.num_gpus:
+            raise ValueError("llm.num_gpus is for kind: llm (a tabular model's replicas run on CPUs)")
         unknown = set(self.llm.first_token_delay_s) - set(variants)
         if unknown:
             raise ValueError(f"llm.first_token_delay_s names variants not served: {sorted(unknown)}")
@@ -144,8 +151,8 @@ class ServeAppConfig(BaseModel):
         """Serve deployment options that spread replicas over nodes ({} when unset: Serve's defaults)."""
         return {"max_replicas_per_node": self.max_replicas_per_node} if self.max_replicas_per_node else {}
 
-    def actor_options(self, num_cpus: float) -> dict[str, Any]:
-        options: dict[str, Any] = {"num_cpus": num_cpus}
+    def actor_options(self, num_cpus: float, num_gpus: float = 0) -> dict[str, Any]:
+        options: dict[str, Any] = {"num_cpus": num_cpus, **({"num_gpus": num_gpus} if num_gpus else {})}
         if self.replica_env:
             options["runtime_env"] = {"env_vars": dict(self.replica_env)}
         return options

@@ -1,10 +1,11 @@
 """The router's side of language-model traffic: what one routed generation needs besides the router itself.
 
 The router (``deployments.router``, ``kind: llm``) calls a variant's ``LLMServer.respond`` through a
-streaming handle and relays its pieces; a :class:`Relay` keeps that request's status and its time to
-first token, which the rollout windows take as the request's latency (the controller's latency gates
-then compare TTFT between versions). Errors the router itself answers use OpenAI's error shape, so an
-OpenAI client reads them like the model server's own.
+streaming handle (colocated: in-process, ``deployments.colocated.LocalStream``) and relays its pieces; a
+:class:`Relay` keeps that request's status and its time to first token, which the rollout windows take
+as the request's latency (the controller's latency gates then compare TTFT between versions). Errors the
+router itself answers use OpenAI's error shape, so an OpenAI client reads them like the model server's
+own.
 """
 
 from __future__ import annotations

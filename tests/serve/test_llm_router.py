@@ -2,7 +2,9 @@
 
 A tiny GPT-2 is trained here and registered twice (v1 ``@champion``, v2 ``@challenger``); the app is
 the same router as for tabular models, one ``LLMServer`` deployment per variant, with a static split
-that the tests set through the admin API (no rollout controller). Nothing is mocked.
+that the tests set through the admin API (no rollout controller). The same versions also run colocated
+(``colocate: true``: both engines inside the router's replica, streamed in-process). Nothing is mocked
+(the GPU option is checked as configuration only: there is no GPU here).
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import httpx
 import openai
 import pytest
 
+from cluster.errors import ConfigError
 from cluster.registry import Registry
 from deployments.contracts import BASELINE, CANDIDATE, HEADER_FORCE, HEADER_STICKY, HEADER_VARIANT, HEADER_VERSION
+from deployments.serve_config import parse_config
 from tests.serve.helpers import (
     TERMINAL,
     ServeApp,
@@ -218,6 +222,92 @@ def test_models_lists_the_model_and_the_version_of_each_variant(lm_app, client):
     assert listed.data[0].model_extra["versions"] == lm_app.versions
 
 
+# ---- colocated (``colocate: true``): every variant's engine inside the router's replica, the same router code ----
+
+@pytest.fixture(scope="module")
+def colocated_lm(serve_url: str, settings, lm_app: ServeApp) -> Iterator[ServeApp]:
+    """The same two versions, loaded inside the router's one replica (no ``llm-*`` deployments), split 70/30."""
+    with running_app(serve_url, settings, lm_app.model, app_name=f"{lm_app.name}-colocated", kind="llm",
+                     controller=False, colocate=True, traffic={BASELINE: 0.7, CANDIDATE: 0.3},
+                     llm={"max_active": 8}) as app:
+        yield app
+
+
+def colocated_engine(app: ServeApp, variant: str) -> dict:
+    """``variant``'s engine stats, read from the router replica that runs it (the app has one)."""
+    from ray import serve
+
+    return serve.get_deployment_handle("router", app.name).engine_stats.remote(variant).result()
+
+
+def test_a_colocated_router_streams_both_variants_by_weight_and_names_variant_and_version(colocated_lm):
+    from ray import serve
+
+    deployments = set(serve.status().applications[colocated_lm.name].deployments)
+    assert "router" in deployments and not any(d.startswith("llm-") for d in deployments), deployments   # one hop
+    served = []
+    with openai.OpenAI(base_url=f"{colocated_lm.url}/v1", api_key="unused", max_retries=0, timeout=30) as client:
+        for i in range(24):
+            raw = client.completions.with_raw_response.create(model=colocated_lm.model, prompt=PROMPTS[i % 6],
+                                                              max_tokens=3, temperature=0, stream=True)
+            variant = raw.headers[HEADER_VARIANT]
+            assert raw.headers[HEADER_VERSION] == colocated_lm.versions[variant]
+            chunks = list(raw.parse())
+            assert chunks[0].model_extra["rayline"] == {"model": colocated_lm.model,
+                                                        "version": colocated_lm.versions[variant], "variant": variant}
+            assert "".join(c.choices[0].text for c in chunks)
+            served.append(variant)
+    assert set(served) == {BASELINE, CANDIDATE}
+    assert served.count(BASELINE) > served.count(CANDIDATE), served   # 70/30: P(not so) over 24 draws ~ 2 %
+
+
+def test_a_client_that_leaves_a_colocated_stream_stops_its_in_process_generation(colocated_lm):
+    before = colocated_engine(colocated_lm, CANDIDATE)["cancelled"]
+    body = {"model": colocated_lm.model, "prompt": PROMPTS[0], "max_tokens": 480, "temperature": 0, "stream": True}
+    with colocated_lm.client.stream("POST", f"{colocated_lm.url}/v1/completions", json=body,
+                                    headers={HEADER_FORCE: CANDIDATE}) as response:
+        events = (line for line in response.iter_lines() if line.startswith("data:"))
+        next(events), next(events)
+    wait_for(lambda: colocated_engine(colocated_lm, CANDIDATE)["active"] == 0, timeout_s=5, every_s=0.05)
+    assert colocated_engine(colocated_lm, CANDIDATE)["cancelled"] == before + 1   # stopped, not run to max_tokens
+
+
+def test_a_colocated_router_generates_shadow_copies_in_process(colocated_lm):
+    response = colocated_lm.admin("PUT", "/admin/traffic", {"weights": {BASELINE: 1.0}, "shadow": CANDIDATE})
+    wait_for_traffic(colocated_lm, response.json()["epoch"])
+    with openai.OpenAI(base_url=f"{colocated_lm.url}/v1", api_key="unused", max_retries=0, timeout=30) as client:
+        for i in range(4):
+            raw = client.completions.with_raw_response.create(model=colocated_lm.model, prompt=PROMPTS[i],
+                                                              max_tokens=4, stream=i % 2 == 0)
+            assert raw.headers[HEADER_VARIANT] == BASELINE
+
+    def shadowed() -> dict | None:
+        shadow = admin_ok(colocated_lm, "GET", "/admin/rollout")["windows"].get(f"{CANDIDATE}/shadow")
+        return shadow if shadow and shadow["requests"] >= 4 else None
+
+    shadow = wait_for(shadowed, timeout_s=20)
+    assert shadow["version"] == colocated_lm.versions[CANDIDATE] and shadow["errors_5xx"] == 0
+
+
+# ---- the GPU option of the variants (configuration only: no GPU here) -------------------------------------------
+
+def test_llm_num_gpus_goes_to_the_variant_replicas_or_colocated_to_the_router_and_runs_the_engine_on_cuda():
+    from deployments.app import llm_server, router_sizing
+
+    args = {"model_name": "m", "kind": "llm", "baseline": "models:/m@champion", "llm": {"num_gpus": 0.5}}
+    variant = llm_server(parse_config(args), BASELINE, "3", "http://mlflow")._bound_deployment
+    assert variant.ray_actor_options["num_gpus"] == 0.5 and variant.init_kwargs["device"] == "cuda"
+    assert "num_gpus" not in router_sizing(parse_config(args))["ray_actor_options"]   # the router itself: CPU only
+    colocated = router_sizing(parse_config({**args, "colocate": True}))
+    assert colocated["ray_actor_options"]["num_gpus"] == 0.5
+    on_cpu = llm_server(parse_config({**args, "llm": {}}), BASELINE, "3", "http://mlflow")._bound_deployment
+    assert "num_gpus" not in on_cpu.ray_actor_options and "device" not in on_cpu.init_kwargs
+    for bad, field in (({**args, "llm": {"num_gpus": 2}}, "llm.num_gpus"),
+                       ({**args, "kind": "tabular"}, "llm.num_gpus is for kind: llm")):
+        with pytest.raises(ConfigError, match=field):
+            parse_config(bad)
+
+
 # ---- canary rollouts of language models: the same controller, gating on TTFT ------------------------------------
 
 class CompletionLoad(Load):
@@ -251,8 +341,10 @@ def test_a_candidate_with_a_slow_first_token_is_rolled_back_automatically(serve_
     assert champion_version(app) == app.versions[BASELINE]
 
 
-def test_a_healthy_candidate_is_promoted_and_the_champion_alias_moves(serve_url, settings, lm_folder):
-    with running_app(serve_url, settings, register_two(settings, lm_folder), kind="llm") as app:
+@pytest.mark.parametrize("colocate", [False, True], ids=["separate", "colocated"])
+def test_a_healthy_candidate_is_promoted_and_the_champion_alias_moves(serve_url, settings, lm_folder, colocate):
+    """Colocated too: the controller moves the weights of engines that run inside the router's replica."""
+    with running_app(serve_url, settings, register_two(settings, lm_folder), kind="llm", colocate=colocate) as app:
         rollout = canary(app)
     assert rollout["phase"] == "succeeded", rollout
     assert champion_version(app) == app.versions[CANDIDATE]
