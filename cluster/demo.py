@@ -140,16 +140,18 @@ def _canary(ctx: DemoContext, spec_file: str, expect: str) -> tuple[dict[str, An
 
     url = _deploy(ctx, candidate=f"models:/{MODEL}@challenger")
     load = BackgroundLoad(url, MODEL, ctx.results["records"], rate_per_s=CANARY_RPS)
-    final, result, seconds = _rollout(ctx, AdminClient(ctx.settings, url), spec_file, load)
+    final, result, seconds, _ = _rollout(ctx, AdminClient(ctx.settings, url), spec_file, load)
     if final["phase"] != expect:
         raise RuntimeError(f"rollout {final['rollout_id']} ended {final['phase']}, expected {expect}: "
                            f"{final.get('reason')}")
     return final, result, seconds
 
 
-def _rollout(ctx: DemoContext, admin: Any, spec_file: str, load: Any) -> tuple[dict[str, Any], Any, float]:
+def _rollout(ctx: DemoContext, admin: Any, spec_file: str, load: Any
+             ) -> tuple[dict[str, Any], Any, float, list[dict[str, Any]]]:
     """Start ``spec_file``'s rollout through the admin API ``rayline canary start`` calls, under ``load``
-    (started here, stopped after), and wait for its terminal phase: (final rollout status, load result, seconds)."""
+    (started here, stopped after), and wait for its terminal phase: (final rollout status, load result, seconds,
+    the controller's analyses seen while polling, oldest first)."""
     from deployments.rollout.spec import load_spec
 
     load.start()
@@ -159,10 +161,14 @@ def _rollout(ctx: DemoContext, admin: Any, spec_file: str, load: Any) -> tuple[d
         started = admin.command("start", spec=spec.model_dump(mode="json"), reason="demo")
         rollout_id = started["rollout"]["rollout_id"]
         final: dict[str, Any] = {}
+        analyses: list[dict[str, Any]] = []
 
         def decided() -> bool:
             nonlocal final
-            final = admin.call("GET", "/admin/rollout")["rollout"]
+            status = admin.call("GET", "/admin/rollout")
+            final = status["rollout"]
+            if status.get("last_analysis") and status["last_analysis"] not in analyses[-1:]:
+                analyses.append(status["last_analysis"])
             return final["phase"] in TERMINAL_PHASES
 
         if not wait_until(decided, timeout_s=CANARY_TIMEOUT_S, interval_s=0.5):
@@ -170,7 +176,7 @@ def _rollout(ctx: DemoContext, admin: Any, spec_file: str, load: Any) -> tuple[d
     finally:
         result = load.stop()
     ctx.results.setdefault("rollouts", []).append(rollout_id)
-    return final, result, time.monotonic() - t0
+    return final, result, time.monotonic() - t0, analyses
 
 
 def _gate_passed(ctx: DemoContext, url: str | None = None) -> str:
@@ -392,24 +398,36 @@ class CompletionLoad:
         return self
 
 
+def _ttft(analyses: list[dict[str, Any]], v1: str, v2: str) -> str:
+    """What the gates saw: the last check that compared both versions' time to first token, and how many failed."""
+    failed = sum(1 for a in analyses if a["status"] == "fail")
+    both = [a for a in analyses if all((a["stats"].get(v) or {}).get("p50_ms") for v in ("baseline", "candidate"))]
+    if not both:
+        return f"{len(analyses)} checks, {failed} failed, none compared both versions"
+    base, cand = both[-1]["stats"]["baseline"], both[-1]["stats"]["candidate"]
+    return (f"last check with both: TTFT p50 v{v2} {cand['p50_ms']:.0f} ms vs v{v1} {base['p50_ms']:.0f} ms, "
+            f"p99 {cand['p99_ms']:.0f} vs {base['p99_ms']:.0f} ms, errors {cand['errors']}/{cand['requests']}; "
+            f"{failed} of {len(analyses)} checks failed")
+
+
 def stage_lm_canary(ctx: DemoContext) -> str:
     """Canary v2 against v1 through the router app under streamed openai traffic, gated on TTFT and errors."""
     from cluster.cli.canary import AdminClient
     from deployments.contracts import HEADER_VERSION
 
     url, v1, v2 = ctx.results["lm_url"], ctx.results["lm"], ctx.results["lm_v2"]
-    final, load, seconds = _rollout(ctx, AdminClient(ctx.settings, url), "examples/demo/canary_lm.yaml",
-                                    CompletionLoad(url))
+    final, load, seconds, analyses = _rollout(ctx, AdminClient(ctx.settings, url), "examples/demo/canary_lm.yaml",
+                                              CompletionLoad(url))
     champion = Registry(ctx.settings).by_alias(LM_MODEL, "champion").version
     with _lm_client(url) as client:
         serving = client.completions.with_raw_response.create(model=LM_MODEL, prompt=LM_PROMPTS[1],
                                                               max_tokens=1).headers[HEADER_VERSION]
-    traffic = (f"{sum(load.served.values())} streamed completions ({dict(load.served)}), "
+    traffic = (f"{sum(load.served.values())} streamed completions ({dict(sorted(load.served.items()))}), "
                f"{sum(load.failed.values())} failed")
     reason = (final.get("decision") or {}).get("reason") or final.get("reason")
     if final["phase"] == "succeeded" and champion == v2 == serving:
-        return (f"{_gate_passed(ctx, url)}; v{v2} promoted to 100 % in {seconds:.0f} s (TTFT and error gates "
-                f"passed at every step); champion → v{champion}; v{serving} serves now; {traffic}")
+        return (f"{_gate_passed(ctx, url)}; v{v2} promoted to 100 % in {seconds:.0f} s ({_ttft(analyses, v1, v2)}); "
+                f"champion → v{champion}; v{serving} serves now; {traffic}")
     if final["phase"] == "rolled_back" and champion == v1 == serving:
         return f"v{v2} rolled back automatically after {seconds:.0f} s ({reason}); champion stays v{v1}, " \
                f"v{serving} serves; {traffic}"

@@ -61,8 +61,9 @@ def test_demo_runs_the_whole_pipeline_and_cleans_up(tmp_path: Path) -> None:
                      r"http://\S+/llm/v1/completions with the openai client \(baseline v1\): first token after \d+ ms, "
                      r"\d+ events: 'async def .+'", out), out[-3000:]
     # The canary's outcome: the quality gate passed, v2 took traffic, was promoted, and the alias moved.
-    canary = re.search(r"quality gate passed \(val_perplexity [\d.]+ vs [\d.]+\); v2 promoted to 100 % in \d+ s .*"
-                       r"champion → v2; v2 serves now; \d+ streamed completions "
+    canary = re.search(r"quality gate passed \(val_perplexity [\d.]+ vs [\d.]+\); v2 promoted to 100 % in \d+ s "
+                       r"\(last check with both: TTFT p50 v2 \d+ ms vs v1 \d+ ms, .*\); champion → v2; v2 serves now; "
+                       r"\d+ streamed completions "
                        r"\(\{'baseline': \d+, 'candidate': (\d+)\}\)", out)
     assert canary and int(canary[1]) > 0, out[-3000:]
     assert "stack stopped" in out
