@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 import secrets
 import sysconfig
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +40,10 @@ LM_SOURCES = ("asyncio", "json")
 LM_CONTRACT = "examples/contracts/pystdlib_text.yaml"
 LM_DATASET = "pystdlib"
 LM_MODEL = "pystdlib-gpt"
+LM_APP = "llm"   # the language model's router app: its own Serve app beside the tabular one, under /llm
+LM_PROMPTS = ("import asyncio\n\n\nasync def ", "import json\n\n\ndef ", "class ", "    def __init__(self, ",
+              "if __name__ == ")
+LM_USERS = 50    # canary traffic: completions from this many sticky users (the `user` field)
 
 
 @dataclass
@@ -131,42 +137,57 @@ def _canary(ctx: DemoContext, spec_file: str, expect: str) -> tuple[dict[str, An
     """Deploy champion + challenger, start the rollout under steady load, wait for its verdict."""
     from cluster.cli.canary import AdminClient
     from cluster.loadgen import BackgroundLoad
-    from deployments.rollout.spec import load_spec
 
     url = _deploy(ctx, candidate=f"models:/{MODEL}@challenger")
-    admin = AdminClient(ctx.settings, url)
-    load = BackgroundLoad(url, MODEL, ctx.results["records"], rate_per_s=CANARY_RPS).start()
+    load = BackgroundLoad(url, MODEL, ctx.results["records"], rate_per_s=CANARY_RPS)
+    final, result, seconds, _ = _rollout(ctx, AdminClient(ctx.settings, url), spec_file, load)
+    if final["phase"] != expect:
+        raise RuntimeError(f"rollout {final['rollout_id']} ended {final['phase']}, expected {expect}: "
+                           f"{final.get('reason')}")
+    return final, result, seconds
+
+
+def _rollout(ctx: DemoContext, admin: Any, spec_file: str, load: Any
+             ) -> tuple[dict[str, Any], Any, float, list[dict[str, Any]]]:
+    """Start ``spec_file``'s rollout through the admin API ``rayline canary start`` calls, under ``load``
+    (started here, stopped after), and wait for its terminal phase: (final rollout status, load result, seconds,
+    the controller's analyses seen while polling, oldest first)."""
+    from deployments.rollout.spec import load_spec
+
+    load.start()
     t0 = time.monotonic()
     try:
         spec = load_spec(ROOT / spec_file)
         started = admin.command("start", spec=spec.model_dump(mode="json"), reason="demo")
         rollout_id = started["rollout"]["rollout_id"]
         final: dict[str, Any] = {}
+        analyses: list[dict[str, Any]] = []
 
         def decided() -> bool:
             nonlocal final
-            final = admin.call("GET", "/admin/rollout")["rollout"]
+            status = admin.call("GET", "/admin/rollout")
+            final = status["rollout"]
+            if status.get("last_analysis") and status["last_analysis"] not in analyses[-1:]:
+                analyses.append(status["last_analysis"])
             return final["phase"] in TERMINAL_PHASES
 
         if not wait_until(decided, timeout_s=CANARY_TIMEOUT_S, interval_s=0.5):
             raise RuntimeError(f"rollout {rollout_id} undecided after {CANARY_TIMEOUT_S:.0f} s: {final['phase']}")
     finally:
         result = load.stop()
-    if final["phase"] != expect:
-        raise RuntimeError(f"rollout {rollout_id} ended {final['phase']}, expected {expect}: {final.get('reason')}")
     ctx.results.setdefault("rollouts", []).append(rollout_id)
-    return final, result, time.monotonic() - t0
+    return final, result, time.monotonic() - t0, analyses
 
 
-def _gate_passed(ctx: DemoContext) -> str:
+def _gate_passed(ctx: DemoContext, url: str | None = None) -> str:
     """The quality gate's figures, as the controller recorded them in the current rollout's start event."""
     from cluster.cli.canary import AdminClient
 
-    rollouts = AdminClient(ctx.settings, ctx.results["url"]).call("GET", "/admin/rollout/history")["rollouts"]
+    rollouts = AdminClient(ctx.settings, url or ctx.results["url"]).call("GET", "/admin/rollout/history")["rollouts"]
     quality = rollouts[-1]["events"][0].get("quality") or {}
     if not quality.get("passed"):
         raise RuntimeError(f"rollout started without a passed quality gate: {quality}")
-    return f"quality gate passed ({quality['metric']} {quality['candidate']:.4f} vs {quality['baseline']:.4f})"
+    return f"quality gate passed ({quality['metric']} {quality['candidate']:.4g} vs {quality['baseline']:.4g})"
 
 
 def stage_canary_v2(ctx: DemoContext) -> str:
@@ -268,14 +289,19 @@ def stage_lm_tokenize(ctx: DemoContext) -> str:
             f"shards: {tokens['train']} train / {tokens['validation']} validation tokens")
 
 
-def stage_lm_train(ctx: DemoContext) -> str:
-    result = _job(ctx, "python -m jobs.train --config examples/demo/train_lm.yaml")
+def _train_lm(ctx: DemoContext, config: str, key: str, *flags: str) -> tuple[str, dict[str, Any]]:
+    """A GPT training job; the registered version (kept under ``key``) and the job's metrics."""
+    result = _job(ctx, " ".join(("python -m jobs.train --config", config, *flags)))
     if not result.get("registered"):
-        raise RuntimeError(f"language model not registered ({result.get('gate')})")
-    version = result["registered"].rsplit("/", 1)[-1]
-    ctx.results["lm"] = version
-    perplexity = result["metrics"]["val_perplexity"]
-    return f"registered {LM_MODEL}/{version} (val_perplexity {perplexity:.1f}) with a Hugging Face GPT-2 folder"
+        raise RuntimeError(f"{config}: language model not registered ({result.get('gate')})")
+    ctx.results[key] = result["registered"].rsplit("/", 1)[-1]
+    return ctx.results[key], result["metrics"]
+
+
+def stage_lm_train(ctx: DemoContext) -> str:
+    version, metrics = _train_lm(ctx, "examples/demo/train_lm.yaml", "lm")
+    return (f"registered {LM_MODEL}/{version} (val_perplexity {metrics['val_perplexity']:.1f}) with a Hugging Face "
+            f"GPT-2 folder")
 
 
 def stage_lm_evaluate(ctx: DemoContext) -> str:
@@ -287,24 +313,126 @@ def stage_lm_evaluate(ctx: DemoContext) -> str:
             f"sampled: {(sample['prompt'] + sample['completion'])[:80]!r}")
 
 
-def stage_lm_serve(ctx: DemoContext) -> str:
-    """The registered GPT behind the OpenAI API on Ray Serve, called with the official ``openai`` client."""
+def stage_lm_train_v2(ctx: DemoContext) -> str:
+    """v2 = v1 trained on: v1's run resumed from its last checkpoint for one more epoch (audited as a change)."""
+    version, metrics = _train_lm(ctx, "examples/demo/train_lm_v2.yaml", "lm_v2", "--resume-with-changes")
+    return (f"registered {LM_MODEL}/{version} (val_perplexity {metrics['val_perplexity']:.1f}) as challenger: "
+            f"v{ctx.results['lm']}'s run resumed at step {metrics.get('resumed_from_step')} for one more epoch "
+            f"({metrics.get('steps_this_attempt')} steps)")
+
+
+def _lm_client(base_url: str) -> Any:
     import openai
 
-    from cluster import serving
+    return openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=60)
 
-    base_url = serving.deploy_llm(ctx.settings, f"models:/{LM_MODEL}/{ctx.results['lm']}")
-    client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=60)
+
+def stage_lm_serve(ctx: DemoContext) -> str:
+    """The router app for a language model (``kind: llm``): the champion serves, the challenger waits at 0 %;
+    a completion streamed with the official ``openai`` client names the variant and version that answered."""
+    from cluster import serving
+    from deployments.contracts import HEADER_VARIANT, HEADER_VERSION
+
+    cfg = serving.app_config(ctx.settings, LM_MODEL, f"models:/{LM_MODEL}@champion",
+                             f"models:/{LM_MODEL}@challenger", kind="llm")
+    url = ctx.results["lm_url"] = serving.deploy_ready(ctx.settings, cfg, name=LM_APP, route_prefix=f"/{LM_APP}")
     started, first, pieces = time.monotonic(), None, []
-    for event in client.completions.create(model=LM_MODEL, prompt="import asyncio\n\n\nasync def ", max_tokens=32,
-                                           temperature=0.8, seed=0, stream=True):
-        first = first if first is not None else time.monotonic() - started
-        pieces.extend(choice.text for choice in event.choices)
+    with _lm_client(url) as client:
+        raw = client.completions.with_raw_response.create(model=LM_MODEL, prompt=LM_PROMPTS[0], max_tokens=32,
+                                                          temperature=0.8, seed=0, stream=True)
+        for event in raw.parse():
+            first = first if first is not None else time.monotonic() - started
+            pieces.extend(choice.text for choice in event.choices)
     text = "".join(pieces)
     if not text:
-        raise RuntimeError(f"the stream from {base_url} carried no text")
-    return (f"streamed from {base_url}/completions with the openai client: first token after {first * 1000:.0f} ms, "
-            f"{len(pieces)} events: {('async def ' + text)[:60]!r}")
+        raise RuntimeError(f"the stream from {url} carried no text")
+    return (f"router app (kind: llm): champion v{ctx.results['lm']} serves, challenger v{ctx.results['lm_v2']} "
+            f"deployed at 0 %; streamed from {url}/v1/completions with the openai client "
+            f"({raw.headers[HEADER_VARIANT]} v{raw.headers[HEADER_VERSION]}): first token after "
+            f"{first * 1000:.0f} ms, {len(pieces)} events: {('async def ' + text)[:60]!r}")
+
+
+class CompletionLoad:
+    """Streamed completions with the ``openai`` client from a few threads, each request from one of
+    ``LM_USERS`` sticky users, until stopped; counts which variant answered and what failed."""
+
+    def __init__(self, url: str, threads: int = 3, pause_s: float = 0.05) -> None:
+        self.url, self.pause_s = url, pause_s
+        self.served: Counter[str] = Counter()
+        self.failed: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
+
+    def _run(self, first: int) -> None:
+        import openai
+
+        from deployments.contracts import HEADER_VARIANT
+
+        with _lm_client(self.url) as client:
+            i = first
+            while not self._stop.is_set():
+                try:
+                    raw = client.completions.with_raw_response.create(
+                        model=LM_MODEL, prompt=LM_PROMPTS[i % len(LM_PROMPTS)], max_tokens=4, stream=True,
+                        user=f"user-{i % LM_USERS}")
+                    for _ in raw.parse():
+                        pass
+                    outcome, counter = raw.headers.get(HEADER_VARIANT, "?"), self.served
+                except openai.APIError as exc:
+                    outcome, counter = type(exc).__name__, self.failed
+                with self._lock:
+                    counter[outcome] += 1
+                i += len(self._threads)
+                self._stop.wait(self.pause_s)
+
+    def start(self) -> CompletionLoad:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self) -> CompletionLoad:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+        return self
+
+
+def _ttft(analyses: list[dict[str, Any]], v1: str, v2: str) -> str:
+    """What the gates saw: the last check that compared both versions' time to first token, and how many failed."""
+    failed = sum(1 for a in analyses if a["status"] == "fail")
+    both = [a for a in analyses if all((a["stats"].get(v) or {}).get("p50_ms") for v in ("baseline", "candidate"))]
+    if not both:
+        return f"{len(analyses)} checks, {failed} failed, none compared both versions"
+    base, cand = both[-1]["stats"]["baseline"], both[-1]["stats"]["candidate"]
+    return (f"last check with both: TTFT p50 v{v2} {cand['p50_ms']:.0f} ms vs v{v1} {base['p50_ms']:.0f} ms, "
+            f"p99 {cand['p99_ms']:.0f} vs {base['p99_ms']:.0f} ms, errors {cand['errors']}/{cand['requests']}; "
+            f"{failed} of {len(analyses)} checks failed")
+
+
+def stage_lm_canary(ctx: DemoContext) -> str:
+    """Canary v2 against v1 through the router app under streamed openai traffic, gated on TTFT and errors."""
+    from cluster.cli.canary import AdminClient
+    from deployments.contracts import HEADER_VERSION
+
+    url, v1, v2 = ctx.results["lm_url"], ctx.results["lm"], ctx.results["lm_v2"]
+    final, load, seconds, analyses = _rollout(ctx, AdminClient(ctx.settings, url), "examples/demo/canary_lm.yaml",
+                                              CompletionLoad(url))
+    champion = Registry(ctx.settings).by_alias(LM_MODEL, "champion").version
+    with _lm_client(url) as client:
+        serving = client.completions.with_raw_response.create(model=LM_MODEL, prompt=LM_PROMPTS[1],
+                                                              max_tokens=1).headers[HEADER_VERSION]
+    traffic = (f"{sum(load.served.values())} streamed completions ({dict(sorted(load.served.items()))}), "
+               f"{sum(load.failed.values())} failed")
+    reason = (final.get("decision") or {}).get("reason") or final.get("reason")
+    if final["phase"] == "succeeded" and champion == v2 == serving:
+        return (f"{_gate_passed(ctx, url)}; v{v2} promoted to 100 % in {seconds:.0f} s ({_ttft(analyses, v1, v2)}); "
+                f"champion → v{champion}; v{serving} serves now; {traffic}")
+    if final["phase"] == "rolled_back" and champion == v1 == serving:
+        return f"v{v2} rolled back automatically after {seconds:.0f} s ({reason}); champion stays v{v1}, " \
+               f"v{serving} serves; {traffic}"
+    raise RuntimeError(f"LM rollout {final['rollout_id']} ended {final['phase']} ({reason}) but champion is "
+                       f"v{champion} and v{serving} serves")
 
 
 def stages() -> list[Stage]:
@@ -325,7 +453,11 @@ def stages() -> list[Stage]:
         ("train a tiny GPT on the token shards, registered in the Hugging Face layout (Ray job)", stage_lm_train),
         ("evaluate the GPT with transformers alone: perplexity and a sampled completion (Ray job)",
          stage_lm_evaluate),
-        ("serve the GPT behind the OpenAI API (continuous batching) and stream a completion", stage_lm_serve),
+        ("train GPT v2: v1's run resumed for one more epoch, registered as challenger (Ray job)", stage_lm_train_v2),
+        ("serve the GPT through the router app (OpenAI API, continuous batching) and stream a completion",
+         stage_lm_serve),
+        ("canary GPT v2 under streamed openai traffic: TTFT and error gates, then the champion alias moves",
+         stage_lm_canary),
     ]
 
 

@@ -73,8 +73,8 @@ def app_config(settings: Settings, model: str, baseline: str | None = None, cand
     })
 
 
-def deploy(settings: Settings, cfg: Any, name: str = APP_NAME) -> str:
-    """Run the app for ``cfg`` on Serve at ``settings.serve_http_port``; returns the base URL."""
+def deploy(settings: Settings, cfg: Any, name: str = APP_NAME, route_prefix: str = "/") -> str:
+    """Run the app for ``cfg`` on Serve at ``settings.serve_http_port`` under ``route_prefix``; returns its base URL."""
     from ray import serve
 
     from deployments.app import build
@@ -90,11 +90,11 @@ def deploy(settings: Settings, cfg: Any, name: str = APP_NAME) -> str:
                               "request_timeout_s": cfg.request_timeout_s + 5},
                 logging_config={"log_level": "WARNING", "enable_access_log": False})
     try:
-        serve.run(build(cfg, admin_token=admin, predict_token=predict), name=name, route_prefix="/")
+        serve.run(build(cfg, admin_token=admin, predict_token=predict), name=name, route_prefix=route_prefix)
     except RuntimeError as exc:
         raise ServeError(f"deploying {name} failed: {startup_failure(name, str(exc))}") from None
     atomic_write(_deployed_record(settings, name), json.dumps(cfg.model_dump(mode="json"), indent=1))
-    return serve_url(settings)
+    return serve_url(settings) + route_prefix.rstrip("/")
 
 
 def deploy_llm(settings: Settings, model: str, name: str = "llm", **options: Any) -> str:
@@ -168,9 +168,10 @@ def waiting(url: str) -> dict[str, str]:
     return dict(body.get("waiting") or {}) if isinstance(body, dict) else {}
 
 
-def deploy_ready(settings: Settings, cfg: Any, name: str = APP_NAME, timeout_s: float = READY_TIMEOUT_S) -> str:
+def deploy_ready(settings: Settings, cfg: Any, name: str = APP_NAME, timeout_s: float = READY_TIMEOUT_S,
+                 route_prefix: str = "/") -> str:
     """:func:`deploy`, then wait until every model version answers (or waits for its reference); the base URL."""
-    url = deploy(settings, cfg, name)
+    url = deploy(settings, cfg, name, route_prefix)
     if not wait_until(lambda: ready(url), timeout_s=timeout_s, interval_s=0.5):
         raise ServeError(f"{name} at {url} was deployed but not ready within {timeout_s:.0f} s "
                          f"(see `rayline serve status` and the Serve replica logs)")

@@ -4,8 +4,10 @@ Every stage runs: ingest → train v1 → evaluate → champion → serve → tr
 data) → quality gate passes, canary to 100 % (alias moves) → the worse v1 proposed again is refused by the
 quality gate before any traffic → broken v3 (v2's weights) rolled back automatically → canary reports;
 then the language-model track: Python's own sources ingested as text → tokenizer and token shards → a
-tiny GPT trained and registered in the Hugging Face layout → evaluated with transformers alone → served
-behind the OpenAI API and streamed with the ``openai`` client.
+tiny GPT trained and registered in the Hugging Face layout → evaluated with transformers alone → v2 (v1's run
+trained one epoch more) registered as challenger → both served by the router app (``kind: llm``), a completion
+streamed with the ``openai`` client → v2 canaried under streamed ``openai`` traffic (TTFT and error gates) and
+promoted: the champion alias moves.
 Nothing is mocked.
 """
 
@@ -31,7 +33,7 @@ def test_demo_runs_the_whole_pipeline_and_cleans_up(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=1200)
     out = proc.stdout
     assert proc.returncode == 0, out[-3000:] + proc.stderr[-3000:]
-    assert "demo: 16 stages" in out
+    assert "demo: 18 stages" in out
     assert re.search(r"3000 rows in → \d+ clean, \d+ quarantined", out)
     accuracy = dict(re.findall(r"registered customers-churn/(\d) \(val_accuracy (0\.\d+)", out))
     assert float(accuracy["2"]) > float(accuracy["1"]), accuracy   # the promoted v2 is the better model
@@ -52,7 +54,17 @@ def test_demo_runs_the_whole_pipeline_and_cleans_up(tmp_path: Path) -> None:
     evaluated = re.search(r"eval_perplexity ([\d.]+) on the validation tokens; sampled: '.+'", out)
     assert trained and evaluated, out[-3000:]
     assert float(evaluated[1]) < 400 and float(trained[1]) < 400   # far below 4096: it learned Python
-    assert re.search(r"streamed from http://\S+/llm/v1/completions with the openai client: first token after \d+ ms, "
+    continued = re.search(r"registered pystdlib-gpt/2 \(val_perplexity ([\d.]+)\) as challenger: v1's run resumed at "
+                          r"step \d+ for one more epoch", out)
+    assert continued and float(continued[1]) < float(trained[1]), out[-3000:]   # trained on: better
+    assert re.search(r"router app \(kind: llm\): champion v1 serves, challenger v2 deployed at 0 %; streamed from "
+                     r"http://\S+/llm/v1/completions with the openai client \(baseline v1\): first token after \d+ ms, "
                      r"\d+ events: 'async def .+'", out), out[-3000:]
+    # The canary's outcome: the quality gate passed, v2 took traffic, was promoted, and the alias moved.
+    canary = re.search(r"quality gate passed \(val_perplexity [\d.]+ vs [\d.]+\); v2 promoted to 100 % in \d+ s "
+                       r"\(last check with both: TTFT p50 v2 \d+ ms vs v1 \d+ ms, .*\); champion → v2; v2 serves now; "
+                       r"\d+ streamed completions "
+                       r"\(\{'baseline': \d+, 'candidate': (\d+)\}\)", out)
+    assert canary and int(canary[1]) > 0, out[-3000:]
     assert "stack stopped" in out
     assert not (tmp_path / "state" / "stack.json").exists()

@@ -37,6 +37,7 @@ EXAMPLES = {
     "incremental-upgrade": CHART / "examples" / "incremental-upgrade.yaml",
     "dedicated-jobs": CHART / "examples" / "dedicated-jobs.yaml",
     "irsa-s3": CHART / "examples" / "irsa-s3.yaml",
+    "llm-gpu": CHART / "examples" / "llm-gpu.yaml",
 }
 
 Manifest = list[dict[str, Any]]

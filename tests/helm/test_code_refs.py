@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from cluster.errors import ConfigError
 from deployments.rollout.spec import parse_spec, ref_uri
 from deployments.serve_config import parse_config
 from tests.helm.conftest import EXAMPLES, ROOT, Manifest, env_of, one, parse_manifest, run_helm, template_args
@@ -56,7 +57,7 @@ def serving_containers(docs: Manifest) -> list[tuple[dict[str, Any], dict[str, A
 # --- serving: serveConfigV2 -> deployments.app:build_app ---------------------------------------
 
 
-@pytest.mark.parametrize("example", list(EXAMPLES))
+@pytest.mark.parametrize("example", EXAMPLES)
 def test_serve_apps_import_build_app_with_args_that_serve_config_accepts(rendered: dict[str, Manifest],
                                                                          example: str) -> None:
     for app in serve_apps(rendered[example]):
@@ -70,7 +71,6 @@ def test_serve_apps_import_build_app_with_args_that_serve_config_accepts(rendere
 
 def test_serve_config_validation_rejects_args_the_old_chart_rendered() -> None:
     """The check has teeth: the chart's former args (variants list, rollout block) fail."""
-    from cluster.errors import ConfigError
 
     with pytest.raises(ConfigError, match="variants"):
         parse_config({"model_name": "m", "baseline": "models:/m@champion",
@@ -125,6 +125,66 @@ def test_the_router_app_serves_a_language_model_with_kind_llm(renderer) -> None:
     [default] = serve_apps(renderer.render())
     assert parse_config(default["args"]).kind == "tabular"
     assert "kind" in renderer.error(renderer.values(lambda v: v["serving"]["app"].update(kind="vision")))
+
+
+GPU_GROUP = {"name": "gpu", "replicas": 1, "minReplicas": 1, "maxReplicas": 2, "gpus": 1,
+             "resources": {"requests": {"cpu": "4", "memory": "16Gi"}, "limits": {"cpu": "4", "memory": "16Gi"}},
+             "rayStartParams": {}, "shmSize": "2Gi", "nodeSelector": {}, "affinity": {},
+             "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}
+
+
+def gpu_llm(router_gpus: float = 1, second_app_gpus: float = 0.5, group: dict[str, Any] | None = GPU_GROUP):
+    """Values: the router app serving a GPT with ``router_gpus`` per replica, the second LM app with
+    ``second_app_gpus``, and ``group`` as the only serving worker group (None: the default CPU group)."""
+    def mutate(values: dict[str, Any]) -> None:
+        serving = values["serving"]
+        serving["app"].update(kind="llm", modelName="pystdlib-gpt")
+        serving["app"]["llm"]["numGpus"] = router_gpus
+        serving["llm"].update(enabled=True, model="models:/pystdlib-gpt@champion", numGpus=second_app_gpus)
+        if group is not None:
+            serving["workerGroups"] = [group]
+    return mutate
+
+
+def test_a_language_model_on_gpus_renders_num_gpus_and_a_gpu_serving_group(renderer) -> None:
+    """``serving.app.llm.numGpus`` / ``serving.llm.numGpus`` become the replicas' ``num_gpus``; the serving group
+    that hosts them requests and limits ``nvidia.com/gpu`` and tolerates the GPU taint. By default none of it."""
+    docs = renderer.render(renderer.values(gpu_llm()))
+    router, second = serve_apps(docs)
+    assert router["args"]["llm"]["num_gpus"] == 1 and second["args"]["num_gpus"] == 0.5
+    [group] = one(docs, "RayService")["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    pod = group["template"]["spec"]
+    resources = pod["containers"][0]["resources"]
+    assert resources["requests"]["nvidia.com/gpu"] == resources["limits"]["nvidia.com/gpu"] == 1
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+
+    default = renderer.render()
+    [app] = serve_apps(default)
+    assert "num_gpus" not in yaml.safe_dump(app["args"])
+    cpu_only = renderer.render(renderer.values(gpu_llm(router_gpus=0, second_app_gpus=0, group=None)))
+    assert all("num_gpus" not in yaml.safe_dump(a["args"]) for a in serve_apps(cpu_only))
+    for _pod, container in serving_containers(cpu_only):
+        assert "nvidia.com/gpu" not in yaml.safe_dump(container["resources"])
+
+
+def test_the_gpu_args_are_what_the_real_parsers_accept(renderer) -> None:
+    from deployments.llm.server import LLMServeConfig
+
+    router, second = serve_apps(renderer.render(renderer.values(gpu_llm())))
+    assert parse_config(router["args"]).llm.num_gpus == 1
+    assert LLMServeConfig(**second["args"]).num_gpus == 0.5
+
+
+def test_gpus_no_serving_group_can_hold_or_on_a_tabular_app_are_refused_at_render(renderer) -> None:
+    """Fail closed at ``helm install``: a replica asking more GPUs than any serving pod has would wait forever."""
+    refused = renderer.error(renderer.values(gpu_llm(group=None)))
+    assert "serving.app.llm.numGpus is 1" in refused and "no serving worker group" in refused
+    refused = renderer.error(renderer.values(gpu_llm(router_gpus=0, second_app_gpus=2)))
+    assert "serving.llm.numGpus is 2" in refused and "most: 1" in refused
+    tabular = renderer.error(renderer.values(lambda v: v["serving"]["app"]["llm"].update(numGpus=1)))
+    assert "set serving.app.kind to llm" in tabular
+    negative = renderer.error(renderer.values(gpu_llm(router_gpus=-1)))
+    assert "numGpus" in negative
 
 
 @pytest.mark.parametrize("example", list(EXAMPLES))

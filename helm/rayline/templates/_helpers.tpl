@@ -111,11 +111,31 @@ deployments/serve_config.py ServeAppConfig (extra fields fail the deployment).
 {{- with $app.candidateAlias }}{{ $_ := set $args "candidate" (printf "models:/%s@%s" $app.modelName .) }}{{ end -}}
 {{- with $app.traffic }}{{ $_ := set $args "traffic" . }}{{ end -}}
 {{- with $app.shadow }}{{ $_ := set $args "shadow" . }}{{ end -}}
+{{- $llmGpus := float64 (default 0 $app.llm.numGpus) }}
 {{- if eq (default "tabular" $app.kind) "llm" }}
 {{- $_ := set $args "kind" "llm" }}
-{{- $_ := set $args "llm" (dict "max_active" $app.llm.maxActive "max_waiting" $app.llm.maxWaiting "torch_threads" $app.llm.torchThreads) }}
+{{- $llm := dict "max_active" $app.llm.maxActive "max_waiting" $app.llm.maxWaiting "torch_threads" $app.llm.torchThreads }}
+{{- if gt $llmGpus 0.0 }}
+{{- include "rayline.servingGpusFit" (dict "root" . "key" "serving.app.llm.numGpus" "gpus" $llmGpus) }}
+{{- $_ := set $llm "num_gpus" $app.llm.numGpus }}
+{{- end }}
+{{- $_ := set $args "llm" $llm }}
+{{- else if gt $llmGpus 0.0 }}
+{{- fail "serving.app.llm.numGpus applies to a language model: set serving.app.kind to llm, or numGpus to 0" }}
 {{- end -}}
 {{- toYaml $args -}}
+{{- end -}}
+
+{{/* Fails the render when a language model asks `gpus` GPUs per replica (values key `key`) but no
+serving worker group has that many per pod: Serve would wait forever for a place to start the replica. */}}
+{{- define "rayline.servingGpusFit" -}}
+{{- $most := 0 -}}
+{{- range .root.Values.serving.workerGroups -}}
+{{- $most = max $most (int (default 0 .gpus)) -}}
+{{- end -}}
+{{- if lt (float64 $most) .gpus -}}
+{{- fail (printf "%s is %v but no serving worker group has that many GPUs per pod (serving.workerGroups[].gpus, most: %d): its replicas could never be placed; give a group gpus (and a toleration of the GPU taint), see examples/llm-gpu.yaml" .key .gpus $most) -}}
+{{- end -}}
 {{- end -}}
 
 {{/* MLflow as the serving app sees it: serving.app.trackingUri, else the in-cluster Service. */}}
