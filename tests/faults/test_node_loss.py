@@ -65,7 +65,7 @@ LOAD_S = 30
 KILL_AFTER_S = 8
 MAX_FAILURE_RATE = 0.005
 REPLACE_TIMEOUT_S = 120
-ROLLOUT_RATE_PER_S = 10
+ROLLOUT_RATE_PER_S = 25  # each step's gate needs ~52 clean candidate requests: ~15 s for 3 steps (~38 s at 10)
 SERVE_OPTIONS = {
     # 2 replicas of each model version and of the router, never two of one deployment on a node: a lost
     # node costs each deployment one replica. The controller stays off the head, so its node can be lost.
