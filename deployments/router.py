@@ -437,7 +437,8 @@ class Router:
 
         Sticky by the OpenAI ``user`` field (or the sticky header), forced by the force header, weighted
         otherwise, a shadow copy to the shadow variant. Streams are relayed piece by piece as the model
-        yields them (no buffering). The windows get the status and, as latency, the time to the first token.
+        yields them (no buffering). The windows get the status, as latency the time to the first token, and the
+        model metrics the variant reports after its last piece (mean log-prob per generated token).
         """
         self._ensure_loops()
         started = time.perf_counter()
@@ -491,14 +492,14 @@ class Router:
         """The stream's pieces as they come; recorded once when it ends, is cut off, or the client leaves."""
         try:
             async for piece in stream:
-                relay.seen()
-                yield piece
+                if (text := relay.take(piece)) is not None:   # the closing metrics item stays here
+                    yield text
         except Exception as exc:   # the replica failed mid-stream: the client sees the stream end early
             relay.status = self._failure(relay.variant, exc)[0]
         finally:
             stream.cancel()   # a client that went away: its sequence stops (a no-op once the stream ended)
             self.recorder.record(relay.variant, self.versions.get(relay.variant), relay.status, relay.latency_s(),
-                                 shadow=shadow, key=key)
+                                 relay.model_metrics, shadow=shadow, key=key)
 
     async def _shadow_generate(self, variant: str, kind: str, body: Any) -> None:
         relay = Relay(variant, time.perf_counter())

@@ -15,7 +15,9 @@ event's ``rayline`` object).
 The seam for a router in front: :meth:`LLMModel.respond` is a streaming method a
 ``DeploymentHandle`` can call (``handle.options(stream=True).respond.remote("chat", body)``); it
 yields one head ``{"status", "headers", "stream"}`` and then the body as text pieces (server-sent
-events when streaming, one JSON document otherwise). The HTTP routes here are themselves written on
+events when streaming, one JSON document otherwise); a generation ends with one non-text item
+``{"metrics": {"mean_logprob", "completion_tokens"}}`` for the router's rollout windows, which no HTTP
+answer contains (``relay.http_response`` passes text only). The HTTP routes here are themselves written on
 it, so a router that proxies through the handle answers byte for byte what this ingress does.
 Cancelling the call (a client gone) cancels the sequence in the engine.
 """
@@ -45,7 +47,7 @@ from deployments.llm.openai_api import (
     new_id,
     parse,
 )
-from deployments.llm.relay import http_response
+from deployments.llm.relay import http_response, model_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -159,6 +161,8 @@ class LLMModel:
                     yield chunk
             else:
                 yield json.dumps(await run.collect(self._rayline()))
+            # after the last text piece: the mean log-prob etc. for the router's windows, never in an HTTP answer
+            yield {"metrics": model_metrics(len(seq.generated), seq.logprob_sum)}
         finally:
             if seq.finish_reason is None:   # the caller went away (a disconnect cancels this generator)
                 self.engine.cancel(seq)

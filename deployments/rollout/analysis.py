@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from deployments.contracts import BASELINE, CANDIDATE, OUTCOME_CORRECT, OUTCOMES, VariantWindow
-from deployments.rollout.spec import LATENCY_METRIC, SUCCESS_METRIC, RolloutSpec, Thresholds
+from deployments.rollout.spec import LATENCY_METRIC, SUCCESS_METRIC, MetricBound, RolloutSpec, Thresholds
 from deployments.rollout.stats import rate_increase_lower_bound, slower_than, welch, wilson
 
 Status = Literal["pass", "fail", "insufficient"]
@@ -38,6 +38,7 @@ class VariantStats:
     model_metrics: dict[str, float] = field(default_factory=dict)   # name → mean
     versions: list[str] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list, repr=False)   # pooled; left out of to_dict
+    metric_samples: dict[str, list[float]] = field(default_factory=dict, repr=False)   # pooled; left out too
     outcomes: dict[str, list[float]] = field(default_factory=dict, repr=False)   # pooled feedback samples by name
 
 
@@ -64,6 +65,7 @@ class Verdict:
         data = asdict(self)
         for s in data["stats"].values():
             s.pop("latencies_ms", None)
+            s.pop("metric_samples", None)
             s["outcomes"] = {name: {"n": len(v), "mean": sum(v) / len(v)} for name, v in s["outcomes"].items() if v}
         return data
 
@@ -82,7 +84,6 @@ def quantile(values: list[float], q: float) -> float | None:
 def aggregate(windows: Iterable[VariantWindow], include_shadow: bool = False) -> dict[str, VariantStats]:
     """Sum request/error counts and pool latencies and model metrics per variant."""
     out: dict[str, VariantStats] = {}
-    metrics: dict[str, dict[str, list[float]]] = {}
     for w in windows:
         if w.shadow and not include_shadow:
             continue
@@ -94,15 +95,15 @@ def aggregate(windows: Iterable[VariantWindow], include_shadow: bool = False) ->
             s.versions.append(str(w.version))
         s.latencies_ms.extend(w.latencies_ms)
         for name, samples in w.model_metrics.items():
-            metrics.setdefault(w.variant, {}).setdefault(name, []).extend(samples)
+            s.metric_samples.setdefault(name, []).extend(samples)
         for name, samples in w.outcomes.items():
             s.outcomes.setdefault(name, []).extend(samples)
-    for variant, s in out.items():
+    for s in out.values():
         s.error_rate = s.errors / s.requests if s.requests else 0.0
         s.client_error_rate = s.client_errors / s.requests if s.requests else 0.0
         s.p50_ms = quantile(s.latencies_ms, 0.50)
         s.p99_ms = quantile(s.latencies_ms, 0.99)
-        s.model_metrics = {n: sum(v) / len(v) for n, v in metrics.get(variant, {}).items() if v}
+        s.model_metrics = {n: sum(v) / len(v) for n, v in s.metric_samples.items() if v}
     return out
 
 
@@ -143,8 +144,8 @@ def evaluate(spec: RolloutSpec, stats: dict[str, VariantStats],
                                 f"{evidence.requests}) is not yet shown below {th.max_error_rate:.1%} (upper bound "
                                 f"{high:.1%} at {th.confidence:.0%}); more requests before it may advance"))
             return Verdict("insufficient", checks, stats)
-    if any(c.status == "insufficient" and c.name.startswith("outcome:") for c in checks):
-        return Verdict("insufficient", checks, stats)   # a step waits for labels; never advances without them
+    if any(c.status == "insufficient" and c.name.startswith(("outcome:", "metric:")) for c in checks):
+        return Verdict("insufficient", checks, stats)   # a gated metric or label unmeasured: never advances
     return Verdict("pass", checks, stats)
 
 
@@ -181,18 +182,45 @@ def _checks(spec: RolloutSpec, stats: dict[str, VariantStats]) -> list[Check]:
                                  f"candidate p99 {cand.p99_ms:.1f} ms is {ratio:.2f}x baseline "
                                  f"{base.p99_ms:.1f} ms (> {th.max_p99_ratio_vs_baseline:g}x)"))
     for name, bound in th.model_metrics.items():
-        value = cand.model_metrics.get(name)
-        if value is None:
-            checks.append(Check(f"metric:{name}", "insufficient", reason=f"no samples of model metric {name!r}"))
+        checks += _metric_checks(name, bound, cand, base, th)
+    return checks
+
+
+def _metric_checks(name: str, bound: MetricBound, cand: VariantStats, base: VariantStats | None,
+                   th: Thresholds) -> list[Check]:
+    """A model metric's mean (e.g. ``mean_logprob``) against its absolute bounds and against the baseline's mean.
+
+    No candidate samples: ``metric:`` insufficient, which keeps the step from advancing. Too few baseline
+    samples to compare: ``metric_vs_baseline:`` insufficient, which does not (the absolute bounds decide).
+    """
+    value = cand.model_metrics.get(name)
+    if value is None:
+        return [Check(f"metric:{name}", "insufficient", reason=f"no samples of model metric {name!r} from the "
+                                                                 "candidate; it cannot be judged")]
+    checks = []
+    if bound.min is not None and value < bound.min:
+        checks.append(Check(f"metric:{name}", "fail", value, bound.min,
+                            f"candidate {name} {value:.4g} < {bound.min:g}"))
+    elif bound.max is not None and value > bound.max:
+        checks.append(Check(f"metric:{name}", "fail", value, bound.max,
+                            f"candidate {name} {value:.4g} > {bound.max:g}"))
+    elif bound.min is not None or bound.max is not None:
+        checks.append(Check(f"metric:{name}", "pass", value))
+    ours, theirs = cand.metric_samples.get(name, []), (base.metric_samples.get(name, []) if base else [])
+    for margin, lower_is_worse in ((bound.max_decrease_vs_baseline, True), (bound.max_increase_vs_baseline, False)):
+        if margin is None:
             continue
-        if bound.min is not None and value < bound.min:
-            checks.append(Check(f"metric:{name}", "fail", value, bound.min,
-                                f"candidate {name} {value:.4g} < {bound.min:g}"))
-        elif bound.max is not None and value > bound.max:
-            checks.append(Check(f"metric:{name}", "fail", value, bound.max,
-                                f"candidate {name} {value:.4g} > {bound.max:g}"))
-        else:
-            checks.append(Check(f"metric:{name}", "pass", value))
+        if len(theirs) < th.min_requests_per_check or len(ours) < 2:
+            checks.append(Check(f"metric_vs_baseline:{name}", "insufficient",
+                                reason=f"too few baseline samples of {name!r} to compare"))
+            continue
+        mean_b = sum(theirs) / len(theirs)
+        worse = (_mean_difference_lower_bound(theirs, ours, th.confidence) if lower_is_worse
+                 else _mean_difference_lower_bound(ours, theirs, th.confidence))
+        checks.append(_upper(f"metric_vs_baseline:{name}", worse, margin,
+                             f"candidate {name} {value:.4g} (n={len(ours)}) is {'below' if lower_is_worse else 'above'}"
+                             f" the baseline's {mean_b:.4g} (n={len(theirs)}) by more than {margin:g} (lower bound "
+                             f"of the difference {worse:.4g} at {th.confidence:.0%})"))
     return checks
 
 
@@ -231,6 +259,12 @@ def _difference_lower_bound(name: str, a: list[float], b: list[float], confidenc
     if name == OUTCOME_CORRECT:
         misses_a, misses_b = round(len(a) - sum(a)), round(len(b) - sum(b))
         return rate_increase_lower_bound(misses_b, len(b), misses_a, len(a), confidence)
+    return _mean_difference_lower_bound(a, b, confidence)
+
+
+def _mean_difference_lower_bound(a: list[float], b: list[float], confidence: float) -> float:
+    """One-sided lower bound of mean(a) − mean(b) at ``confidence``: Welch's interval (the effect when both
+    samples are constant and the interval is undefined)."""
     result = welch(b, a, alpha=2 * (1 - confidence))   # interval of mean(a) − mean(b), two-sided at 2c − 1
     return result.effect if math.isnan(result.ci_low) else result.ci_low
 

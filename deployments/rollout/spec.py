@@ -27,10 +27,29 @@ class _Strict(BaseModel):
 
 
 class MetricBound(_Strict):
-    """Bounds on the candidate's mean of a model metric the model server reports (e.g. confidence)."""
+    """Bounds on the candidate's mean of a model metric the model server reports (a classifier's ``confidence``,
+    a language model's ``mean_logprob``), absolute and against the baseline's mean on the same interval.
+
+    ``min``/``max`` bound the candidate's mean. ``max_decrease_vs_baseline`` (a metric where higher is better)
+    / ``max_increase_vs_baseline`` (lower is better) fail the check when a one-sided Welch bound at the spec's
+    confidence shows the candidate's mean below / above the baseline's by more than the margin; with too few
+    baseline samples to compare (a canary's 100 % step) that comparison is insufficient and the absolute bounds
+    decide. A candidate with no samples of a gated metric is never passed: the step waits (fails closed).
+    """
 
     min: float | None = None
     max: float | None = None
+    max_decrease_vs_baseline: float | None = Field(None, ge=0.0)
+    max_increase_vs_baseline: float | None = Field(None, ge=0.0)
+
+    @model_validator(mode="after")
+    def _some_bound(self) -> MetricBound:
+        if all(v is None for v in (self.min, self.max, self.max_decrease_vs_baseline, self.max_increase_vs_baseline)):
+            raise ValueError("a model metric gate needs min, max, max_decrease_vs_baseline or "
+                             "max_increase_vs_baseline")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min:g} is above max {self.max:g}")
+        return self
 
 
 class OutcomeBound(_Strict):

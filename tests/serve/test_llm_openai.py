@@ -257,15 +257,17 @@ def test_token_metrics_reach_rays_metrics_port(llm, ray_metrics_port):
 
 
 def test_a_deployment_handle_gets_what_http_gets(llm, reference):
-    """The router's seam: ``respond`` through a handle streams the head, then the same body as over HTTP."""
+    """The router's seam: ``respond`` through a handle streams the head, then the same body as over HTTP, then
+    (a generation) the request's model metrics for the rollout windows."""
     from ray import serve
 
     handle = serve.get_app_handle(llm.name).options(stream=True)
     body = {"model": llm.model, "prompt": PROMPTS[1], "max_tokens": 12, "temperature": 0}
-    head, whole = list(handle.respond.remote("completion", body))
+    head, whole, closing = list(handle.respond.remote("completion", body))
     assert head["status"] == 200 and head["headers"]["x-rayline-version"] == llm.version
     assert json.loads(whole)["choices"][0]["text"] == generate_greedy(reference, PROMPTS[1], 12)[0]
+    assert closing["metrics"]["completion_tokens"] == 12 and closing["metrics"]["mean_logprob"] <= 0
     parts = list(handle.respond.remote("completion", {**body, "stream": True}))
-    assert parts[0]["stream"] and parts[-1] == "data: [DONE]\n\n"
+    assert parts[0]["stream"] and parts[-2] == "data: [DONE]\n\n" and set(parts[-1]) == {"metrics"}
     bad_head, bad_body = list(handle.respond.remote("completion", {**body, "n": 3}))
     assert bad_head["status"] == 400 and json.loads(bad_body)["error"]["param"] == "n"
