@@ -190,13 +190,17 @@ def _metric_checks(name: str, bound: MetricBound, cand: VariantStats, base: Vari
                    th: Thresholds) -> list[Check]:
     """A model metric's mean (e.g. ``mean_logprob``) against its absolute bounds and against the baseline's mean.
 
-    No candidate samples: ``metric:`` insufficient, which keeps the step from advancing. Too few baseline
-    samples to compare: ``metric_vs_baseline:`` insufficient, which does not (the absolute bounds decide).
+    No candidate samples: ``metric:`` fails once the candidate answered ``min_requests_per_check`` requests
+    without reporting it (a version that cannot be judged on a gate is not promoted past it, and does not
+    hold its traffic share forever either: fail closed); until then insufficient. Too few baseline samples
+    to compare: ``metric_vs_baseline:`` insufficient, which does not hold the step (the absolute bounds decide).
     """
     value = cand.model_metrics.get(name)
     if value is None:
-        return [Check(f"metric:{name}", "insufficient", reason=f"no samples of model metric {name!r} from the "
-                                                                 "candidate; it cannot be judged")]
+        answered = cand.requests - cand.errors - cand.client_errors
+        status: Status = "fail" if answered >= th.min_requests_per_check else "insufficient"
+        return [Check(f"metric:{name}", status, reason=f"candidate answered {answered} requests and reported no "
+                                                         f"samples of model metric {name!r}; it cannot be judged")]
     checks = []
     if bound.min is not None and value < bound.min:
         checks.append(Check(f"metric:{name}", "fail", value, bound.min,

@@ -56,10 +56,16 @@ def test_without_baseline_samples_the_relative_bound_is_insufficient_and_the_abs
     assert {c.name: c.status for c in verdict.checks}[f"metric_vs_baseline:{MEAN_LOGPROB}"] == "insufficient"
 
 
-def test_a_gated_metric_the_candidate_never_reports_keeps_the_step_from_advancing():
-    """Fail closed: a candidate whose generations carry no log-prob is not promoted past a log-prob gate."""
-    silent = [VariantWindow(CANDIDATE, "2", 60, 0, 0, [10.0] * 60), VariantWindow(BASELINE, "1", 60, 0, 0, [10.0] * 60)]
-    assert evaluate(gate(min=-3.0), aggregate(silent)).status == "insufficient"
+def test_a_gated_metric_the_candidate_never_reports_fails_closed_once_it_answered_enough_requests():
+    """Fail closed: a candidate whose generations carry no log-prob is neither promoted past a log-prob gate nor
+    left holding its traffic share: a few answers wait (insufficient), enough answers without it fail."""
+    def silent(n: int) -> list[VariantWindow]:
+        return [VariantWindow(CANDIDATE, "2", n, 0, 0, [10.0] * n), VariantWindow(BASELINE, "1", 60, 0, 0, [10.0] * 60)]
+
+    assert evaluate(gate(min=-3.0), aggregate(silent(5))).status == "insufficient"
+    verdict = evaluate(gate(min=-3.0), aggregate(silent(60)))
+    assert verdict.status == "fail"
+    assert any("reported no samples" in r and MEAN_LOGPROB in r for r in verdict.reasons), verdict.reasons
 
 
 def test_a_metric_gate_needs_a_bound():
