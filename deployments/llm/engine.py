@@ -45,6 +45,10 @@ import torch
 HOLD = "\ufffd"  # what a byte-level tokenizer decodes an incomplete UTF-8 sequence to: wait for the next token
 
 
+class EngineFailed(Exception):
+    """The decode loop died (a forward pass raised: out of memory, a device error): this replica cannot generate."""
+
+
 class EngineFull(Exception):
     """Active slots and the waiting queue are both full: the caller should retry later."""
 
@@ -133,11 +137,14 @@ class Engine:
         self._wake = threading.Condition()
         self._stopped = False
         self._thread: threading.Thread | None = None
+        self.failure: str | None = None   # why the decode loop died, once it has
 
     # ---- the callers' side (any thread) ----------------------------------------------------------
 
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams, emit: Callable[[Event], None]) -> Seq:
         """Queue a sequence; it joins the running batch at the next step. EngineFull past the limits."""
+        if self.failure is not None:
+            raise EngineFailed(f"the decode loop of this replica stopped: {self.failure}")
         seq = Seq(list(prompt_ids), params, emit)
         if params.temperature > 0:
             seq.generator = torch.Generator(device=self.device)
@@ -161,6 +168,11 @@ class Engine:
         self._thread = threading.Thread(target=self._run, name="llm-engine", daemon=True)
         self._thread.start()
 
+    @property
+    def alive(self) -> bool:
+        """The decode loop runs (or was never started, as in tests that step by hand) and has not failed."""
+        return self.failure is None and (self._thread is None or self._thread.is_alive() or self._stopped)
+
     def stop(self) -> None:
         with self._wake:
             self._stopped = True
@@ -177,7 +189,25 @@ class Engine:
                     self._wake.wait()
                 if self._stopped:
                     return
-            self.step()
+            try:
+                self.step()
+            except Exception as exc:   # any failure of a forward pass ends every sequence
+                self.fail(exc)
+                return
+
+    def fail(self, exc: BaseException) -> None:
+        """End every admitted sequence with ``finish_reason`` "error" and refuse new ones: a caller's stream ends
+        at once instead of waiting for tokens that will never come; the replica's health check then fails."""
+        with self._wake:
+            self.failure = f"{type(exc).__name__}: {exc}"
+            self._stopped = True
+            for seq in [*self._active, *self._waiting]:
+                seq.finish_reason = "error"
+                seq.emit(Event("", len(seq.generated), "error", seq.logprob_sum))
+            self._active.clear()
+            self._waiting.clear()
+            self._cache = None
+            self.stats.active = self.stats.waiting = 0
 
     @torch.inference_mode()
     def step(self) -> None:

@@ -36,7 +36,7 @@ from ray import serve
 from ray.serve import Application
 
 from deployments.llm import metrics
-from deployments.llm.engine import Engine, EngineFull, Event, SamplingParams
+from deployments.llm.engine import Engine, EngineFailed, EngineFull, Event, SamplingParams
 from deployments.llm.generation import Generation
 from deployments.llm.loader import check_device, load, resolve
 from deployments.llm.openai_api import (
@@ -114,6 +114,11 @@ class LLMModel:
         if engine is not None:
             engine.stop()
 
+    def check_health(self) -> None:
+        """Serve's replica health check (colocated: the router's): a replica whose decode loop died is replaced."""
+        if not self.engine.alive:
+            raise RuntimeError(f"the LLM engine's decode loop stopped: {self.engine.failure or 'thread exited'}")
+
     async def ready(self) -> dict[str, Any]:
         """What the router asks every variant (readiness, the version it serves); no input fields to list."""
         return {"model": self.info.name, "version": self.info.version, "variant": self.labels["variant"],
@@ -148,6 +153,12 @@ class LLMModel:
             async for part in self._error(err):
                 yield part
             return
+        except EngineFailed as failed:
+            err = OpenAIError(503, f"{failed}; the replica is being replaced", None, "engine_failed",
+                              kind="server_error", headers={"Retry-After": str(self.engine.retry_after_s)})
+            async for part in self._error(err):
+                yield part
+            return
         except OpenAIError as err:
             async for part in self._error(err):
                 yield part
@@ -161,6 +172,8 @@ class LLMModel:
                     yield chunk
             else:
                 yield json.dumps(await run.collect(self._rayline()))
+            if seq.finish_reason == "error":   # the engine died mid-generation: a failed request, not a short one
+                raise EngineFailed(f"generation stopped: {self.engine.failure}")
             # after the last text piece: the mean log-prob etc. for the router's windows, never in an HTTP answer
             yield {"metrics": model_metrics(len(seq.generated), seq.logprob_sum)}
         finally:

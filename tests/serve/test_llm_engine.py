@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deployments.llm.engine import Engine, EngineFull, Event, SamplingParams
+from deployments.llm.engine import Engine, EngineFailed, EngineFull, Event, SamplingParams
 from deployments.llm.loader import hf_dir
 from deployments.llm.openai_api import ChatRequest, CompletionRequest, OpenAIError, parse
 
@@ -171,3 +171,43 @@ def test_device_cuda_without_a_gpu_fails_the_replica_at_construction_naming_the_
         LLMModel("models:/lm@champion", device="cuda")
     assert str(err.value).startswith("device: 'cuda'") and "\n" not in str(err.value)
     assert LLMServeConfig(model="models:/lm@champion", num_gpus=1).num_gpus == 1
+
+
+def test_a_forward_pass_that_raises_ends_every_sequence_with_an_error_and_the_engine_refuses_new_ones(model):
+    """A device error or out-of-memory in the decode loop (here: a forward pass made to raise on its fourth call,
+    standing in for a GPU fault this machine cannot produce) must not leave callers waiting for tokens: every
+    admitted sequence ends with ``finish_reason`` "error" at once, new ones are refused, and ``alive`` (what
+    the replica's health check reads) turns false so Serve replaces the replica."""
+    import threading
+
+    engine = Engine(model, Letters(), max_active=1, max_waiting=4)
+    calls, forward = [0], model.forward
+
+    def failing_forward(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 4:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return forward(*args, **kwargs)
+
+    ended = threading.Event()
+    events: dict[int, list[Event]] = {0: [], 1: []}
+
+    def collect(i: int):
+        def emit(event: Event) -> None:
+            events[i].append(event)
+            if all(e and e[-1].finish_reason for e in events.values()):
+                ended.set()
+        return emit
+
+    model.forward = failing_forward
+    try:
+        engine.submit([1, 2], SamplingParams(max_tokens=50, temperature=0), collect(0))
+        engine.submit([3], SamplingParams(max_tokens=50, temperature=0), collect(1))   # waits for the one slot
+        engine.start()
+        assert ended.wait(30), "callers were left waiting after the decode loop failed"
+    finally:
+        model.forward = forward
+    assert [e[-1].finish_reason for e in events.values()] == ["error", "error"]
+    assert not engine.alive and "illegal memory access" in engine.failure
+    with pytest.raises(EngineFailed, match="illegal memory access"):
+        engine.submit([4], SamplingParams(max_tokens=5, temperature=0), lambda e: None)
