@@ -41,6 +41,12 @@ class RequestMetrics:
     outcome: str          # the finish reason: stop, length, cancelled
 
 
+def mean_logprob(completion_tokens: int, logprob_sum: float) -> float | None:
+    """Mean natural-log probability per generated token (temperature 1, ``<= 0``); None when nothing was generated.
+    The one definition behind the Prometheus histogram (minus it) and the rollout windows' ``mean_logprob``."""
+    return logprob_sum / completion_tokens if completion_tokens > 0 else None
+
+
 def record(labels: dict[str, str], m: RequestMetrics) -> None:
     PROMPT_TOKENS.labels(**labels).inc(m.prompt_tokens)
     OUTPUT_TOKENS.labels(**labels).inc(m.completion_tokens)
@@ -49,8 +55,8 @@ def record(labels: dict[str, str], m: RequestMetrics) -> None:
         TTFT.labels(**labels).observe(m.ttft_s)
     if m.inter_token_s is not None:
         INTER_TOKEN.labels(**labels).observe(m.inter_token_s)
-    if m.completion_tokens:
-        MEAN_NEG_LOGPROB.labels(**labels).observe(-m.logprob_sum / m.completion_tokens)
+    if (mean := mean_logprob(m.completion_tokens, m.logprob_sum)) is not None:
+        MEAN_NEG_LOGPROB.labels(**labels).observe(-mean)
 
 
 def record_error(labels: dict[str, str], status: int) -> None:

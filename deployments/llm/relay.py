@@ -18,6 +18,7 @@ from typing import Any
 
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from deployments.llm.metrics import mean_logprob
 from deployments.llm.openai_api import OpenAIError
 
 STICKY_USER_FIELD = "user"   # OpenAI's end-user id: the sticky key unless the sticky header is sent
@@ -41,8 +42,8 @@ def model_metrics(completion_tokens: int, logprob_sum: float) -> dict[str, float
     The Prometheus histogram ``rayline_llm_mean_neg_logprob`` records minus the same number.
     """
     out = {COMPLETION_TOKENS: float(completion_tokens)}
-    if completion_tokens > 0:
-        out[MEAN_LOGPROB] = logprob_sum / completion_tokens
+    if (mean := mean_logprob(completion_tokens, logprob_sum)) is not None:
+        out[MEAN_LOGPROB] = mean
     return out
 
 
