@@ -134,6 +134,7 @@ def main() -> None:
     import ray
     from ray import serve
 
+    from cluster import local_ray
     from cluster.processes import session_members, terminate
     from deployments.controller import RolloutController
 
@@ -142,8 +143,7 @@ def main() -> None:
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     model = f"bench-{uuid.uuid4().hex[:6]}"
     register_versions(tracking_uri, model)
-    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="WARNING",
-             runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parent.parent)}})
+    local_ray.start(num_cpus=4)
     report = Report("rollback_bench", f"candidate fails {FAILURE_RATE:.0%} of requests after "
                                       f"{HEALTHY_BEFORE_FAIL_S}s + U(0, interval) at a 25% step; "
                                       f"~{REQUESTS_PER_REPORT * 4} req/s; "

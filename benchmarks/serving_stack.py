@@ -44,8 +44,7 @@ class Endpoints:
 
 def start_stack(tmp: Path) -> tuple[Settings, Popen]:
     """A private MLflow server and Ray instance; returns (settings, mlflow process)."""
-    import ray
-
+    from cluster import local_ray
     from cluster.processes import free_port
     from cluster.settings import load_settings
     from cluster.stack import start_mlflow
@@ -53,8 +52,7 @@ def start_stack(tmp: Path) -> tuple[Settings, Popen]:
     settings = load_settings(state_dir=tmp, mlflow_port=free_port(), log_format="text", log_level="WARNING")
     proc = start_mlflow(settings, tmp / "mlflow.log", timeout_s=120)
     os.environ["MLFLOW_TRACKING_URI"] = str(settings.mlflow_tracking_uri)
-    ray.init(address="local", num_cpus=6, include_dashboard=False, logging_level="WARNING",
-             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    local_ray.start(num_cpus=6)
     return settings, proc
 
 

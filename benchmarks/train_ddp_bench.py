@@ -127,14 +127,12 @@ def main() -> None:
 
     import tempfile
 
-    import ray
-
+    from cluster import local_ray
     from cluster.settings import load_settings
 
     state = Path(tempfile.mkdtemp(prefix="rayline-bench-"))
     settings = load_settings(state_dir=state, checkpoints_root=str(state / "checkpoints"))
-    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="WARNING",
-             runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "PYTHONPATH": str(ROOT)}})
+    local_ray.start(num_cpus=4)
     report = Report("train-ddp", workload=f"GPT {STEP_MODEL['params']} seq 64, batch {BATCH}/worker, 2 workers, gloo")
     figures: dict = {}
     if "step-time" in args.parts:

@@ -83,8 +83,7 @@ def main() -> None:
     parser.add_argument("--max-files", type=int, default=120)
     args = parser.parse_args()
 
-    import ray
-
+    from cluster import local_ray
     from cluster.settings import load_settings
 
     state = Path(tempfile.mkdtemp(prefix="rayline-bench-"))
@@ -93,8 +92,7 @@ def main() -> None:
     manifest = token_dataset(state, str(settings.datasets_root), args.max_files)
     vocab, train_rows = manifest["vocab_size"], manifest["splits"]["train"]["tokens"] // (SEQ + 1)
     validation_rows = manifest["splits"]["validation"]["tokens"] // (SEQ + 1)
-    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="WARNING",
-             runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "PYTHONPATH": str(ROOT)}})
+    local_ray.start(num_cpus=4)
     sources = {
         "token shards": {"dataset": DATASET, "version": "latest"},
         "synthetic (baseline)": {"synthetic_tokens": {"vocab_size": vocab, "seq_len": SEQ,

@@ -20,6 +20,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".tools" / "torch_extensions"))
 
+from cluster import local_ray  # noqa: E402
 from cluster.processes import free_port, session_members, terminate  # noqa: E402
 from cluster.settings import CONFIG_ENV, Settings, load_settings  # noqa: E402
 from cluster.stack import mlflow_healthy, start_mlflow  # noqa: E402
@@ -109,13 +110,6 @@ def s3(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Serve
 RAY_METRICS_PORT = free_port()
 METRICS_REPORT_INTERVAL_MS = 2000  # Ray's default is 10 s: the Prometheus tests would wait that long per change
 RAY_START_ATTEMPTS = 2
-# The session's Ray has no dashboard, so no state API. Ray Train's PlacementGroupCleaner (one per fit())
-# asks that API whether the controller lives; without an address it looks the dashboard up in the GCS,
-# 20 tries 2 s apart (then its thread dies), and the controller's shutdown waits up to 12 s for that
-# thread: a fit() that ended within ~40 s returned ~12 s after its last report (26.8 s → 14.8 s for a
-# trivial 2-worker fit, measured). A closed local port makes each query fail at once; the cleaner only
-# logs it and stops when the fit ends.
-STATE_API_ADDRESS = "http://127.0.0.1:1"
 
 
 @pytest.fixture(scope="session")
@@ -157,18 +151,10 @@ def ray_cluster() -> Iterator[None]:
 
 
 def _start_ray() -> None:
-    import ray
-
-    ray.init(
-        address="local",
+    local_ray.start(  # no dashboard: local_ray's worker env spares each fit() Ray Train's 12 s cleaner stall
+        RAY_TEST_CPUS,
+        env={"TORCH_EXTENSIONS_DIR": os.environ["TORCH_EXTENSIONS_DIR"]},
         _metrics_export_port=RAY_METRICS_PORT,
-        num_cpus=RAY_TEST_CPUS,
-        include_dashboard=False,
         object_store_memory=512 * 1024**2,
         _system_config={"metrics_report_interval_ms": METRICS_REPORT_INTERVAL_MS},
-        runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
-                                  "TORCH_EXTENSIONS_DIR": os.environ["TORCH_EXTENSIONS_DIR"],
-                                  "RAY_API_SERVER_ADDRESS": STATE_API_ADDRESS,
-                                  "PYTHONPATH": str(ROOT)}},
-        logging_level="WARNING",
     )
