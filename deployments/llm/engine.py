@@ -411,16 +411,16 @@ class SpareLayer(DynamicLayer):
 
     def _view(self, length: int) -> None:
         self.length = length
-        self.keys, self.values = self._keys[:, :, :length], self._values[:, :, :length]
+        self.keys, self.values = self._keys.narrow(2, 0, length), self._values.narrow(2, 0, length)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
                ) -> tuple[torch.Tensor, torch.Tensor]:
-        end = self.length + key_states.shape[-2]
-        if end > self._keys.shape[-2]:
+        added = key_states.shape[-2]
+        if self.length + added > self._keys.shape[-2]:
             self._store(self.keys, self.values, self.length)
-        self._keys[:, :, self.length:end] = key_states
-        self._values[:, :, self.length:end] = value_states
-        self._view(end)
+        self._keys.narrow(2, self.length, added).copy_(key_states)
+        self._values.narrow(2, self.length, added).copy_(value_states)
+        self._view(self.length + added)
         return self.keys, self.values
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
