@@ -8,8 +8,9 @@ One script, one machine, side by side, same model, same prompts, same ``max_toke
   closed loop, one replica whose engine decodes up to ``--max-active`` sequences together, with
   ``--torch-threads`` (1: Ray's own setting for a 1-CPU replica; 2 threads measured slower, their
   OpenMP threads contend with the proxy and the clients on 2 cores) and ``--stream-interval`` tokens
-  per streamed event after the first (8: each event is one Serve item, replica → proxy → client,
-  whose CPU cost per item exceeds a decode step's per row; 1 streams every token).
+  per streamed event after the first (each event is one Serve item, replica → proxy → client, whose
+  CPU cost per item exceeds a decode step's per row; 1 streams every token; unset: the deployment's
+  default, adaptive: every token while few sequences decode, up to 8 per event at 16).
 - (b) ``baseline``: the same files loaded in this process with ``transformers`` and served one
   request at a time with ``model.generate`` (a streamer records the first token), with the torch
   thread count (1 or all cores) that was faster in a warm-up run, so the baseline gets its best. With
@@ -156,7 +157,7 @@ def _tokens_per_s(result: dict) -> float:
 
 
 def _deploy(settings, folder: Path, port: int, max_active: int, torch_threads: int,
-            stream_interval: int) -> tuple[str, str]:
+            stream_interval: int | None) -> tuple[str, str]:
     from ray import serve
 
     from deployments.llm.server import LLMServeConfig, build
@@ -173,7 +174,7 @@ def _deploy(settings, folder: Path, port: int, max_active: int, torch_threads: i
     return f"http://127.0.0.1:{port}/llm", name
 
 
-def _deploy_router(settings, name: str, port: int, max_active: int, torch_threads: int, stream_interval: int,
+def _deploy_router(settings, name: str, port: int, max_active: int, torch_threads: int, stream_interval: int | None,
                    topology: str) -> str:
     """Row (c): a router app (``kind: llm``, the registered model as its only variant, no controller) beside
     the deployment on the same Serve, in ``topology``; the same replica size and engine limits as the deployment's."""
@@ -230,8 +231,9 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=20)
     parser.add_argument("--max-active", type=int, default=32, help="the engine's decode batch limit")
     parser.add_argument("--torch-threads", type=int, default=1, help="torch threads in the replica")
-    parser.add_argument("--stream-interval", type=int, default=8,
-                        help="the deployment's tokens per streamed event after the first (1: every token)")
+    parser.add_argument("--stream-interval", type=int, default=None,
+                        help="the deployment's tokens per streamed event after the first (1: every token; "
+                             "unset: the deployment's default, adaptive to the batch)")
     parser.add_argument("--router-url", help="row (c): the router's base URL serving /v1/completions for the model")
     parser.add_argument("--router", action="store_true", help="row (c): deploy the router app (kind: llm) here")
     parser.add_argument("--router-topology", nargs="+", choices=sorted(ROUTER_PATHS), default=["separate"],
@@ -270,9 +272,9 @@ def main() -> None:
         report = Report("llm-serve", f"GPT-2 {args.layers}x{args.dims} (context 512, vocab {spec.vocab}), "
                         f"{len(prompts)} prompts, max_tokens {args.max_tokens}, greedy; requests per run "
                         f"max(8, 2 x concurrency); {args.repeats} repeats, paths alternating; replica 1 CPU, "
-                        f"engine max_active {args.max_active}, stream_interval {args.stream_interval}, torch threads "
-                        f"{args.torch_threads} in the replica, {baseline_threads} in the baseline (the faster of 1 "
-                        f"and all cores at warm-up); the HTTP client runs on the same cores as the server")
+                        f"engine max_active {args.max_active}, stream_interval {args.stream_interval or 'adaptive'}, "
+                        f"torch threads {args.torch_threads} in the replica, {baseline_threads} in the baseline (the "
+                        f"faster of 1 and all cores at warm-up); the HTTP client runs on the same cores as the server")
         load_before = os.getloadavg()
         for repeat in range(args.repeats):
             for c in args.concurrency:

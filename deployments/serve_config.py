@@ -32,8 +32,9 @@ class LLMOptions(BaseModel):
     max_waiting: int = Field(64, ge=0, description="queued beyond max_active before 429")
     max_tokens_limit: int | None = Field(None, ge=1, description="the largest max_tokens accepted (default: context)")
     torch_threads: int | None = Field(1, ge=1, description="torch threads per model replica")
-    stream_interval: int = Field(1, ge=1, description="tokens per streamed event after the first (1: every token; "
-                                                      "more: fewer, larger events, more tokens/s under load)")
+    stream_interval: int | None = Field(None, ge=1, description="tokens per streamed event after the first (unset: "
+                                        "adaptive, every token while few sequences decode, up to 8 under load; "
+                                        "1: every token; more: fewer, larger events, more tokens/s under load)")
     num_gpus: float = Field(
         0, ge=0, le=1, description="GPUs per variant replica (a fraction, or 1: one engine runs on one device); "
                                    "> 0 runs the engine on CUDA. Colocated, the router replicas ask for it instead "

@@ -1,10 +1,11 @@
 """Continuous batching for a causal LM on CPU: one decode loop steps every active sequence together.
 
-``transformers`` does the model work (the forward pass, its ``DynamicCache`` KV cache and the cache's
-own ``batch_select_indices`` to drop finished rows). What it does not do for a server, this module
-does: admit requests that arrive while others decode into the *running* batch at the next step,
-per-request sampling (temperature, top-p, its own seeded generator), stop strings, incremental
-detokenization, cancellation within one step, and admission limits.
+``transformers`` does the model work (the forward pass, its ``DynamicCache`` KV cache, whose layers
+here keep spare columns, and the cache's ``batch_select_indices`` to drop finished rows). What it
+does not do for a server, this module does: admit requests that arrive while others decode into
+the *running* batch at the next step, per-request sampling (temperature, top-p, its own seeded
+generator), stop strings, incremental detokenization, cancellation within one step, and admission
+limits.
 
 Why not transformers' own ``ContinuousBatchingManager`` (``generate_batch``)? It runs on CPU here,
 but sampling settings belong to the manager (one ``GenerationConfig``), not to each request, so a
@@ -26,7 +27,15 @@ Streaming cost: every event becomes one item through Serve (replica → proxy) a
 client, about a millisecond of CPU per item on 2 cores, more than a decode step spends per row. So,
 like vLLM's ``stream_interval``, an event carries up to ``stream_interval`` tokens: the first token
 and the last event of a sequence go out at once, the tokens between are sent every
-``stream_interval`` tokens. 1 sends every token.
+``stream_interval`` tokens. 1 sends every token. ``None`` (the default) adapts it to the batch each
+step (:func:`adaptive_interval`): every token its own event while few sequences decode, up to
+``MAX_AUTO_INTERVAL`` tokens per event under load, so the whole batch sends about
+``ITEMS_PER_STEP`` items per decode step.
+
+Per step the engine hands the model what it would otherwise rebuild: the decode's 4-D attention mask
+(``transformers`` returns a 4-D mask as given instead of expanding the 2-D one every forward), and a
+KV cache whose layers (:class:`SpareLayer`) write each new token into spare columns instead of
+``DynamicLayer``'s ``torch.cat`` copy of the whole cache every token.
 
 Every tensor is made on the model's device (CPU here; ``cuda`` where the replica has a GPU).
 """
@@ -41,8 +50,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 HOLD = "\ufffd"  # what a byte-level tokenizer decodes an incomplete UTF-8 sequence to: wait for the next token
+ITEMS_PER_STEP = 2       # adaptive streaming: streamed items per decode step the whole batch aims at
+MAX_AUTO_INTERVAL = 8    # adaptive streaming: at most this many tokens per event (8 at a batch of 16)
+SPARE_COLUMNS = 64       # cache columns allocated ahead, so a decode step writes in place
+
+
+def adaptive_interval(batch: int) -> int:
+    """Tokens per event when ``stream_interval`` is None: ``ceil(batch / ITEMS_PER_STEP)``, 1 to ``MAX_AUTO_INTERVAL``.
+
+    Each event is one Serve item, about 1 ms of CPU on 2 cores: alone (or two together) a sequence streams every
+    token; 16 decoding together send one event per 8 tokens each, about two items per step instead of 16."""
+    return max(1, min(MAX_AUTO_INTERVAL, -(-batch // ITEMS_PER_STEP)))
 
 
 class EngineFailed(Exception):
@@ -119,10 +140,13 @@ class Engine:
     """The batching/generation loop over one ``transformers`` causal LM and its tokenizer."""
 
     def __init__(self, model: Any, tokenizer: Any, max_active: int = 16, max_waiting: int = 64,
-                 retry_after_s: int = 1, stream_interval: int = 1) -> None:
+                 retry_after_s: int = 1, stream_interval: int | None = None) -> None:
+        """``stream_interval``: tokens per event after the first; None adapts it to the batch (see the module)."""
         self.model = model.eval()
         self.device = next(model.parameters()).device
-        self.stream_interval = max(1, stream_interval)
+        self.stream_interval = None if stream_interval is None else max(1, stream_interval)
+        self._interval = self.stream_interval or 1     # this step's tokens per event
+        self._mask_4d = getattr(model.config, "_attn_implementation", None) == "sdpa"
         self.tokenizer = tokenizer
         self.max_active = max_active
         self.max_waiting = max_waiting
@@ -219,6 +243,7 @@ class Engine:
             self._drop([s for s in self._active if s.cancelled], "cancelled")
             room = self.max_active - len(self._active)
             newcomers = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
+        self._interval = self.stream_interval or adaptive_interval(len(self._active) + len(newcomers))
         if self._active:
             self._decode(self._active)
         if newcomers:
@@ -250,7 +275,9 @@ class Engine:
         """One token for every active sequence: one forward of the whole batch over its cache."""
         columns = torch.arange(self._cache.get_seq_length() + 1, device=self.device)
         pads = torch.tensor([[s.pad] for s in seqs], device=self.device)
-        mask = (columns >= pads).long()
+        mask = columns >= pads
+        # sdpa: the (batch, 1, 1, columns) boolean mask transformers would build from the 2-D one, built here once
+        mask = mask[:, None, None, :] if self._mask_4d else mask.long()
         last = torch.tensor([[s.generated[-1]] for s in seqs], device=self.device)
         positions = torch.tensor([[s.length - 1] for s in seqs], device=self.device)
         out = self.model(input_ids=last, attention_mask=mask, position_ids=positions, past_key_values=self._cache,
@@ -273,14 +300,14 @@ class Engine:
     def _emit_new_text(self, seq: Seq, token: int) -> None:
         """Decode the whole completion again (short texts), emit what is new; stop strings end it.
 
-        Between the first event and the last, text waits for ``stream_interval`` tokens (see the module);
+        Between the first event and the last, text waits for this step's interval of tokens (see the module);
         without stop strings the decode itself waits too (nothing can end the sequence in the text)."""
         finish = None
         if self.eos_id is not None and token == self.eos_id:
             finish = "stop"
         elif len(seq.generated) >= seq.params.max_tokens or seq.length >= self.context:
             finish = "length"
-        due = seq.sent_tokens == 0 or len(seq.generated) - seq.sent_tokens >= self.stream_interval
+        due = seq.sent_tokens == 0 or len(seq.generated) - seq.sent_tokens >= self._interval
         if finish is None and not due and not seq.params.stop:
             return
         text = self.tokenizer.decode(seq.generated, skip_special_tokens=True)
@@ -301,7 +328,7 @@ class Engine:
     def _merge(self, seqs: list[Seq], cache: Any) -> None:
         """Append the newcomers' rows to the batch cache, left-padding the shorter of the two."""
         if not self._active:
-            self._cache, self._active = cache, list(seqs)
+            self._cache, self._active = _cache_of(_layers(cache)), list(seqs)
             return
         old, new = self._cache.get_seq_length(), cache.get_seq_length()
         width = max(old, new)
@@ -360,19 +387,67 @@ def _held_back(text: str, stops: tuple[str, ...]) -> int:
     return max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
 
 
+class SpareLayer(DynamicLayer):
+    """A ``DynamicLayer`` whose keys and values are views into storage with spare columns on the right.
+
+    ``DynamicLayer.update`` concatenates: every decode step copies the whole cache (every row, every column).
+    Here a step writes its one column in place; storage grows by ``SPARE_COLUMNS`` (one copy) when full.
+    ``StaticLayer`` would preallocate too, but returns its full ``max_cache_len`` columns to attention every
+    step (the context, 512 here, not the ~80 in use) and writes at one ``cache_position`` the left-padded rows
+    would have to share. The rest (lengths, masks' sizes) is ``DynamicLayer``'s, reading the views."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        super().__init__()
+        self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
+        self._store(keys, values, keys.shape[-2])
+
+    def _store(self, keys: torch.Tensor, values: torch.Tensor, length: int) -> None:
+        batch, heads, _, dims = keys.shape
+        shape = (batch, heads, length + SPARE_COLUMNS, dims)
+        self._keys, self._values = keys.new_empty(shape), values.new_empty(shape)
+        self._keys[:, :, :length] = keys[:, :, :length]
+        self._values[:, :, :length] = values[:, :, :length]
+        self._view(length)
+
+    def _view(self, length: int) -> None:
+        self.length = length
+        self.keys, self.values = self._keys.narrow(2, 0, length), self._values.narrow(2, 0, length)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        added = key_states.shape[-2]
+        if self.length + added > self._keys.shape[-2]:
+            self._store(self.keys, self.values, self.length)
+        self._keys.narrow(2, self.length, added).copy_(key_states)
+        self._values.narrow(2, self.length, added).copy_(value_states)
+        self._view(self.length + added)
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._keys, self._values = self._keys[indices], self._values[indices]
+        self._view(self.length)
+
+    def trim_left(self, columns: int) -> None:
+        """Forget the first ``columns`` columns (padding in every row): a view, no copy."""
+        self._keys, self._values = self._keys[:, :, columns:], self._values[:, :, columns:]
+        self._view(self.length - columns)
+
+
 def _layers(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
 def _cache_of(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
-    from transformers import DynamicCache
-
-    return DynamicCache(ddp_cache_data=layers)
+    cache = DynamicCache()
+    cache.layers = [SpareLayer(k, v) for k, v in layers]
+    return cache
 
 
 def _trim_left(cache: Any, columns: int) -> Any:
     """The cache without its first ``columns`` columns (padding in every row)."""
-    return _cache_of([(k[:, :, columns:], v[:, :, columns:]) for k, v in _layers(cache)])
+    for layer in cache.layers:
+        layer.trim_left(columns)
+    return cache
 
 
 def _pad_left(tensor: torch.Tensor, columns: int) -> torch.Tensor:

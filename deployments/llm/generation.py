@@ -50,7 +50,8 @@ class Generation:
 
     async def stream(self, extra: dict[str, Any], include_usage: bool) -> AsyncIterator[str]:
         """SSE pieces; events that queued up while the client was slower than the engine go out as one piece
-        (several ``data:`` events in one write: one trip through Serve instead of one per token)."""
+        (several ``data:`` events in one write: one trip through Serve instead of one per token). The last
+        piece carries the usage chunk and ``[DONE]`` too: each piece costs Serve ~1 ms of CPU."""
         first, finished = True, False
         while not finished:
             piece = []
@@ -60,10 +61,12 @@ class Generation:
                 first, finished = False, event.finish_reason is not None
                 if finished:
                     break
+            if finished:
+                if include_usage:
+                    piece.append(sse(usage_chunk(self.rid, self.model, usage(self.prompt_tokens, self.tokens),
+                                                 self.chat)))
+                piece.append(DONE)
             yield "".join(piece)
-        if include_usage:
-            yield sse(usage_chunk(self.rid, self.model, usage(self.prompt_tokens, self.tokens), self.chat))
-        yield DONE
 
     def metrics(self, seq: Seq) -> metrics.RequestMetrics:
         ttft = None if self.first_at is None else self.first_at - self.started

@@ -9,7 +9,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deployments.llm.engine import Engine, EngineFailed, EngineFull, Event, SamplingParams
+from deployments.llm.engine import (
+    SPARE_COLUMNS,
+    Engine,
+    EngineFailed,
+    EngineFull,
+    Event,
+    SamplingParams,
+    adaptive_interval,
+)
 from deployments.llm.loader import hf_dir
 from deployments.llm.openai_api import ChatRequest, CompletionRequest, OpenAIError, parse
 
@@ -159,6 +167,48 @@ def test_stream_interval_sends_the_first_token_at_once_then_every_n_tokens_and_l
     assert "".join(e.text for e in grouped) == "".join(e.text for e in each)
     assert grouped[-1].finish_reason == "length"
     assert grouped[-1].logprob_sum == pytest.approx(each[-1].logprob_sum)
+
+
+def test_default_stream_interval_adapts_to_the_batch_and_an_explicit_1_streams_every_token(model):
+    """The default (``stream_interval`` None): a sequence decoding alone streams every token; sixteen decoding
+    together send the first token at once, then one event per 8 tokens, the last at once (about two Serve items
+    per step for the batch, not sixteen); ``stream_interval=1`` keeps every token its own event at any batch.
+    Text, token counts and log-prob sums are the token-by-token stream's."""
+    def run(interval: int | None, batch: int) -> list[list[Event]]:
+        engine = Engine(model, Letters(), max_active=16, stream_interval=interval)
+        streams: list[list[Event]] = [[] for _ in range(batch)]
+        for i, events in enumerate(streams):
+            engine.submit([3 + i, 4], SamplingParams(max_tokens=20, temperature=0), events.append)
+        drain(engine)
+        return streams
+
+    assert [adaptive_interval(b) for b in (1, 2, 3, 4, 8, 16, 32)] == [1, 1, 2, 2, 4, 8, 8]
+    alone, = run(None, 1)
+    assert [e.tokens for e in alone] == list(range(1, 21))
+    adaptive, every = run(None, 16), run(1, 16)
+    for grouped, each in zip(adaptive, every, strict=True):
+        assert [e.tokens for e in grouped] == [1, 9, 17, 20]
+        assert [e.tokens for e in each] == list(range(1, 21))
+        assert "".join(e.text for e in grouped) == "".join(e.text for e in each)
+        assert grouped[-1].finish_reason == each[-1].finish_reason == "length"
+        assert grouped[-1].logprob_sum == pytest.approx(each[-1].logprob_sum)
+
+
+def test_a_sequence_outgrowing_the_caches_spare_columns_while_rows_join_and_leave_decodes_as_generate(model):
+    """The batch cache writes each token into spare columns and grows by ``SPARE_COLUMNS`` when full: a long
+    sequence crosses that boundary while shorter ones join (left-padded merge), finish (rows dropped) and the
+    longest prompt's padding is trimmed; every completion still equals ``generate`` alone."""
+    engine = Engine(model, Letters(), max_active=4)
+    prompts = [[1, 2, 3], [9] * 12, [4, 5], [6, 7, 8, 9, 10]]
+    lengths = [SPARE_COLUMNS + 30, 10, 40, 25]
+    seqs = []
+    for prompt, max_tokens in zip(prompts, lengths, strict=True):
+        seqs.append(engine.submit(prompt, SamplingParams(max_tokens=max_tokens, temperature=0), lambda e: None))
+        for _ in range(5):
+            engine.step()
+    drain(engine)
+    for prompt, seq in zip(prompts, seqs, strict=True):
+        assert seq.generated == greedy(model, prompt, seq.params.max_tokens)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the replica without CUDA")
