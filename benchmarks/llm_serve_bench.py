@@ -29,7 +29,11 @@ One script, one machine, side by side, same model, same prompts, same ``max_toke
 
 Each repeat runs every concurrency for every path in turn (paths alternate); ``requests`` per run is
 ``max(8, 2 × concurrency)``. tokens/s = completion tokens / wall time of the run; TTFT p50/p99 over
-the run's requests; the report gives medians over repeats. The model: GPT-2, ``--layers`` ×
+the run's requests; the report gives medians over repeats. The HTTP paths' order rotates from repeat to repeat,
+with the baseline after the first of them (:func:`path_order`): a fixed order ran the router rows right after
+the in-process baseline every time, and whichever path ran there was measured slower. A router row's TTFT change
+is also given paired (``_paired``): the median over repeats of its p50 against the deployment's p50 of the same
+repeat, which cancels the load drifting between repeats. The model: GPT-2, ``--layers`` ×
 ``--dims``, byte-level BPE, trained for a few steps on generated sentences (``tests.serve.llm_helpers``).
 
     python benchmarks/llm_serve_bench.py [--repeats 5] [--concurrency 1 4 16 32] [--max-tokens 64]
@@ -196,11 +200,24 @@ def _deploy_router(settings, name: str, port: int, max_active: int, torch_thread
     return f"http://127.0.0.1:{port}/{app}"
 
 
+def path_order(http_paths: list[str], repeat: int) -> list[str]:
+    """One repeat's order: the HTTP paths rotated by ``repeat``, the baseline after the first of them."""
+    k = repeat % len(http_paths)
+    rotated = http_paths[k:] + http_paths[:k]
+    return [rotated[0], BASELINE, *rotated[1:]]
+
+
 def _row(path: str, concurrency: int, repeat: int, result: dict) -> dict:
     return {"path": path, "concurrency": concurrency, "repeat": repeat, "requests": len(result["ttfts"]),
             "tokens": result["tokens"], "wall_s": result["wall"], "tokens_per_s": _tokens_per_s(result),
             "ttft_p50_ms": 1000 * percentile(result["ttfts"], 50),
             "ttft_p99_ms": 1000 * percentile(result["ttfts"], 99)}
+
+
+def _paired_ratios(rows: list[dict], path: str, concurrency: int) -> list[float]:
+    """Per repeat: ``path``'s TTFT p50 / the deployment's TTFT p50 at ``concurrency`` in the same repeat."""
+    p50 = {(r["path"], r["repeat"]): r["ttft_p50_ms"] for r in rows if r["concurrency"] == concurrency}
+    return [p50[(path, k)] / p50[(DEPLOYMENT, k)] for (p, k) in p50 if p == path and (DEPLOYMENT, k) in p50]
 
 
 def _summary(rows: list[dict], paths: list[str], concurrencies: list[int]) -> list[dict]:
@@ -216,6 +233,7 @@ def _summary(rows: list[dict], paths: list[str], concurrencies: list[int]) -> li
         for p in paths:
             if p.startswith(ROUTER):
                 row[f"{p}_ttft_p50_added"] = med[p]["ttft_p50_ms"] / med[DEPLOYMENT]["ttft_p50_ms"] - 1
+                row[f"{p}_ttft_p50_added_paired"] = statistics.median(_paired_ratios(rows, p, c)) - 1
                 row[f"{p}_tok_s_ratio"] = med[p]["tokens_per_s"] / med[DEPLOYMENT]["tokens_per_s"]
         out.append(row)
     return out
@@ -266,6 +284,7 @@ def main() -> None:
             for t in (args.router_topology if args.router else [])}
         targets = {DEPLOYMENT: url, **routers}
         paths = [DEPLOYMENT, BASELINE, *routers]
+        http_paths = [DEPLOYMENT, *routers]
         for target in targets.values():                                                 # warm-up
             asyncio.run(_http_run(target, name, prompts, 2, args.max_tokens))
         baseline_threads = _fastest_threads(model, tokenizer, prompts, args.max_tokens)
@@ -278,7 +297,7 @@ def main() -> None:
         load_before = os.getloadavg()
         for repeat in range(args.repeats):
             for c in args.concurrency:
-                for path in paths:
+                for path in path_order(http_paths, repeat):
                     if path == BASELINE:
                         result = _baseline_run(model, tokenizer, prompts, c, args.max_tokens)
                     else:
@@ -292,7 +311,8 @@ def main() -> None:
         verdict = "not measured (16 not among --concurrency)" if at16 is None else (
             f"{at16['speedup']:.2f}x at concurrency 16: target {'met' if at16['speedup'] >= 4 else 'NOT met'}")
         report.section("Results (medians over repeats)", report.table(rows))
-        added = "; ".join(f"{p} c={r['concurrency']}: {r[f'{p}_ttft_p50_added']:+.1%}"
+        added = "; ".join(f"{p} c={r['concurrency']}: {r[f'{p}_ttft_p50_added']:+.1%} "
+                          f"(paired {r[f'{p}_ttft_p50_added_paired']:+.1%})"
                           for p in routers for r in rows)
         report.section("Target", f"deployment >= 4x the baseline's output tokens/s at concurrency 16 on 2 CPU cores: "
                                  f"{verdict}. The router adds <= 5 % to TTFT p50: "
