@@ -5,7 +5,9 @@
   ranks wait there and Ray Train has registered the newest checkpoint, so a kill from outside lands
   mid-epoch with a known checkpoint to resume from.
 - Serving: ``python -m cluster.loadgen`` started in its own process session against a router URL,
-  and its written result read back.
+  and its written result read back; a real but slow model (:func:`slow_model`) and
+  :func:`wait_for_requests_in_flight`, so a replica is killed while it holds admitted requests
+  (what the router's replica-death retry is for: a kill between two requests proves nothing).
 """
 
 from __future__ import annotations
@@ -16,16 +18,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
 from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
 
 from cluster.processes import start_detached, wait_until
-from tests.serve.helpers import instance
+from tests.serve.helpers import instance, tiny_model, wait_for
 from train.faults import Progress, read_progress
 
 ROOT = Path(__file__).resolve().parents[2]
 HOLD_AT = 5  # mid-epoch 0 (8 steps per epoch), after the checkpoint at step 3 (every_steps=3)
 WORLD = 2
 WAIT_S = 300.0  # generous: the machine is shared
+# Every forward pass of slow_model(): at 40 req/s over 2 replicas each holds ~5-10 requests, and one
+# replica alone still serves 32 per pass (~128 req/s), far from the router's 10 s deadline.
+MODEL_LATENCY_S = 0.25
 
 
 def registered_step(directory: Path) -> int | None:
@@ -86,3 +92,40 @@ def loadgen_result(proc: subprocess.Popen, workdir: Path, timeout_s: float) -> d
     log = (workdir / "loadgen.log").read_text()[-2000:]
     assert rc == 0, f"loadgen exited {rc}: {log}"
     return json.loads((workdir / "load.json").read_text())
+
+
+def slow_model() -> torch.nn.Module:
+    """A real model that never fails, every forward pass MODEL_LATENCY_S: requests stay in flight on its replica.
+
+    Serve it with ``replica_env={}`` (user code on a thread of its own): on the app's default fast path
+    the forward pass would also hold up Serve's queue-length probes, and the router's handle would stop
+    sending to the replica (requests 504 in the handle's queue instead of being in flight on the replica).
+    """
+    from models.faulty import FaultyModel
+
+    return FaultyModel(tiny_model(0), 0.0, extra_latency_s=MODEL_LATENCY_S)
+
+
+def wait_for_requests_in_flight(actor_name: str, at_least: int, timeout_s: float) -> int:
+    """How many admitted requests the Serve replica ``actor_name`` holds, once it holds ``at_least``.
+
+    Serve's own count (the replica actor's ``get_num_ongoing_requests``, answered on a thread of its own,
+    so a forward pass does not delay it), asked from a Ray driver of the replica's cluster. With
+    :func:`slow_model` the requests counted are still waiting for their answer when a kill lands a few
+    ms later. AssertionError when the replica never holds that many within ``timeout_s``.
+    """
+    import ray
+
+    actor = ray.get_actor(actor_name, namespace="serve")
+    seen = [0]
+
+    def held() -> int:
+        ongoing = int(ray.get(actor.get_num_ongoing_requests.remote(), timeout=10))
+        seen[0] = max(seen[0], ongoing)
+        return ongoing if ongoing >= at_least else 0
+
+    try:
+        return wait_for(held, timeout_s=timeout_s, every_s=0.02)
+    except AssertionError:
+        raise AssertionError(f"{actor_name} held at most {seen[0]} requests in {timeout_s} s, "
+                             f"never {at_least}") from None

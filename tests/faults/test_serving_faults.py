@@ -24,7 +24,13 @@ import pytest
 from cluster.loadgen import BackgroundLoad, LoadResult
 from cluster.processes import session_members, terminate
 from tests.faults.figures import record
-from tests.faults.helpers import loadgen_result, start_loadgen
+from tests.faults.helpers import (
+    MODEL_LATENCY_S,
+    loadgen_result,
+    slow_model,
+    start_loadgen,
+    wait_for_requests_in_flight,
+)
 from tests.serve.helpers import (
     TERMINAL,
     ServeApp,
@@ -36,17 +42,14 @@ from tests.serve.helpers import (
     register_version,
     running_app,
     spec,
-    tiny_model,
     wait_for,
 )
 
 MODEL_DEPLOYMENT = "model-baseline"      # deployments.app names model deployments model-<variant>
-# The kill: a slow model (every forward pass MODEL_LATENCY_S) keeps requests in flight on each replica;
-# at 40 req/s over 2 replicas each holds ~5-10, and one replica alone serves 32 per pass (~128 req/s).
+# The kill: a slow model (helpers.slow_model, every forward pass MODEL_LATENCY_S) keeps requests in flight.
 RATE_PER_S = 40
 LOAD_S = 15
 KILL_AFTER_S = 4                          # load settled on both replicas (the load generator starts in ~1 s)
-MODEL_LATENCY_S = 0.25
 MIN_IN_FLIGHT = 3                         # the victim holds at least this many admitted requests when killed
 KILL_WAIT_S = 10
 REPLACE_TIMEOUT_S = 90
@@ -100,47 +103,30 @@ def replaced(app_name: str, victim: Replica, replicas: int) -> bool:
 
 
 def kill_with_requests_in_flight(victim: Replica, at_least: int) -> int:
-    """SIGKILL ``victim`` once it holds ``at_least`` admitted requests; returns how many it held.
-
-    Serve's own count (the replica actor's ``get_num_ongoing_requests``, answered on a thread of its
-    own, so a forward pass does not delay it). Each forward pass takes MODEL_LATENCY_S, so the
-    requests counted are still waiting for their answer when the signal lands a few ms later.
-    """
-    import ray
-
-    actor = ray.get_actor(victim.name, namespace="serve")
-
-    def held() -> int:
-        ongoing = int(ray.get(actor.get_num_ongoing_requests.remote(), timeout=10))
-        return ongoing if ongoing >= at_least else 0
-
-    in_flight = wait_for(held, timeout_s=KILL_WAIT_S, every_s=0.02)
+    """SIGKILL ``victim`` once it holds ``at_least`` admitted requests; returns how many it held."""
+    in_flight = wait_for_requests_in_flight(victim.name, at_least, timeout_s=KILL_WAIT_S)
     os.kill(victim.pid, signal.SIGKILL)
     return in_flight
 
 
 @pytest.fixture(scope="module")
-def slow_model(settings) -> str:
+def slow_champion(settings) -> str:
     """A registered model (v1 @champion) whose every forward pass takes MODEL_LATENCY_S: a real model, slow."""
     from cluster.registry import Registry
-    from models.faulty import FaultyModel
 
     name = f"slow-{uuid.uuid4().hex[:6]}"
-    version = register_version(settings, name, FaultyModel(tiny_model(0), 0.0, extra_latency_s=MODEL_LATENCY_S))
+    version = register_version(settings, name, slow_model())
     Registry(settings).set_alias(name, "champion", version)
     return name
 
 
 @pytest.fixture(scope="module")
-def two_replica_app(serve_url: str, settings, slow_model: str) -> Iterator[ServeApp]:
+def two_replica_app(serve_url: str, settings, slow_champion: str) -> Iterator[ServeApp]:
     """Router + the slow champion's model deployment with 2 replicas (static traffic, no candidate).
 
-    ``replica_env={}``: Serve's own default, user code on a thread of its own. The app's default runs it on
-    the replica's main loop, where a forward pass that takes MODEL_LATENCY_S would also hold up Serve's
-    queue-length probes, and the router's handle would stop sending to the replica (requests 504 in the
-    handle's queue instead of being in flight on the replica).
+    ``replica_env={}``: user code on a thread of its own, so Serve's probes answer (helpers.slow_model says why).
     """
-    with running_app(serve_url, settings, slow_model, candidate=None, controller=False, replicas=2,
+    with running_app(serve_url, settings, slow_champion, candidate=None, controller=False, replicas=2,
                      replica_env={}) as app:
         yield app
 

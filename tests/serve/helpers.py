@@ -94,11 +94,12 @@ def register_version(settings: Settings, name: str, module: torch.nn.Module,
 
 
 def register_test_model(settings: Settings, name: str | None = None,
-                        candidate_failure_rate: float | None = None) -> str:
-    """Register v1 (alias ``champion``) and v2 (alias ``challenger``; faulty when a rate is given); returns the name."""
+                        candidate_failure_rate: float | None = None, champion: torch.nn.Module | None = None) -> str:
+    """Register v1 (alias ``champion``: ``champion`` when given) and v2 (alias ``challenger``; faulty when a rate is
+    given); returns the name."""
     name = name or f"serve-{uuid.uuid4().hex[:6]}"
     registry = Registry(settings)
-    v1 = register_version(settings, name, tiny_model(0))
+    v1 = register_version(settings, name, tiny_model(0) if champion is None else champion)
     v2 = register_version(settings, name, tiny_model(1, candidate_failure_rate))
     registry.set_alias(name, "champion", v1)
     registry.set_alias(name, "challenger", v2)
