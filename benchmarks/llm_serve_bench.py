@@ -28,7 +28,10 @@ One script, one machine, side by side, same model, same prompts, same ``max_toke
   router with Serve's default env, the deployment's: the same hops and threads, only the router's code added.
 
 Each repeat runs every concurrency for every path in turn (paths alternate); ``requests`` per run is
-``max(8, 2 × concurrency)``. tokens/s = completion tokens / wall time of the run; TTFT p50/p99 over
+``max(8, --requests-per-client × concurrency)``: 8 per client by default (2 before 2026-11-30 evening: a run
+of 16 clients was then two synchronized waves of 16, each paying its ramp through the proxy, ~1 s in all,
+and a run's TTFT p50 came from 32 requests; the one-at-a-time baseline's tokens/s does not depend on it).
+tokens/s = completion tokens / wall time of the run; TTFT p50/p99 over
 the run's requests; the report gives medians over repeats. The HTTP paths' order rotates from repeat to repeat,
 with the baseline after the first of them (:func:`path_order`): a fixed order ran the router rows right after
 the in-process baseline every time, and whichever path ran there was measured slower. A router row's TTFT change
@@ -61,8 +64,8 @@ ROUTER_PATHS = {"separate": ROUTER, "separate-actor": f"{ROUTER}-actor", "coloca
                 "colocated-default-env": f"{ROUTER}-colocated-default-env"}
 
 
-def requests_for(concurrency: int) -> int:
-    return max(8, 2 * concurrency)
+def requests_for(concurrency: int, per_client: int = 2) -> int:
+    return max(8, per_client * concurrency)
 
 
 async def _stream_one(client, url: str, model: str, prompt: str, max_tokens: int) -> tuple[float, int]:
@@ -85,10 +88,11 @@ async def _stream_one(client, url: str, model: str, prompt: str, max_tokens: int
     return (ttft if ttft is not None else time.perf_counter() - started), tokens
 
 
-async def _http_run(url: str, model: str, prompts: list[str], concurrency: int, max_tokens: int) -> dict:
+async def _http_run(url: str, model: str, prompts: list[str], concurrency: int, max_tokens: int,
+                    per_client: int = 2) -> dict:
     import httpx
 
-    todo = list(range(requests_for(concurrency)))
+    todo = list(range(requests_for(concurrency, per_client)))
     ttfts: list[float] = []
     tokens = 0
 
@@ -108,7 +112,8 @@ async def _http_run(url: str, model: str, prompts: list[str], concurrency: int, 
     return {"ttfts": ttfts, "tokens": tokens, "wall": wall}
 
 
-def _baseline_run(model, tokenizer, prompts: list[str], concurrency: int, max_tokens: int) -> dict:
+def _baseline_run(model, tokenizer, prompts: list[str], concurrency: int, max_tokens: int,
+                  per_client: int = 2) -> dict:
     """One request at a time with ``generate``; closed-loop arrivals as described in the module docstring."""
     import torch
     from transformers.generation.streamers import BaseStreamer
@@ -125,7 +130,7 @@ def _baseline_run(model, tokenizer, prompts: list[str], concurrency: int, max_to
         def end(self) -> None:
             pass
 
-    n = requests_for(concurrency)
+    n = requests_for(concurrency, per_client)
     finished: list[float] = []
     ttfts: list[float] = []
     tokens = 0
@@ -244,6 +249,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=MIN_REPEATS)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 32])
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--requests-per-client", type=int, default=8,
+                        help="closed-loop requests per client in a run (at least 8 per run in all)")
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--dims", type=int, default=256)
     parser.add_argument("--train-steps", type=int, default=20)
@@ -290,7 +297,8 @@ def main() -> None:
         baseline_threads = _fastest_threads(model, tokenizer, prompts, args.max_tokens)
         report = Report("llm-serve", f"GPT-2 {args.layers}x{args.dims} (context 512, vocab {spec.vocab}), "
                         f"{len(prompts)} prompts, max_tokens {args.max_tokens}, greedy; requests per run "
-                        f"max(8, 2 x concurrency); {args.repeats} repeats, paths alternating; replica 1 CPU, "
+                        f"max(8, {args.requests_per_client} x concurrency); {args.repeats} repeats, path order "
+                        f"rotating; replica 1 CPU, "
                         f"engine max_active {args.max_active}, stream_interval {args.stream_interval or 'adaptive'}, "
                         f"torch threads {args.torch_threads} in the replica, {baseline_threads} in the baseline (the "
                         f"faster of 1 and all cores at warm-up); the HTTP client runs on the same cores as the server")
@@ -299,9 +307,10 @@ def main() -> None:
             for c in args.concurrency:
                 for path in path_order(http_paths, repeat):
                     if path == BASELINE:
-                        result = _baseline_run(model, tokenizer, prompts, c, args.max_tokens)
+                        result = _baseline_run(model, tokenizer, prompts, c, args.max_tokens, args.requests_per_client)
                     else:
-                        result = asyncio.run(_http_run(targets[path], name, prompts, c, args.max_tokens))
+                        result = asyncio.run(_http_run(targets[path], name, prompts, c, args.max_tokens,
+                                                                  args.requests_per_client))
                     report.add(**_row(path, c, repeat, result))
                     r = report.rows[-1]
                     print(f"#{repeat} c={c} {path}: {r['tokens_per_s']:.0f} tok/s, TTFT p50 {r['ttft_p50_ms']:.0f} "
