@@ -27,7 +27,7 @@ One script, one machine, side by side, same model, same prompts, same ``max_toke
   deployment row does not, so ``colocated-default-env`` (row ``router-colocated-default-env``) is the colocated
   router with Serve's default env, the deployment's: the same hops and threads, only the router's code added.
 
-Each repeat runs every concurrency for every path in turn (paths alternate); ``requests`` per run is
+Each repeat runs every concurrency for every path in turn; ``requests`` per run is
 ``max(8, --requests-per-client × concurrency)``: 8 per client by default (2 before 2026-11-30 evening: a run
 of 16 clients was then two synchronized waves of 16, each paying its ramp through the proxy, ~1 s in all,
 and a run's TTFT p50 came from 32 requests; the one-at-a-time baseline's tokens/s does not depend on it).

@@ -23,7 +23,6 @@ from subprocess import Popen
 
 from cluster.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
 PATHS = ("direct", "routed")
 FLOOR = "hop"
 COLOCATED = "colocated"
