@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import gc
 import re
 import resource
 from collections.abc import Iterator
@@ -75,8 +76,10 @@ def _malloc_trim() -> Any:
 def rss_window() -> Iterator[RssWindow]:
     """Measure the peak resident set reached inside the block, above the memory live at its start.
 
-    glibc keeps freed memory resident for reuse, which would hide new allocations; ``malloc_trim``
-    hands it back first, so the RSS at the start is what is live. Linux keeps one high-water mark
+    Garbage in reference cycles would be freed whenever Python's cyclic collector next runs, inside
+    the block too, and the block's allocations would reuse its pages unseen; ``gc.collect`` frees it
+    first. glibc keeps freed memory resident for reuse, which would hide new allocations;
+    ``malloc_trim`` hands it back, so the RSS at the start is what is live. Linux keeps one high-water mark
     per process; writing 5 to ``/proc/self/clear_refs`` resets it to the current RSS, so the mark
     read at the end is this block's own peak (exact, not sampled). ``peak_rss_bytes`` keeps
     reporting the whole process's peak. Where either is unavailable, growth reads 0.
@@ -84,6 +87,7 @@ def rss_window() -> Iterator[RssWindow]:
     global _PEAK_BEFORE_RESETS
     window = RssWindow()
     _PEAK_BEFORE_RESETS = peak_rss_bytes()
+    gc.collect()
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
