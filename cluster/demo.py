@@ -40,7 +40,6 @@ LM_SOURCES = ("asyncio", "json")
 LM_CONTRACT = "examples/contracts/pystdlib_text.yaml"
 LM_DATASET = "pystdlib"
 LM_MODEL = "pystdlib-gpt"
-LM_APP = "llm"   # the language model's router app: its own Serve app beside the tabular one, under /llm
 LM_PROMPTS = ("import asyncio\n\n\nasync def ", "import json\n\n\ndef ", "class ", "    def __init__(self, ",
               "if __name__ == ")
 LM_USERS = 50    # canary traffic: completions from this many sticky users (the `user` field)
@@ -335,7 +334,8 @@ def stage_lm_serve(ctx: DemoContext) -> str:
 
     cfg = serving.app_config(ctx.settings, LM_MODEL, f"models:/{LM_MODEL}@champion",
                              f"models:/{LM_MODEL}@challenger", kind="llm")
-    url = ctx.results["lm_url"] = serving.deploy_ready(ctx.settings, cfg, name=LM_APP, route_prefix=f"/{LM_APP}")
+    url = ctx.results["lm_url"] = serving.deploy_ready(ctx.settings, cfg, name=serving.LLM_APP_NAME,
+                                                           route_prefix=f"/{serving.LLM_APP_NAME}")
     started, first, pieces = time.monotonic(), None, []
     with _lm_client(url) as client:
         raw = client.completions.with_raw_response.create(model=LM_MODEL, prompt=LM_PROMPTS[0], max_tokens=32,

@@ -25,6 +25,7 @@ from cluster.processes import wait_until
 from cluster.settings import Settings
 
 APP_NAME = "rayline"
+LLM_APP_NAME = "llm"   # a language model's router app: its own Serve app beside the tabular one, under /llm
 READY_TIMEOUT_S = 180.0
 # What a rollout's redeploy sets itself rather than carrying over from the last deploy.
 NOT_CARRIED = ("model_name", "baseline", "candidate", "tracking_uri", "state_dir", "rollouts_root", "controller",
@@ -95,25 +96,6 @@ def deploy(settings: Settings, cfg: Any, name: str = APP_NAME, route_prefix: str
         raise ServeError(f"deploying {name} failed: {startup_failure(name, str(exc))}") from None
     atomic_write(_deployed_record(settings, name), json.dumps(cfg.model_dump(mode="json"), indent=1))
     return serve_url(settings) + route_prefix.rstrip("/")
-
-
-def deploy_llm(settings: Settings, model: str, name: str = "llm", **options: Any) -> str:
-    """Serve a language model (``models:/NAME@ALIAS``, Hugging Face layout) behind the OpenAI API at ``/<name>``.
-
-    Beside the tabular app (route ``/``) on the same Serve; returns the OpenAI base URL (``…/<name>/v1``).
-    """
-    from ray import serve
-
-    from deployments.llm.server import LLMServeConfig, build
-
-    connect(settings)
-    serve.start(proxy_location="HeadOnly", http_options={"host": settings.host, "port": settings.serve_http_port})
-    cfg = LLMServeConfig(model=model, tracking_uri=settings.mlflow_tracking_uri, **options)
-    try:
-        serve.run(build(cfg), name=name, route_prefix=f"/{name}")
-    except RuntimeError as exc:
-        raise ServeError(f"deploying {name} failed: {startup_failure(name, str(exc))}") from None
-    return f"{serve_url(settings)}/{name}/v1"
 
 
 def startup_failure(app: str, error: str) -> str:

@@ -2,12 +2,14 @@
 
 ``deploy`` builds the same application as ``deployments.app:build_app`` (what ``serve deploy``
 YAML and the Helm chart use) and runs it on Serve at ``settings.serve_http_port``, with the
-admin token from settings. ``status`` asks the router over HTTP, so it works against any
-deployment the URL reaches.
+admin token from settings. ``--kind llm`` serves a language model behind the OpenAI API, as its
+own app under ``/llm`` by default, so a tabular app at ``/`` keeps serving beside it. ``status``
+asks the router over HTTP, so it works against any deployment the URL reaches.
 """
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, Any
 
 import httpx
@@ -16,11 +18,18 @@ from rich.console import Console
 from rich.table import Table
 
 from cluster.cli.context import settings_of
-from cluster.serving import APP_NAME, ServeError, app_config, deploy_ready, serve_url, waiting
+from cluster.serving import APP_NAME, LLM_APP_NAME, ServeError, app_config, deploy_ready, serve_url, waiting
 
 app = typer.Typer(help="Serve a registered model (baseline, optional candidate) behind the rollout router.",
                   no_args_is_help=True)
 console = Console(width=160)
+
+
+class Kind(StrEnum):
+    """What the app serves (``ServeAppConfig.kind``)."""
+
+    tabular = "tabular"
+    llm = "llm"
 
 
 @app.command()
@@ -38,16 +47,29 @@ def deploy(
                            ] = "grpc",
     max_replicas_per_node: Annotated[int | None, typer.Option(
         min=1, help="Spread replicas over nodes: at most this many of one deployment per node.")] = None,
-    name: Annotated[str, typer.Option(help="Serve application name.")] = APP_NAME,
+    kind: Annotated[Kind, typer.Option(help=(
+        "tabular: the predict API; llm: a language model (Hugging Face layout) behind OpenAI's /v1/completions "
+        "and /v1/chat/completions, streamed."))] = Kind.tabular,
+    name: Annotated[str | None, typer.Option(help=f"Serve application name (default: {APP_NAME}; "
+                                                  f"{LLM_APP_NAME} for --kind llm).")] = None,
+    route_prefix: Annotated[str | None, typer.Option(help=f"Route of the app (default: /; /{LLM_APP_NAME} for "
+                                                          "--kind llm, beside a tabular app).")] = None,
 ) -> None:
     """Deploy MODEL's baseline (and candidate) behind the router on the local stack's Serve."""
     settings = settings_of(ctx)
-    cfg = app_config(settings, model, baseline, candidate, controller=controller, replicas=replicas,
+    llm = kind is Kind.llm
+    name = name or (LLM_APP_NAME if llm else APP_NAME)
+    route_prefix = route_prefix or (f"/{LLM_APP_NAME}" if llm else "/")
+    cfg = app_config(settings, model, baseline, candidate, kind=kind.value, controller=controller, replicas=replicas,
                      num_cpus=num_cpus, colocate=colocate, model_calls=model_calls,
                      max_replicas_per_node=max_replicas_per_node)
     with console.status(f"deploying {model} ({', '.join(cfg.variants)})…"):
-        url = deploy_ready(settings, cfg, name)
-    console.print(f"[green]serving[/] {model} at {url}/v1/models/{model}:predict")
+        url = deploy_ready(settings, cfg, name, route_prefix=route_prefix)
+    if llm:
+        console.print(f"[green]serving[/] {model} at {url}/v1 (OpenAI API: /v1/completions, /v1/chat/completions; "
+                      f"admin and rollouts: --url {url})", soft_wrap=True)
+    else:
+        console.print(f"[green]serving[/] {model} at {url}/v1/models/{model}:predict")
     _print_waiting(waiting(url))
     if settings.admin_token is None:
         console.print("[yellow]no admin token set (RAYLINE_ADMIN_TOKEN): the admin API answers 401 to everything[/]")

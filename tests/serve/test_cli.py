@@ -11,8 +11,11 @@ import yaml
 from typer.testing import CliRunner
 
 from cluster.cli.main import app as cli
-from cluster.serving import APP_NAME
-from tests.serve.helpers import ADMIN_TOKEN, register_test_model
+from cluster.serving import APP_NAME, LLM_APP_NAME
+from deployments.contracts import HEADER_VARIANT, HEADER_VERSION
+from tests.serve.helpers import ADMIN_TOKEN, TERMINAL, register_test_model
+from tests.serve.llm_helpers import build_tiny_lm
+from tests.serve.test_llm_router import register_two
 
 
 def test_serve_status_shows_readiness_and_traffic(static_app, monkeypatch):
@@ -131,3 +134,40 @@ def test_canary_start_refuses_a_worse_challenger_with_both_figures_before_deploy
     assert code != 0 and "candidate v2 val_accuracy 0.8 vs baseline v1 0.9 on serve-test version v1" in line, err
     assert "--allow-worse-quality" in line
     assert httpx.get(f"{serve_url}/v1/models/{model}", timeout=10).status_code == 404, "nothing was deployed"
+
+
+def test_serve_deploy_kind_llm_serves_a_language_model_under_llm_and_canary_start_rolls_it_out(
+        stack_env, settings, serve_url, tmp_path, monkeypatch, capsys):
+    """``rayline serve deploy MODEL --kind llm --candidate ...`` runs the language model's router app as its
+    own Serve app under ``/llm`` (a tabular app at ``/`` would keep serving): the official ``openai`` client
+    streams a completion from the base URL it prints, the response names variant and version, ``serve
+    status --url`` reads that app, and ``canary start SPEC --url`` starts a rollout on it (aborted here).
+    An unknown kind exits 2 naming the option, before anything is deployed."""
+    import openai
+    from ray import serve
+
+    model = register_two(settings, build_tiny_lm(tmp_path / "lm"))
+    code, _, err = rayline(monkeypatch, capsys, "serve", "deploy", model, "--kind", "gpt")
+    assert code == 2 and "--kind" in err, err
+    code, out, err = rayline(monkeypatch, capsys, "serve", "deploy", model, "--kind", "llm", "--num-cpus", "0.2",
+                             "--candidate", f"models:/{model}@challenger")
+    try:
+        assert code == 0, err
+        base = f"{serve_url}/{LLM_APP_NAME}"
+        assert f"{base}/v1" in out, out
+        with openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=30) as client:
+            raw = client.completions.with_raw_response.create(model=model, prompt="the cat", max_tokens=8,
+                                                              stream=True)
+            text = "".join(choice.text for event in raw.parse() for choice in event.choices)
+        assert text
+        assert (raw.headers[HEADER_VARIANT], raw.headers[HEADER_VERSION]) == ("baseline", "1")
+        code, out, err = rayline(monkeypatch, capsys, "serve", "status", "--url", base)
+        assert code == 0 and "ready" in out, out + err
+        code, out, err = rayline(monkeypatch, capsys, "canary", "start", str(write_spec(tmp_path, model, "challenger")),
+                                 "--url", base)
+        assert code == 0, err
+        assert httpx.get(f"{base}/admin/rollout", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+                         timeout=10).json()["rollout"]["phase"] not in TERMINAL
+        assert rayline(monkeypatch, capsys, "canary", "abort", "--url", base, "-r", "test over")[0] == 0
+    finally:
+        serve.delete(LLM_APP_NAME)
