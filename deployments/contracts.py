@@ -1,7 +1,8 @@
 """The data passed between the router (data plane) and the rollout controller (control plane).
 
 Routers ask the controller for the current :class:`Traffic` every ``TRAFFIC_POLL_S``
-and push :class:`VariantWindow` deltas of what they served every ``REPORT_INTERVAL_S``.
+and push :class:`VariantWindow` deltas of what they served in the same call (``sync``), so
+``REPORT_INTERVAL_S`` is the poll period.
 Both are plain dataclasses of builtins so they cross Ray handles cheaply and can be
 persisted as JSON.
 """
@@ -14,7 +15,7 @@ from typing import Any
 BASELINE = "baseline"
 CANDIDATE = "candidate"
 TRAFFIC_POLL_S = 0.2
-REPORT_INTERVAL_S = 0.25
+REPORT_INTERVAL_S = TRAFFIC_POLL_S   # windows ride on the poll: one handle call, not two
 
 # HTTP headers of the router
 HEADER_VARIANT = "x-rayline-variant"          # response: variant served

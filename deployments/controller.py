@@ -178,6 +178,15 @@ class Controller:
         self._ensure_loop()
         self.windows.add(time.time(), router_id, [VariantWindow.from_dict(w) for w in windows])
 
+    async def sync(self, router_id: str, applied_epoch: int, versions: dict[str, str],
+                   windows: list[dict[str, Any]]) -> dict[str, Any]:
+        """A router's one call per poll: ``report`` what it served since its last call, then ``traffic`` (the
+        acknowledgement of ``applied_epoch`` and the split to serve). One handle call instead of two, on the
+        router's event loop that also serves the requests."""
+        if windows:
+            await self.report(router_id, windows)
+        return await self.traffic(router_id, applied_epoch, versions)
+
     # ---- admin-facing -----------------------------------------------------------------------------------------
 
     async def status(self) -> dict[str, Any]:

@@ -6,7 +6,7 @@ response names the variant, version and trace id. Traffic comes from the control
 epoch is never applied). When the controller has not answered for the traffic's lease the
 router fails closed: everything to the fallback variant (the baseline during a rollout),
 shown in ``/readyz`` and the ``serve_router_fail_closed`` gauge. What was served goes back to
-the controller every ``REPORT_INTERVAL_S``. The admin API is a thin,
+the controller in the same call (``sync``: windows in, traffic out). The admin API is a thin,
 token-checked, audited pass-through to the controller.
 
 Topologies: by default each version is its own deployment (its own replica set) and the router
@@ -48,7 +48,6 @@ from deployments.contracts import (
     HEADER_TRACE,
     HEADER_VARIANT,
     HEADER_VERSION,
-    REPORT_INTERVAL_S,
     TRAFFIC_POLL_S,
     Traffic,
 )
@@ -132,6 +131,8 @@ class Router:
         self.versions = versions
         self.waiting = set(self.servers) - set(versions)   # model servers still waiting for their reference
         self.controller = controller
+        # the poll: by value over gRPC, ~1.2 ms of this process's CPU per call against ~2.0 ms by reference
+        self._sync_call = controller.options(method_name="sync", _by_reference=False)
         self.options = options
         self.admin_token = admin_token
         self.predict_token = predict_token
@@ -163,28 +164,37 @@ class Router:
         if self._loops_started:
             return
         self._loops_started = True
-        for coro in (self._poll_traffic(), self._report_windows(), self._learn_versions()):
+        for coro in (self._sync(), self._learn_versions()):
             task = asyncio.get_running_loop().create_task(coro)
             self._tasks.add(task)
 
-    async def _poll_traffic(self) -> None:
+    async def _sync(self) -> None:
+        """Every ``TRAFFIC_POLL_S``: one controller call that reports the windows served since the last one and
+        answers the traffic to serve. A separate poll and report were ~9 handle calls a second on this event loop,
+        the one the requests and (colocated) the engine's token callbacks run on."""
         while True:
-            with contextlib.suppress(Exception):   # controller away: the split stands until its lease runs out
-                managed = self.options.get("managed")
-                sent = time.monotonic()   # the lease counts from the send: a late answer cannot extend it
-                call = (self.controller.traffic.remote(self.router_id, self.traffic.epoch, self.versions) if managed
-                        else self.controller.traffic.remote())
-                new = Traffic.from_dict(await asyncio.wait_for(_awaited(call), CONTROLLER_TIMEOUT_S))
-                self._heard_at = sent
-                if managed and not newer_or_same(self.traffic, new):
-                    logger.warning("ignored traffic of an older epoch", extra={"epoch": new.epoch,
-                                                                               "applied_epoch": self.traffic.epoch})
-                else:
-                    if new.epoch != self.traffic.epoch or new.weights != self.traffic.weights:
-                        logger.info("traffic changed", extra={"epoch": new.epoch, "weights": new.weights,
-                                                              "shadow": new.shadow, "rollout_id": new.rollout_id})
-                    self.traffic = new
+            windows = self.recorder.drain()
+            sent = time.monotonic()   # the lease counts from the send: a late answer cannot extend it
+            try:
+                call = self._sync_call.remote(self.router_id, self.traffic.epoch, self.versions,
+                                              [w.to_dict() for w in windows])
+                self._apply(Traffic.from_dict(await asyncio.wait_for(_awaited(call), CONTROLLER_TIMEOUT_S)), sent)
+            except Exception as exc:  # controller away: the split stands until its lease runs out
+                if windows:   # a missed report must not stop serving
+                    logger.warning("could not report %d windows to the controller: %s", len(windows), exc)
             await asyncio.sleep(TRAFFIC_POLL_S)
+
+    def _apply(self, new: Traffic, sent: float) -> None:
+        """The controller answered a poll sent at ``sent``: renew the lease, and apply ``new`` unless it is older."""
+        self._heard_at = sent
+        if self.options.get("managed") and not newer_or_same(self.traffic, new):
+            logger.warning("ignored traffic of an older epoch", extra={"epoch": new.epoch,
+                                                                       "applied_epoch": self.traffic.epoch})
+            return
+        if new.epoch != self.traffic.epoch or new.weights != self.traffic.weights:
+            logger.info("traffic changed", extra={"epoch": new.epoch, "weights": new.weights,
+                                                  "shadow": new.shadow, "rollout_id": new.rollout_id})
+        self.traffic = new
 
     async def _learn_versions(self) -> None:
         """A waiting model server: learn its version once it resolves (its own loop: a slow server must not
@@ -205,18 +215,6 @@ class Router:
             self._fail_closed.labels(router=self.router_id).set(1.0 if closed else 0.0)   # of the loop under load
             self._shown_closed = closed
         return weights, shadow, closed
-
-    async def _report_windows(self) -> None:
-        while True:
-            await asyncio.sleep(REPORT_INTERVAL_S)
-            windows = self.recorder.drain()
-            if not windows:
-                continue
-            try:
-                await asyncio.wait_for(_awaited(self.controller.report.remote(
-                    self.router_id, [w.to_dict() for w in windows])), CONTROLLER_TIMEOUT_S)
-            except Exception as exc:  # a missed report must not stop serving
-                logger.warning("could not report %d windows to the controller: %s", len(windows), exc)
 
     async def check_health(self) -> None:
         self._ensure_loops()

@@ -44,6 +44,13 @@ class StaticTraffic:
         self.reports += 1
         self.window.add(windows)
 
+    def sync(self, router_id: str, applied_epoch: int, versions: dict[str, str],
+             windows: list[dict[str, Any]]) -> dict[str, Any]:
+        """The router's one call per poll (as ``RolloutController.sync``): its windows in, the split out."""
+        if windows:
+            self.report(router_id, windows)
+        return self.traffic()
+
     def set_traffic(self, weights: dict[str, float], shadow: str | None = None) -> dict[str, Any]:
         if shadow is not None and shadow not in self.variants:
             raise ValueError(f"shadow must be one of {self.variants}, got {shadow!r}")

@@ -4,7 +4,7 @@ Every request the router serves is recorded once, here. It goes two ways:
 
 * to Prometheus through the one registry (``cluster.metrics``): request counts by status
   code, a latency histogram and the model's own metric, labelled by variant and version;
-* into a :class:`WindowRecorder` that the router drains every ``REPORT_INTERVAL_S`` into
+* into a :class:`WindowRecorder` that the router drains on every controller poll (``REPORT_INTERVAL_S``) into
   :class:`~deployments.contracts.VariantWindow` deltas for the controller, which judges a
   canary on seconds of data rather than a scrape interval.
 

@@ -80,6 +80,21 @@ async def run_rollout(ctl: Controller, spec: dict, failure: float, done_phases: 
     return served
 
 
+def test_a_router_sync_reports_its_windows_and_acknowledges_its_epoch_in_one_call(tmp_path):
+    """The router's one call per poll: the windows land in the log, the epoch in the leases, the split comes back."""
+    async def scenario():
+        ctl = Controller(tmp_path, "m", versions={BASELINE: "1"})
+        window = VariantWindow(BASELINE, "1", 3, 0, 1, [5.0, 6.0, 7.0]).to_dict()
+        traffic = await ctl.sync("router-a", 4, {BASELINE: "1"}, [window])
+        empty = await ctl.sync("router-b", 4, {BASELINE: "1"}, [])
+        return ctl, traffic, empty
+
+    ctl, traffic, empty = asyncio.run(scenario())
+    assert traffic == empty == ctl.traffic_now.to_dict()
+    assert ctl.windows.requests_since(0.0, BASELINE) == 3
+    assert {r: seen["epoch"] for r, seen in ctl.leases.to_dict(0.0).items()} == {"router-a": 4, "router-b": 4}
+
+
 def test_a_healthy_candidate_is_promoted_step_by_step_and_the_champion_alias_moves(tmp_path, model):
     name, reg = model
 
