@@ -27,10 +27,10 @@ One script, one machine, side by side, same model, same prompts, same ``max_toke
   deployment row does not, so ``colocated-default-env`` (row ``router-colocated-default-env``) is the colocated
   router with Serve's default env, the deployment's: the same hops and threads, only the router's code added.
 
-Each repeat runs every concurrency for every path in turn; ``requests`` per run is
-``max(8, --requests-per-client × concurrency)``: 8 per client by default (2 before 2026-11-30 evening: a run
-of 16 clients was then two synchronized waves of 16, each paying its ramp through the proxy, ~1 s in all,
-and a run's TTFT p50 came from 32 requests; the one-at-a-time baseline's tokens/s does not depend on it).
+Each repeat runs every concurrency for every path in turn; ``requests`` per run is ``max(MIN_REQUESTS (40),
+--requests-per-client × concurrency)``: 8 per client by default (2 before 2026-11-30 evening: a run of 16
+clients was then two synchronized waves of 16, each paying its ramp through the proxy, ~1 s in all, and a
+run's TTFT p50 came from 32 requests; the one-at-a-time baseline's tokens/s does not depend on it).
 tokens/s = completion tokens / wall time of the run; TTFT p50/p99 over
 the run's requests; the report gives medians over repeats. The HTTP paths' order rotates from repeat to repeat,
 with the baseline after the first of them (:func:`path_order`): a fixed order ran the router rows right after
@@ -64,8 +64,14 @@ ROUTER_PATHS = {"separate": ROUTER, "separate-actor": f"{ROUTER}-actor", "coloca
                 "colocated-default-env": f"{ROUTER}-colocated-default-env"}
 
 
+# At least this many requests per run: at concurrency 1 a run of 8 gave a TTFT p50 whose router/deployment ratio
+# scattered from repeat to repeat with sigma ~0.17 (a median of 5 repeats then +-9 %: it decided a 5 % target by
+# chance); with 40, sigma ~0.07 (measured 2026-12-01). About 5 s more per path and repeat at concurrency 1.
+MIN_REQUESTS = 40
+
+
 def requests_for(concurrency: int, per_client: int = 2) -> int:
-    return max(8, per_client * concurrency)
+    return max(MIN_REQUESTS, per_client * concurrency)
 
 
 async def _stream_one(client, url: str, model: str, prompt: str, max_tokens: int) -> tuple[float, int]:
@@ -250,7 +256,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 32])
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--requests-per-client", type=int, default=8,
-                        help="closed-loop requests per client in a run (at least 8 per run in all)")
+                        help=f"closed-loop requests per client in a run (at least {MIN_REQUESTS} per run in all)")
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--dims", type=int, default=256)
     parser.add_argument("--train-steps", type=int, default=20)
@@ -297,8 +303,8 @@ def main() -> None:
         baseline_threads = _fastest_threads(model, tokenizer, prompts, args.max_tokens)
         report = Report("llm-serve", f"GPT-2 {args.layers}x{args.dims} (context 512, vocab {spec.vocab}), "
                         f"{len(prompts)} prompts, max_tokens {args.max_tokens}, greedy; requests per run "
-                        f"max(8, {args.requests_per_client} x concurrency); {args.repeats} repeats, path order "
-                        f"rotating; replica 1 CPU, "
+                        f"max({MIN_REQUESTS}, {args.requests_per_client} x concurrency); {args.repeats} repeats, "
+                        f"path order rotating; replica 1 CPU, "
                         f"engine max_active {args.max_active}, stream_interval {args.stream_interval or 'adaptive'}, "
                         f"torch threads {args.torch_threads} in the replica, {baseline_threads} in the baseline (the "
                         f"faster of 1 and all cores at warm-up); the HTTP client runs on the same cores as the server")
