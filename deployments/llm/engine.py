@@ -37,6 +37,9 @@ Per step the engine hands the model what it would otherwise rebuild: the decode'
 KV cache whose layers (:class:`SpareLayer`) write each new token into spare columns instead of
 ``DynamicLayer``'s ``torch.cat`` copy of the whole cache every token.
 
+The replica runs this engine in a child process (``deployments.llm.engine_process``), so that Serve's
+threads do not hold the GIL the loop needs.
+
 Every tensor is made on the model's device (CPU here; ``cuda`` where the replica has a GPU).
 """
 
@@ -119,6 +122,11 @@ class Seq:
     generator: torch.Generator | None = None
 
     @property
+    def tokens(self) -> int:
+        """Completion tokens generated so far."""
+        return len(self.generated)
+
+    @property
     def length(self) -> int:
         return len(self.prompt_ids) + len(self.generated)
 
@@ -161,6 +169,7 @@ class Engine:
         self._wake = threading.Condition()
         self._stopped = False
         self._thread: threading.Thread | None = None
+        self._after_step: Callable[[], None] | None = None
         self.failure: str | None = None   # why the decode loop died, once it has
 
     # ---- the callers' side (any thread) ----------------------------------------------------------
@@ -188,7 +197,9 @@ class Engine:
             seq.cancelled = True
             self._wake.notify()
 
-    def start(self) -> None:
+    def start(self, after_step: Callable[[], None] | None = None) -> None:
+        """Run the loop in a thread; ``after_step`` is called on it after every step (and after a failure)."""
+        self._after_step = after_step
         self._thread = threading.Thread(target=self._run, name="llm-engine", daemon=True)
         self._thread.start()
 
@@ -218,6 +229,9 @@ class Engine:
             except Exception as exc:   # any failure of a forward pass ends every sequence
                 self.fail(exc)
                 return
+            finally:
+                if self._after_step is not None:
+                    self._after_step()
 
     def fail(self, exc: BaseException) -> None:
         """End every admitted sequence with ``finish_reason`` "error" and refuse new ones: a caller's stream ends

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from deployments.llm import metrics
-from deployments.llm.engine import Event, Seq
+from deployments.llm.engine import Event
 from deployments.llm.openai_api import DONE, completion_body, sse, usage, usage_chunk
 
 
@@ -68,10 +68,10 @@ class Generation:
                 piece.append(DONE)
             yield "".join(piece)
 
-    def metrics(self, seq: Seq) -> metrics.RequestMetrics:
+    def metrics(self, seq: Any) -> metrics.RequestMetrics:
         ttft = None if self.first_at is None else self.first_at - self.started
         itl = None
         if self.first_at is not None and self.last_at is not None and self.tokens > 1:
             itl = (self.last_at - self.first_at) / (self.tokens - 1)
-        return metrics.RequestMetrics(self.prompt_tokens, len(seq.generated), ttft, itl, seq.logprob_sum,
+        return metrics.RequestMetrics(self.prompt_tokens, seq.tokens, ttft, itl, seq.logprob_sum,
                                       seq.finish_reason or "cancelled")

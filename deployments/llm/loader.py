@@ -55,13 +55,18 @@ def check_device(device: str) -> None:
                           "(set num_gpus > 0 on a node with a GPU, or device 'cpu')")
 
 
+def download(info: ModelVersionInfo) -> Path:
+    """The version's Hugging Face folder, its artifacts downloaded here."""
+    import mlflow.artifacts
+
+    return hf_dir(Path(mlflow.artifacts.download_artifacts(artifact_uri=info.uri)))
+
+
 def load(info: ModelVersionInfo, device: str = "cpu") -> LoadedLM:
     """Download the version's artifacts and load model and tokenizer (float32, eval, on ``device``)."""
-    import mlflow.artifacts
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    root = Path(mlflow.artifacts.download_artifacts(artifact_uri=info.uri))
-    folder = hf_dir(root)
+    folder = download(info)
     model = AutoModelForCausalLM.from_pretrained(folder).to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     return LoadedLM(info, model, tokenizer)

@@ -261,3 +261,59 @@ def test_a_forward_pass_that_raises_ends_every_sequence_with_an_error_and_the_en
     assert not engine.alive and "illegal memory access" in engine.failure
     with pytest.raises(EngineFailed, match="illegal memory access"):
         engine.submit([4], SamplingParams(max_tokens=5, temperature=0), lambda e: None)
+
+
+@pytest.fixture(scope="module")
+def lm_folder(tmp_path_factory):
+    from tests.serve.llm_helpers import TinyLM, build_tiny_lm
+
+    return build_tiny_lm(tmp_path_factory.mktemp("lm"), TinyLM(steps=2, context=512))
+
+
+def test_the_engine_in_a_child_process_generates_as_generate_cancels_and_ends_with_its_replica(lm_folder):
+    """``EngineProcess`` (the replica's default): completions submitted together equal ``generate`` alone, a
+    cancelled one ends "cancelled" and is counted, ``stop`` ends the child; a child that dies ends every
+    stream with "error" and refuses new ones (the replica's health check reads ``alive``)."""
+    import os
+    import signal
+    import threading
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from deployments.llm.engine_process import EngineProcess
+
+    lm, tokenizer = AutoModelForCausalLM.from_pretrained(lm_folder).eval(), AutoTokenizer.from_pretrained(lm_folder)
+    finished = threading.Semaphore(0)
+    texts: dict[int, list[str]] = {}
+
+    def emit(event: Event, i: int = -1) -> None:
+        texts.setdefault(i, []).append(event.text)
+        if event.finish_reason:
+            finished.release()
+
+    engine = EngineProcess(lm_folder, "cpu", 1, max_active=4, max_waiting=0, retry_after_s=1, stream_interval=None)
+    try:
+        prompts = [[5, 6, 7], [9], [11, 12, 13, 14, 15]]
+        seqs = [engine.submit(p, SamplingParams(max_tokens=12, temperature=0), lambda e, i=i: emit(e, i))
+                for i, p in enumerate(prompts)]
+        long = engine.submit([3, 4], SamplingParams(max_tokens=400, temperature=0), emit)
+        with pytest.raises(EngineFull):
+            engine.submit([1], SamplingParams(max_tokens=1, temperature=0), emit)
+        for _ in prompts:
+            assert finished.acquire(timeout=30)
+        engine.cancel(long)
+        assert finished.acquire(timeout=10) and long.finish_reason == "cancelled"
+        for i, (prompt, seq) in enumerate(zip(prompts, seqs, strict=True)):
+            want = greedy(lm, prompt, 12)
+            assert "".join(texts[i]) == tokenizer.decode(want, skip_special_tokens=True)
+            assert seq.tokens == len(want) and seq.finish_reason in ("length", "stop")
+        assert engine.stats.cancelled == 1 and engine.stats.active == 0
+        last = engine.submit([8, 9], SamplingParams(max_tokens=400, temperature=0), emit)
+        os.kill(engine._proc.pid, signal.SIGKILL)
+        assert finished.acquire(timeout=10) and last.finish_reason == "error"
+        assert not engine.alive
+        with pytest.raises(EngineFailed):
+            engine.submit([1], SamplingParams(max_tokens=1, temperature=0), emit)
+    finally:
+        engine.stop()
+    assert engine._proc.poll() is not None
