@@ -261,7 +261,7 @@ def main() -> None:
     parser.add_argument("--dims", type=int, default=256)
     parser.add_argument("--train-steps", type=int, default=20)
     parser.add_argument("--max-active", type=int, default=32, help="the engine's decode batch limit")
-    parser.add_argument("--torch-threads", type=int, default=1, help="torch threads in the replica")
+    parser.add_argument("--torch-threads", type=int, default=1, help="torch threads in the replica's engine")
     parser.add_argument("--stream-interval", type=int, default=None,
                         help="the deployment's tokens per streamed event after the first (1: every token; "
                              "unset: the deployment's default, adaptive to the batch)")
