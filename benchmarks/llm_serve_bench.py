@@ -306,8 +306,9 @@ def main() -> None:
                         f"max({MIN_REQUESTS}, {args.requests_per_client} x concurrency); {args.repeats} repeats, "
                         f"path order rotating; replica 1 CPU, "
                         f"engine max_active {args.max_active}, stream_interval {args.stream_interval or 'adaptive'}, "
-                        f"torch threads {args.torch_threads} in the replica, {baseline_threads} in the baseline (the "
-                        f"faster of 1 and all cores at warm-up); the HTTP client runs on the same cores as the server")
+                        f"torch threads {args.torch_threads} in the replica's engine, {baseline_threads} in the "
+                        f"baseline (the faster of 1 and all cores at warm-up); the HTTP client runs on the same cores "
+                        f"as the server")
         load_before = os.getloadavg()
         for repeat in range(args.repeats):
             for c in args.concurrency:

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,7 @@ class RemoteSeq:
     tokens: int = 0
     logprob_sum: float = 0.0
     finish_reason: str | None = None
-    cancelled: bool = field(default=False)
+    cancelled: bool = False
 
 
 class EngineProcess:
@@ -151,17 +151,16 @@ class EngineProcess:
 def main(fd: int) -> None:
     """The child: load the model, run the engine, relay submissions in and events out until the socket closes."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from deployments.llm.engine import Engine
+    from deployments.llm.loader import from_folder
 
     conn = Connection(fd)
     spec = conn.recv()
     try:
         if spec["torch_threads"]:
             torch.set_num_threads(spec["torch_threads"])
-        model = AutoModelForCausalLM.from_pretrained(spec["folder"]).to(spec["device"]).eval()
-        tokenizer = AutoTokenizer.from_pretrained(spec["folder"])
+        model, tokenizer = from_folder(spec["folder"], spec["device"])
         # the replica counts the limits; the child admits whatever it is sent
         engine = Engine(model, tokenizer, spec["max_active"], max_waiting=1 << 30,
                         stream_interval=spec["stream_interval"])

@@ -62,11 +62,15 @@ def download(info: ModelVersionInfo) -> Path:
     return hf_dir(Path(mlflow.artifacts.download_artifacts(artifact_uri=info.uri)))
 
 
-def load(info: ModelVersionInfo, device: str = "cpu") -> LoadedLM:
-    """Download the version's artifacts and load model and tokenizer (float32, eval, on ``device``)."""
+def from_folder(folder: str | Path, device: str = "cpu") -> tuple[Any, Any]:
+    """Model (float32, eval, on ``device``) and tokenizer from a Hugging Face folder (the replica's, or its
+    engine process's)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = download(info)
     model = AutoModelForCausalLM.from_pretrained(folder).to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    return LoadedLM(info, model, tokenizer)
+    return model, AutoTokenizer.from_pretrained(folder)
+
+
+def load(info: ModelVersionInfo, device: str = "cpu") -> LoadedLM:
+    """Download the version's artifacts and load model and tokenizer (float32, eval, on ``device``)."""
+    return LoadedLM(info, *from_folder(download(info), device))

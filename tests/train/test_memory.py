@@ -14,9 +14,9 @@ MIB = 2**20
 def test_rss_window_sees_an_allocation_made_after_garbage_is_collected_inside_it():
     """Garbage left in a reference cycle before a save (a resume's loaded state, say) may be collected by
     Python's cyclic collector at any allocation, inside the window too; its freed pages would then be
-    reused by the save's own allocations and the window's peak would not grow. The ZeRO-3 checkpoint
-    test saw that once in CI: rank 0's export of 24 MiB read as 2 MiB of growth. The window collects
-    first, so what it measures from is what is live."""
+    reused by the save's own allocations and the window's peak would not grow (one way the ZeRO-3
+    checkpoint test once read rank 0's 24 MiB export as 2 MiB in CI; that cause was not confirmed). The
+    window collects first, so what it measures from is what is live."""
     size = 64 * MIB  # above glibc's largest mmap threshold: freed straight back to the kernel, reused by the next
     garbage: list = [torch.ones(size // 4)]
     garbage.append(garbage)  # a cycle: only the cyclic collector frees it
