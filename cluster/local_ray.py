@@ -12,8 +12,11 @@ needed this.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
+
+from cluster.serve_ingress import Ingress, ingress_env
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_STATE_API = "http://127.0.0.1:1"   # port 1: nothing listens, the connection is refused at once
@@ -26,12 +29,28 @@ def worker_env(**extra: str) -> dict[str, str]:
             **extra}
 
 
-def start(num_cpus: int, env: dict[str, str] | None = None, **init_kwargs: Any) -> None:
+def start(num_cpus: int, env: dict[str, str] | None = None, ingress: Ingress = Ingress.PROXY,
+          **init_kwargs: Any) -> None:
     """``ray.init`` a new local Ray (``address="local"``: never a stale cluster) without a dashboard.
 
     ``env`` adds worker env vars to :func:`worker_env`'s; ``init_kwargs`` go to ``ray.init`` as they are.
+    ``ingress``: Serve's HTTP ingress (``cluster.serve_ingress``), on free ports of its own; its variables are in
+    this process's environment only while Ray's processes start (they inherit it), so a cluster started later
+    from here picks its own.
     """
     import ray
 
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING",
-             runtime_env={"env_vars": worker_env(**(env or {}))}, **init_kwargs)
+    from cluster.processes import free_static_port
+
+    serve_env = ingress_env(ingress, free_static_port(), free_static_port())
+    saved = {name: os.environ.get(name) for name in serve_env}
+    os.environ.update(serve_env)
+    try:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING",
+                 runtime_env={"env_vars": worker_env(**(env or {}))}, **init_kwargs)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -35,6 +36,23 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+# Below the OS's ephemeral range (Linux: 32768-60999) and above Ray's worker ports (10002-19999), below Serve's
+# direct-ingress replica ports (30000-31000): a port here is only ever taken by an explicit bind.
+STATIC_PORTS = (20000, 29999)
+
+
+def free_static_port(host: str = "127.0.0.1") -> int:
+    """A free port outside the ephemeral range, for a server that starts after other processes have started.
+
+    :func:`free_port` hands out an ephemeral port; between choosing it and the server binding it, any process
+    that connects somewhere (Ray's start opens dozens of connections) can be given the same port by the OS.
+    Measured: HAProxy's stats port chosen that way was taken before HAProxy started, and Serve failed."""
+    for port in random.sample(range(STATIC_PORTS[0], STATIC_PORTS[1] + 1), 200):
+        if port_is_free(host, port):
+            return port
+    raise OSError(f"no free port in {STATIC_PORTS[0]}-{STATIC_PORTS[1]} on {host}")
 
 
 def tcp_reachable(host: str, port: int, timeout: float = 1.0) -> bool:

@@ -23,6 +23,7 @@ from pydantic_settings import (
 from cluster import files
 from cluster.errors import ConfigError
 from cluster.files import join
+from cluster.serve_ingress import Ingress
 
 CONFIG_ENV = "RAYLINE_CONFIG"
 DEFAULT_CONFIG_FILE = "rayline.yaml"
@@ -47,6 +48,11 @@ class Settings(BaseSettings):
     mlflow_port: Port = Field(5000, ge=1, le=65535)
     mlflow_workers: int = Field(1, ge=1)
     serve_http_port: Port = Field(8000, ge=1, le=65535)
+    # Serve's HTTP ingress (cluster.serve_ingress): "proxy" (Serve's Python proxy) or "haproxy" (Ray's HAProxy,
+    # with its stats page and Prometheus frontend on these ports)
+    serve_ingress: Ingress = Ingress.PROXY
+    serve_haproxy_stats_port: Port = Field(8404, ge=1, le=65535)
+    serve_haproxy_metrics_port: Port = Field(9101, ge=1, le=65535)
 
     # Addresses (derived from the above when unset)
     ray_address: str | None = None

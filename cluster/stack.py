@@ -37,6 +37,7 @@ from cluster.processes import (
     terminate,
     wait_until,
 )
+from cluster.serve_ingress import Ingress, ingress_env
 from cluster.settings import Settings
 
 STATE_FILE = "stack.json"
@@ -132,6 +133,9 @@ def _check_ports(settings: Settings) -> None:
         "ray_agent_port": settings.ray_agent_port,
         "mlflow_port": settings.mlflow_port,
     }
+    if settings.serve_ingress == Ingress.HAPROXY:
+        wanted |= {"serve_haproxy_stats_port": settings.serve_haproxy_stats_port,
+                   "serve_haproxy_metrics_port": settings.serve_haproxy_metrics_port}
     for name, port in wanted.items():
         if name.startswith("ray_") and RAY_WORKER_PORTS[0] <= port <= RAY_WORKER_PORTS[1]:
             raise ConfigError(
@@ -224,7 +228,7 @@ def start_mlflow(settings: Settings, log_file: Path, timeout_s: float = MLFLOW_S
 
 
 def ray_env(settings: Settings) -> dict[str, str]:
-    """Environment for Ray processes and clients of this stack (token auth on).
+    """Environment for Ray processes and clients of this stack (token auth on, Serve's ingress).
 
     The interpreter's own bin dir goes first on PATH, so a job entrypoint's ``python``
     is the environment rayline runs in, whether or not the venv is activated.
@@ -235,6 +239,7 @@ def ray_env(settings: Settings) -> dict[str, str]:
         "RAY_AUTH_TOKEN_PATH": str(Path(str(settings.ray_auth_token_path)).absolute()),
         "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+        **ingress_env(settings.serve_ingress, settings.serve_haproxy_stats_port, settings.serve_haproxy_metrics_port),
     }
 
 

@@ -14,6 +14,7 @@ from rich.table import Table
 from cluster import stack
 from cluster.cli.context import AppState, settings_of, submit_job
 from cluster.errors import RaylineError
+from cluster.serve_ingress import Ingress
 
 app = typer.Typer(
     name="rayline",
@@ -46,6 +47,10 @@ def up(
     ray_metrics_port: Annotated[int | None, typer.Option(help="Ray Prometheus metrics port (8080).")] = None,
     ray_agent_port: Annotated[int | None, typer.Option(help="Ray job agent port (52365).")] = None,
     mlflow_port: Annotated[int | None, typer.Option(help="MLflow server port (5000).")] = None,
+    serve_ingress: Annotated[Ingress | None, typer.Option(help="Serve's HTTP ingress: proxy (Serve's Python proxy, "
+                                                                "the default) or haproxy (Ray's HAProxy).")] = None,
+    serve_haproxy_stats_port: Annotated[int | None, typer.Option(help="HAProxy's stats page port (8404).")] = None,
+    serve_haproxy_metrics_port: Annotated[int | None, typer.Option(help="HAProxy's Prometheus port (9101).")] = None,
     num_cpus: Annotated[int | None, typer.Option(help="CPUs of the Ray head (default: all).")] = None,
     nodes: Annotated[int, typer.Option(min=1, help="Ray nodes: the head plus NODES-1 worker nodes, each its own "
                                                    "raylet with its own CPUs (placement and node loss are real).")] = 1,
@@ -55,7 +60,9 @@ def up(
     """Start the local stack (Ray head [+ worker nodes] + MLflow on 127.0.0.1) and record it in the state dir."""
     settings = settings_of(ctx, ray_gcs_port=ray_gcs_port, ray_dashboard_port=ray_dashboard_port,
                            ray_client_port=ray_client_port, ray_metrics_port=ray_metrics_port,
-                           ray_agent_port=ray_agent_port, mlflow_port=mlflow_port, ray_num_cpus=num_cpus)
+                           ray_agent_port=ray_agent_port, mlflow_port=mlflow_port, ray_num_cpus=num_cpus,
+                           serve_ingress=serve_ingress, serve_haproxy_stats_port=serve_haproxy_stats_port,
+                           serve_haproxy_metrics_port=serve_haproxy_metrics_port)
     what = f"Ray head, {nodes - 1} worker node(s)" if nodes > 1 else "Ray head"
     with console.status(f"starting {what} and MLflow…"):
         state, started = stack.up(settings, nodes=nodes, worker_cpus=worker_cpus)

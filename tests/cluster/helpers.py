@@ -29,12 +29,14 @@ def stack_env(state_dir: Path, **settings: str) -> dict[str, str]:
     Inherited ``RAYLINE_*``, ``RAY_*`` and ``MLFLOW_*`` variables are dropped, so the stack is
     the test's own; ``settings`` adds ``RAYLINE_<NAME>`` values (e.g. ``ray_num_cpus="2"``).
     """
-    from cluster.processes import free_port
+    from cluster.processes import free_port, free_static_port
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAYLINE_", "RAY_", "MLFLOW_"))}
     env["RAYLINE_STATE_DIR"] = str(state_dir)
     for name in ("RAY_GCS", "RAY_DASHBOARD", "RAY_CLIENT", "RAY_METRICS", "RAY_AGENT", "MLFLOW"):
         env[f"RAYLINE_{name}_PORT"] = str(free_port())
+    for name in ("SERVE_HAPROXY_STATS", "SERVE_HAPROXY_METRICS"):   # bound late, after Ray's many connections
+        env[f"RAYLINE_{name}_PORT"] = str(free_static_port())
     env.update({f"RAYLINE_{name.upper()}": value for name, value in settings.items()})
     return env
 

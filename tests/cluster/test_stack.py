@@ -10,6 +10,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
+import psutil
 import pytest
 
 from cluster.processes import free_port, session_members, wait_until
@@ -22,8 +24,9 @@ from tests.cluster.helpers import stack_env as make_stack_env
 
 @pytest.fixture(scope="module")
 def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """A private local stack on free ports with two Ray nodes (head + one worker), up once for this module."""
-    env = make_stack_env(tmp_path_factory.mktemp("stack"), ray_num_cpus="2")
+    """A private local stack on free ports with two Ray nodes (head + one worker), up once for this module; Serve's
+    ingress HAProxy (``--serve-ingress haproxy``; every other suite's Serve runs behind Serve's own proxy)."""
+    env = make_stack_env(tmp_path_factory.mktemp("stack"), ray_num_cpus="2", serve_ingress="haproxy")
     proc = rayline(env, "up", "--nodes", "2", "--worker-cpus", "1")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     yield env
@@ -56,7 +59,6 @@ def test_up_when_already_up_says_so(stack_env: dict[str, str]) -> None:
 
 
 def test_job_api_requires_the_token(stack_env: dict[str, str]) -> None:
-    import httpx
 
     url = f"http://127.0.0.1:{stack_env['RAYLINE_RAY_DASHBOARD_PORT']}/api/jobs/"
     assert httpx.get(url, timeout=5).status_code == 401
@@ -136,7 +138,6 @@ def test_mlflow_logs_a_run_through_the_started_server(stack_env: dict[str, str])
 
 def node_resources(env: dict[str, str]) -> list[dict[str, float]]:
     """Each alive Ray node's total resources, from the GCS through the dashboard's state API (token auth)."""
-    import httpx
 
     settings = stack_settings(env)
     resp = httpx.get(f"{settings.ray_dashboard_url}/api/v0/nodes", params={"detail": "true"}, timeout=10,
@@ -201,14 +202,43 @@ serve.run(Hold.bind(), name="hold", route_prefix="/hold")
 """
 
 
-def test_a_training_job_too_big_for_the_free_cpus_fails_fast_naming_the_figures(stack_env: dict[str, str]) -> None:
-    """A Serve app holds 1.5 of the stack's 3 CPUs (a 2-CPU head and a 1-CPU worker node); a 2 × 1 CPU training job
-    fails before submission, in one line.
+@pytest.fixture(scope="module")
+def hold_url(stack_env: dict[str, str]) -> str:
+    """A Serve app (deployed by a job) holding 1.5 of the stack's 3 CPUs (a 2-CPU head and a 1-CPU worker node)."""
+    port = free_port()
+    held = rayline(stack_env, "job", "submit", "--follow", "--", "python", "-c", HOLD_CPUS.format(port=port))
+    assert held.returncode == 0, held.stdout + held.stderr
+    return f"http://127.0.0.1:{port}/hold"
+
+
+def _listeners() -> dict[int, psutil.Process]:
+    return {c.laddr.port: psutil.Process(c.pid) for c in psutil.net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN and c.pid}
+
+
+def test_serve_on_a_haproxy_stack_answers_through_haproxy_on_the_stacks_own_side_ports(
+        stack_env: dict[str, str], hold_url: str) -> None:
+    """The port clients call is HAProxy's, the replica serves HTTP itself behind it, and HAProxy's stats page is on
+    the stack's ``serve_haproxy_stats_port``, not Ray's fixed 8404 (two clusters on a machine would collide)."""
+    settings = stack_settings(stack_env)
+    response = httpx.get(hold_url, timeout=30)
+    assert response.status_code == 200 and response.text == "held"
+    listeners = _listeners()
+    haproxy = listeners[httpx.URL(hold_url).port]
+    assert haproxy.name() == "haproxy", f"{hold_url} is served by {haproxy.name()}, not HAProxy"
+    assert listeners[settings.serve_haproxy_stats_port].pid == haproxy.pid
+    assert 8404 not in listeners or listeners[8404].pid != haproxy.pid
+    assert any("ServeReplica:hold" in " ".join(p.cmdline()) for p in listeners.values()), \
+        "the ingress replica serves HTTP itself (direct ingress) behind HAProxy"
+
+
+def test_a_training_job_too_big_for_the_free_cpus_fails_fast_naming_the_figures(stack_env: dict[str, str],
+                                                                                  hold_url: str) -> None:
+    """With a Serve app holding 1.5 of the stack's 3 CPUs, a 2 × 1 CPU training job fails before submission, in one
+    line.
 
     Runs just before `down`: the app keeps its CPUs for the rest of the module.
     """
-    held = rayline(stack_env, "job", "submit", "--follow", "--", "python", "-c", HOLD_CPUS.format(port=free_port()))
-    assert held.returncode == 0, held.stdout + held.stderr
     started = time.monotonic()
     proc = rayline(stack_env, "train", "examples/train/customers_mlp.yaml", "--submit", "-f")
     seconds = time.monotonic() - started
@@ -230,9 +260,12 @@ def test_down_stops_everything_up_started_and_is_idempotent(stack_env: dict[str,
     assert state is not None
     sessions = [c.pid for c in state.components.values()]
     assert len(sessions) == 3 and all(session_members(s) for s in sessions)   # head, worker node, MLflow
+    haproxy_port = stack_settings(stack_env).serve_haproxy_stats_port
+    assert haproxy_port in _listeners()   # Serve's HAProxy, started by the Serve app of the CPU test
     proc = rayline(stack_env, "down")
     assert proc.returncode == 0 and "stopped" in proc.stdout
     assert not any(session_members(s) for s in sessions)
+    assert wait_until(lambda: haproxy_port not in _listeners(), timeout_s=10), "HAProxy outlived the stack"
     again = rayline(stack_env, "down")
     assert again.returncode == 0 and "nothing to stop" in again.stdout
     assert rayline(stack_env, "status").returncode == 1
