@@ -406,3 +406,27 @@ def test_monitoring_off_renders_no_prometheus_objects(rendered: dict[str, Manife
     kinds = {d["kind"] for d in rendered["laptop"]}
     assert not kinds & {"PodMonitor", "PrometheusRule"}
     assert not [d for d in by_kind(rendered["laptop"], "ConfigMap") if "dashboard" in d["metadata"]["name"]]
+
+
+def _ray_containers_env(doc: dict[str, Any]) -> list[dict[str, dict[str, Any]]]:
+    return [env_of(spec["containers"][0]) for _, spec in pod_specs(doc)]
+
+
+def test_serving_pods_run_serves_proxy_by_default_and_haproxy_when_asked(renderer) -> None:
+    """Every RayService pod (head and workers) starts Ray with the ingress ``serving.ingress`` names: Serve's proxy
+    by default, HAProxy with the chart's drain period when asked; the training RayCluster is left alone."""
+    docs = renderer.render()
+    serving = _ray_containers_env(one(docs, "RayService"))
+    assert len(serving) >= 2, "the head and at least one worker group"
+    for env in serving:
+        assert env["RAY_SERVE_ENABLE_HA_PROXY"]["value"] == "0"
+        assert "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S" not in env
+    for env in _ray_containers_env(one(docs, "RayCluster")):
+        assert "RAY_SERVE_ENABLE_HA_PROXY" not in env
+
+    haproxy = renderer.render(renderer.values(lambda v: v["serving"].update(ingress="haproxy")))
+    for env in _ray_containers_env(one(haproxy, "RayService")):
+        assert env["RAY_SERVE_ENABLE_HA_PROXY"]["value"] == "1"
+        assert env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"]["value"] == "10"
+    error = renderer.error(renderer.values(lambda v: v["serving"].update(ingress="nginx")))
+    assert "ingress" in error and "haproxy" in error, error

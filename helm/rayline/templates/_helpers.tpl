@@ -252,6 +252,16 @@ Call with a dict: {"root": $, "rayAddress": "..."}.
   value: /tmp/cache/triton
 - name: RAY_TRAIN_ENABLE_PRINT_PATCH
   value: "0"
+{{- if eq .component "ray-serve" }}
+{{- /* Serve's HTTP ingress (cluster/serve_ingress.py): HAProxy on 8000 of every serving pod, each ingress
+replica serving HTTP itself behind it (KubeRay's "Enable High Throughput on Ray Serve"); "proxy": Serve's own. */}}
+- name: RAY_SERVE_ENABLE_HA_PROXY
+  value: {{ ternary "1" "0" (eq $root.Values.serving.ingress "haproxy") | quote }}
+{{- if eq $root.Values.serving.ingress "haproxy" }}
+- name: RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S
+  value: {{ $root.Values.serving.haproxyDrainSeconds | quote }}
+{{- end }}
+{{- end }}
 {{- with $root.Values.settings.extraEnv }}
 {{ toYaml . }}
 {{- end }}
@@ -373,7 +383,7 @@ spec:
         {{- toYaml . | nindent 8 }}
       {{- end }}
       env:
-        {{- include "rayline.rayEnv" (dict "root" $root "rayAddress" .rayAddress "group" $g) | nindent 8 }}
+        {{- include "rayline.rayEnv" (dict "root" $root "rayAddress" .rayAddress "group" $g "component" .component) | nindent 8 }}
       volumeMounts:
         {{- include "rayline.rayVolumeMounts" (dict "root" $root "group" $g) | nindent 8 }}
   volumes:
