@@ -39,6 +39,9 @@ is also given paired (``_paired``): the median over repeats of its p50 against t
 repeat, which cancels the load drifting between repeats. The model: GPT-2, ``--layers`` ×
 ``--dims``, byte-level BPE, trained for a few steps on generated sentences (``tests.serve.llm_helpers``).
 
+``--ingress``: Serve's HTTP ingress for the whole run, Serve's Python proxy (the default) or Ray's HAProxy
+(``cluster.serve_ingress``; one cluster has one, so the two are compared in two runs).
+
     python benchmarks/llm_serve_bench.py [--repeats 5] [--concurrency 1 4 16 32] [--max-tokens 64]
 """
 
@@ -269,6 +272,8 @@ def main() -> None:
     parser.add_argument("--router", action="store_true", help="row (c): deploy the router app (kind: llm) here")
     parser.add_argument("--router-topology", nargs="+", choices=sorted(ROUTER_PATHS), default=["separate"],
                         help="with --router: which router apps to deploy, one row each")
+    parser.add_argument("--ingress", choices=["haproxy", "proxy"], default="proxy",
+                        help="Serve's HTTP ingress (cluster.serve_ingress): Serve's proxy (default) or HAProxy")
     args = parser.parse_args()
     if args.repeats < MIN_REPEATS:
         parser.error(f"--repeats must be >= {MIN_REPEATS}")
@@ -287,7 +292,7 @@ def main() -> None:
     prompts = [*PROMPTS, *(" ".join(s.split()[:4]) for s in sentences(26, seed=1))]
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    settings, mlflow_proc = start_stack(work / "stack")
+    settings, mlflow_proc = start_stack(work / "stack", args.ingress)
     try:
         port = free_port()
         url, name = _deploy(settings, folder, port, args.max_active, args.torch_threads, args.stream_interval)
@@ -304,7 +309,7 @@ def main() -> None:
         report = Report("llm-serve", f"GPT-2 {args.layers}x{args.dims} (context 512, vocab {spec.vocab}), "
                         f"{len(prompts)} prompts, max_tokens {args.max_tokens}, greedy; requests per run "
                         f"max({MIN_REQUESTS}, {args.requests_per_client} x concurrency); {args.repeats} repeats, "
-                        f"path order rotating; replica 1 CPU, "
+                        f"path order rotating; Serve ingress {args.ingress}; replica 1 CPU, "
                         f"engine max_active {args.max_active}, stream_interval {args.stream_interval or 'adaptive'}, "
                         f"torch threads {args.torch_threads} in the replica's engine, {baseline_threads} in the "
                         f"baseline (the faster of 1 and all cores at warm-up); the HTTP client runs on the same cores "

@@ -41,17 +41,19 @@ class Endpoints:
         return f"{self.base_urls[path]}/v1/models/{self.model}:predict"
 
 
-def start_stack(tmp: Path) -> tuple[Settings, Popen]:
-    """A private MLflow server and Ray instance; returns (settings, mlflow process)."""
+def start_stack(tmp: Path, ingress: str = "proxy") -> tuple[Settings, Popen]:
+    """A private MLflow server and Ray instance with Serve's ``ingress`` (``cluster.serve_ingress``); returns
+    (settings, mlflow process)."""
     from cluster import local_ray
     from cluster.processes import free_port
+    from cluster.serve_ingress import Ingress
     from cluster.settings import load_settings
     from cluster.stack import start_mlflow
 
     settings = load_settings(state_dir=tmp, mlflow_port=free_port(), log_format="text", log_level="WARNING")
     proc = start_mlflow(settings, tmp / "mlflow.log", timeout_s=120)
     os.environ["MLFLOW_TRACKING_URI"] = str(settings.mlflow_tracking_uri)
-    local_ray.start(num_cpus=6)
+    local_ray.start(num_cpus=6, ingress=Ingress(ingress))
     return settings, proc
 
 
