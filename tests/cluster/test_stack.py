@@ -59,7 +59,6 @@ def test_up_when_already_up_says_so(stack_env: dict[str, str]) -> None:
 
 
 def test_job_api_requires_the_token(stack_env: dict[str, str]) -> None:
-
     url = f"http://127.0.0.1:{stack_env['RAYLINE_RAY_DASHBOARD_PORT']}/api/jobs/"
     assert httpx.get(url, timeout=5).status_code == 401
 
@@ -138,7 +137,6 @@ def test_mlflow_logs_a_run_through_the_started_server(stack_env: dict[str, str])
 
 def node_resources(env: dict[str, str]) -> list[dict[str, float]]:
     """Each alive Ray node's total resources, from the GCS through the dashboard's state API (token auth)."""
-
     settings = stack_settings(env)
     resp = httpx.get(f"{settings.ray_dashboard_url}/api/v0/nodes", params={"detail": "true"}, timeout=10,
                      headers={"Authorization": f"Bearer {settings.ray_token()}"})

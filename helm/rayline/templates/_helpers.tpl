@@ -255,9 +255,10 @@ Call with a dict: {"root": $, "rayAddress": "..."}.
 {{- if eq .component "ray-serve" }}
 {{- /* Serve's HTTP ingress (cluster/serve_ingress.py): HAProxy on 8000 of every serving pod, each ingress
 replica serving HTTP itself behind it (KubeRay's "Enable High Throughput on Ray Serve"); "proxy": Serve's own. */}}
+{{- $haproxy := eq $root.Values.serving.ingress "haproxy" }}
 - name: RAY_SERVE_ENABLE_HA_PROXY
-  value: {{ ternary "1" "0" (eq $root.Values.serving.ingress "haproxy") | quote }}
-{{- if eq $root.Values.serving.ingress "haproxy" }}
+  value: {{ ternary "1" "0" $haproxy | quote }}
+{{- if $haproxy }}
 - name: RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S
   value: {{ $root.Values.serving.haproxyDrainSeconds | quote }}
 {{- end }}
