@@ -35,6 +35,9 @@ class LLMOptions(BaseModel):
     stream_interval: int | None = Field(None, ge=1, description="tokens per streamed event after the first (unset: "
                                         "adaptive, every token while few sequences decode, up to 8 under load; "
                                         "1: every token; more: fewer, larger events, more tokens/s under load)")
+    engine_process: bool = Field(True, description="run each replica's decode loop in a child process (Serve's "
+                                                   "threads and the engine then do not share one GIL); false: in "
+                                                   "a thread of the replica")
     num_gpus: float = Field(
         0, ge=0, le=1, description="GPUs per variant replica (a fraction, or 1: one engine runs on one device); "
                                    "> 0 runs the engine on CUDA. Colocated, the router replicas ask for it instead "

@@ -308,6 +308,17 @@ def test_llm_num_gpus_goes_to_the_variant_replicas_or_colocated_to_the_router_an
             parse_config(bad)
 
 
+def test_llm_engine_process_reaches_every_variant_server_default_on():
+    """``llm.engine_process``: the decode loop in a child process (default) or, false, in a thread of the replica."""
+    from deployments.app import llm_args, llm_server
+
+    args = {"model_name": "m", "kind": "llm", "baseline": "models:/m@champion"}
+    assert llm_server(parse_config(args), BASELINE, "3", "http://mlflow")._bound_deployment.init_kwargs[
+        "engine_process"] is True
+    in_thread = parse_config({**args, "llm": {"engine_process": False}, "colocate": True})
+    assert llm_args(in_thread, BASELINE, "3", "http://mlflow")["engine_process"] is False
+
+
 # ---- canary rollouts of language models: the same controller, gating on TTFT ------------------------------------
 
 class CompletionLoad(Load):
