@@ -9,10 +9,21 @@ and a TTFT p50 of 26 vs 80-90 ms (2026-12-01). KubeRay's guide "Enable High Thro
 same variable.
 
 Opt-in (``rayline up --serve-ingress haproxy``, ``RAYLINE_SERVE_INGRESS``, the chart's ``serving.ingress``), not
-the default, because rayline's own suites do not all pass behind it yet (run 2026-12-01, serve + rollout +
-faults + cluster + monitoring: 465 passed, 6 not): the multi-node test saw 8 of 600 requests fail (7 × 500 and one
-reset connection) in the first 0.4 s of load after a lost node came back, and the Prometheus rollout suite saw no
-``rayline_serve_requests_total`` sample within 120 s. Neither is explained yet.
+the default yet: see docs/llm-serving.md, "Serve's ingress", for the suites run behind it.
+
+Retries (``RETRY_ON``). HAProxy balances over the ingress replicas of every node (``leastconn``), where Serve's
+proxy prefers the router on its own node. So a router replica that dies (its node lost, its process killed) takes
+the requests HAProxy had sent it: Ray's default ``retry-on conn-failure`` retries only a request that never reached
+a replica, and HAProxy answers the rest 500 (the multi-node test: 7 of 600 failed, and one reset, when a router sat
+on the lost node, 2026-12-01). rayline also retries on ``empty-response`` (the connection closed before any byte of
+an answer), on another replica (Ray's ``option redispatch 1``). Ray leaves that out because a replayed request can
+run twice; rayline's are safe to: a prediction or a generation is computed again, feedback is kept once per request
+id when read (``deployments.feedback``), and an admin command is a transition of the persisted rollout, which
+refuses one no longer valid (409).
+HAProxy replays only a request it still holds whole: a GET always (16 of 16 in flight on a killed replica answered,
+twice), a POST whose body came in after its headers not (Ray's config forwards bodies as they come and has no knob
+for ``option http-buffer-request``): 14 and 15 of 16 POSTs answered. An answer already started (a stream under way)
+is never replayed: that client sees its stream cut, as behind Serve's proxy.
 
 Two things Ray fixes that a machine with several clusters (the tests, a stack beside a benchmark) cannot
 share, so each cluster gets its own: HAProxy's stats page (Ray's default port 8404) and its Prometheus
@@ -32,6 +43,7 @@ from enum import StrEnum
 
 HAPROXY_FLAG = "RAY_SERVE_ENABLE_HA_PROXY"
 DRAIN_S = 2
+RETRY_ON = "conn-failure empty-response"   # HAProxy's retry-on (Ray's default: conn-failure); see the module
 
 
 class Ingress(StrEnum):
@@ -49,5 +61,5 @@ def ingress_env(ingress: Ingress, stats_port: int, metrics_port: int) -> dict[st
         return {HAPROXY_FLAG: flag}
     wanted = {HAPROXY_FLAG: flag, "RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port),
               "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port),
-              "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(DRAIN_S)}
+              "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(DRAIN_S), "RAY_SERVE_HAPROXY_RETRY_ON": RETRY_ON}
     return {name: os.environ.get(name, value) for name, value in wanted.items()}

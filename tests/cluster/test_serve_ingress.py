@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.serve_ingress import HAPROXY_FLAG, Ingress, ingress_env
+from cluster.serve_ingress import HAPROXY_FLAG, RETRY_ON, Ingress, ingress_env
 from cluster.settings import load_settings
 from cluster.stack import ray_env
 
@@ -18,6 +18,7 @@ def test_a_stack_runs_serves_proxy_by_default_and_haproxy_on_its_own_side_ports_
     assert env[HAPROXY_FLAG] == "1"
     assert (env["RAY_SERVE_HAPROXY_STATS_PORT"], env["RAY_SERVE_HAPROXY_METRICS_PORT"]) == ("18404", "19101")
     assert env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] == "2"   # not Ray's 30 s on every replica stop
+    assert env["RAY_SERVE_HAPROXY_RETRY_ON"] == RETRY_ON == "conn-failure empty-response"
 
 
 def test_an_operators_own_ray_setting_wins(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -252,6 +252,68 @@ def test_a_training_job_too_big_for_the_free_cpus_fails_fast_naming_the_figures(
     assert "waiting for resources: training job (run customers-mlp): it needs 2 CPU" in waited.stderr
 
 
+SLOW_INGRESS = """
+import asyncio, os
+from ray import serve
+@serve.deployment(num_replicas=2, max_ongoing_requests=64, ray_actor_options={{"num_cpus": 0.1}})
+class Slow:
+    async def __call__(self, request):
+        await asyncio.sleep({hold_s})
+        return {{"pid": os.getpid(), "i": int(request.query_params["i"])}}
+serve.run(Slow.bind(), name="slow", route_prefix="/slow")
+"""
+HOLD_S = 2.0          # each request stays in flight on its ingress replica this long
+IN_FLIGHT = 16        # requests sent together; leastconn gives each of the two replicas about half
+
+
+def _haproxy_retries(stats_port: int) -> int:
+    """Retries plus redispatches HAProxy counted on every backend (its stats page, CSV)."""
+    rows = httpx.get(f"http://127.0.0.1:{stats_port}/stats;csv", timeout=10).text.lstrip("# ").splitlines()
+    header = rows[0].split(",")
+    return sum(int(row[header.index(column)] or 0) for row in (r.split(",") for r in rows[1:] if r)
+               if row[header.index("svname")] == "BACKEND" for column in ("wretr", "wredis"))
+
+
+def test_an_ingress_replica_killed_with_requests_in_flight_behind_haproxy_fails_none_of_them(
+        stack_env: dict[str, str], hold_url: str) -> None:
+    """Two ingress replicas, each holding requests; one is SIGKILLed: HAProxy sends its requests to the other.
+
+    What a lost node does to the router replica on it. Ray's default (``retry-on conn-failure``) answers every
+    request the dead replica held 500; rayline's ``empty-response`` retry (``cluster.serve_ingress.RETRY_ON``)
+    replays them on the live replica, so all come back 200, from the survivor, and HAProxy counts the retries.
+    GETs: HAProxy replays only a request it holds whole, and a POST whose body came after its headers was already
+    being forwarded (Ray's config streams bodies through); with POSTs 1 or 2 of ~8 still failed in probes."""
+    import signal
+    from concurrent.futures import ThreadPoolExecutor
+
+    deployed = rayline(stack_env, "job", "submit", "--follow", "--", "python", "-c",
+                       SLOW_INGRESS.format(hold_s=HOLD_S))
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    url = hold_url.rsplit("/", 1)[0] + "/slow"
+    stats_port = stack_settings(stack_env).serve_haproxy_stats_port
+
+    def call(i: int) -> httpx.Response | str:
+        try:
+            return httpx.get(url, params={"i": i}, timeout=60)
+        except httpx.HTTPError as exc:   # Ray's default: the client's connection closed without an answer
+            return type(exc).__name__
+
+    with ThreadPoolExecutor(IN_FLIGHT) as pool:
+        pids = {r.json()["pid"] for r in pool.map(call, range(IN_FLIGHT))}
+        assert len(pids) == 2, f"both ingress replicas answered: {pids}"
+        retries_before = _haproxy_retries(stats_port)
+        futures = [pool.submit(call, i) for i in range(IN_FLIGHT)]
+        time.sleep(HOLD_S / 2)   # every request is in flight on its replica
+        victim = min(pids)
+        psutil.Process(victim).send_signal(signal.SIGKILL)
+        answers = [f.result() for f in futures]
+    statuses = [a if isinstance(a, str) else a.status_code for a in answers]
+    assert statuses == [200] * IN_FLIGHT, statuses
+    assert [a.json()["i"] for a in answers] == list(range(IN_FLIGHT))
+    assert {a.json()["pid"] for a in answers} == pids - {victim}, "the live replica answered them all"
+    assert _haproxy_retries(stats_port) > retries_before, "HAProxy replayed the killed replica's requests"
+
+
 def test_down_stops_everything_up_started_and_is_idempotent(stack_env: dict[str, str]) -> None:
     settings = load_settings(state_dir=stack_env["RAYLINE_STATE_DIR"])
     state = load_state(settings)

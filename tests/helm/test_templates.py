@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from cluster.serve_ingress import RETRY_ON
 from tests.helm.conftest import CHART, EXAMPLES, Manifest, by_kind, env_of, one, pod_specs
 
 # --- MLflow backend: bundled PostgreSQL vs external database --------------------------------
@@ -428,5 +429,6 @@ def test_serving_pods_run_serves_proxy_by_default_and_haproxy_when_asked(rendere
     for env in _ray_containers_env(one(haproxy, "RayService")):
         assert env["RAY_SERVE_ENABLE_HA_PROXY"]["value"] == "1"
         assert env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"]["value"] == "10"
+        assert env["RAY_SERVE_HAPROXY_RETRY_ON"]["value"] == RETRY_ON   # what a local stack runs with
     error = renderer.error(renderer.values(lambda v: v["serving"].update(ingress="nginx")))
     assert "ingress" in error and "haproxy" in error, error

@@ -261,6 +261,9 @@ replica serving HTTP itself behind it (KubeRay's "Enable High Throughput on Ray 
 {{- if $haproxy }}
 - name: RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S
   value: {{ $root.Values.serving.haproxyDrainSeconds | quote }}
+{{- /* retried on another ingress replica when one closes without answering (cluster/serve_ingress.py RETRY_ON) */}}
+- name: RAY_SERVE_HAPROXY_RETRY_ON
+  value: "conn-failure empty-response"
 {{- end }}
 {{- end }}
 {{- with $root.Values.settings.extraEnv }}
