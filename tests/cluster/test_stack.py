@@ -266,12 +266,15 @@ HOLD_S = 2.0          # each request stays in flight on its ingress replica this
 IN_FLIGHT = 16        # requests sent together; leastconn gives each of the two replicas about half
 
 
-def _haproxy_retries(stats_port: int) -> int:
-    """Retries plus redispatches HAProxy counted on every backend (its stats page, CSV)."""
-    rows = httpx.get(f"http://127.0.0.1:{stats_port}/stats;csv", timeout=10).text.lstrip("# ").splitlines()
-    header = rows[0].split(",")
-    return sum(int(row[header.index(column)] or 0) for row in (r.split(",") for r in rows[1:] if r)
-               if row[header.index("svname")] == "BACKEND" for column in ("wretr", "wredis"))
+def _haproxy_retries(metrics_port: int) -> float:
+    """Retries plus redispatches HAProxy counted over its backends, from its Prometheus frontend (what the chart's
+    PodMonitor scrapes on a serving pod)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+    wanted = {"haproxy_backend_retry_warnings", "haproxy_backend_redispatch_warnings"}
+    return sum(sample.value for family in text_string_to_metric_families(text) if family.name in wanted
+               for sample in family.samples)
 
 
 def test_an_ingress_replica_killed_with_requests_in_flight_behind_haproxy_fails_none_of_them(
@@ -280,7 +283,8 @@ def test_an_ingress_replica_killed_with_requests_in_flight_behind_haproxy_fails_
 
     What a lost node does to the router replica on it. Ray's default (``retry-on conn-failure``) answers every
     request the dead replica held 500; rayline's ``empty-response`` retry (``cluster.serve_ingress.RETRY_ON``)
-    replays them on the live replica, so all come back 200, from the survivor, and HAProxy counts the retries.
+    replays them on the live replica, so all come back 200, from the survivor, and HAProxy's Prometheus metrics count
+    the retries.
     GETs: HAProxy replays only a request it holds whole, and a POST whose body came after its headers was already
     being forwarded (Ray's config streams bodies through); with POSTs 1 or 2 of ~8 still failed in probes."""
     import signal
@@ -290,7 +294,7 @@ def test_an_ingress_replica_killed_with_requests_in_flight_behind_haproxy_fails_
                        SLOW_INGRESS.format(hold_s=HOLD_S))
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     url = hold_url.rsplit("/", 1)[0] + "/slow"
-    stats_port = stack_settings(stack_env).serve_haproxy_stats_port
+    metrics_port = stack_settings(stack_env).serve_haproxy_metrics_port
 
     def call(i: int) -> httpx.Response | str:
         try:
@@ -301,7 +305,7 @@ def test_an_ingress_replica_killed_with_requests_in_flight_behind_haproxy_fails_
     with ThreadPoolExecutor(IN_FLIGHT) as pool:
         pids = {r.json()["pid"] for r in pool.map(call, range(IN_FLIGHT))}
         assert len(pids) == 2, f"both ingress replicas answered: {pids}"
-        retries_before = _haproxy_retries(stats_port)
+        retries_before = _haproxy_retries(metrics_port)
         futures = [pool.submit(call, i) for i in range(IN_FLIGHT)]
         time.sleep(HOLD_S / 2)   # every request is in flight on its replica
         victim = min(pids)
@@ -311,7 +315,7 @@ def test_an_ingress_replica_killed_with_requests_in_flight_behind_haproxy_fails_
     assert statuses == [200] * IN_FLIGHT, statuses
     assert [a.json()["i"] for a in answers] == list(range(IN_FLIGHT))
     assert {a.json()["pid"] for a in answers} == pids - {victim}, "the live replica answered them all"
-    assert _haproxy_retries(stats_port) > retries_before, "HAProxy replayed the killed replica's requests"
+    assert _haproxy_retries(metrics_port) > retries_before, "HAProxy replayed the killed replica's requests"
 
 
 def test_down_stops_everything_up_started_and_is_idempotent(stack_env: dict[str, str]) -> None:

@@ -432,3 +432,35 @@ def test_serving_pods_run_serves_proxy_by_default_and_haproxy_when_asked(rendere
         assert env["RAY_SERVE_HAPROXY_RETRY_ON"]["value"] == RETRY_ON   # what a local stack runs with
     error = renderer.error(renderer.values(lambda v: v["serving"].update(ingress="nginx")))
     assert "ingress" in error and "haproxy" in error, error
+
+
+def _named_ports(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return [port for _, spec in pod_specs(doc) for port in spec["containers"][0].get("ports", [])]
+
+
+def test_haproxys_metrics_port_is_named_scraped_and_admitted_on_serving_pods_only_when_it_runs(renderer) -> None:
+    """Behind HAProxy each serving pod's HAProxy exports requests, 5xx and retries per backend on
+    ``serving.haproxyMetricsPort``: a named container port, an endpoint of the PodMonitors that select serving pods,
+    and a port the NetworkPolicy opens to the monitoring namespace. Behind Serve's proxy none of it exists, and the
+    training RayCluster never gets it."""
+    haproxy = renderer.render(renderer.values(lambda v: v["serving"].update(ingress="haproxy",
+                                                                              haproxyMetricsPort=9191)))
+    for env in _ray_containers_env(one(haproxy, "RayService")):
+        assert env["RAY_SERVE_HAPROXY_METRICS_PORT"]["value"] == "9191"
+    serving_ports = _named_ports(one(haproxy, "RayService"))
+    assert serving_ports.count({"name": "haproxy-metrics", "containerPort": 9191}) == len(
+        pod_specs(one(haproxy, "RayService"))), "every serving pod names HAProxy's port"
+    assert all(p["name"] != "haproxy-metrics" for p in _named_ports(one(haproxy, "RayCluster")))
+    monitors = {d["metadata"]["name"].split("-rayline-")[-1]: [e["port"] for e in d["spec"]["podMetricsEndpoints"]]
+                for d in by_kind(haproxy, "PodMonitor")}
+    assert "haproxy-metrics" in monitors["serve"] and "haproxy-metrics" in monitors["ray-head"]
+    assert "haproxy-metrics" not in monitors["ray-workers"]
+    opened = [rule["from"] for rule in one(haproxy, "NetworkPolicy", "-ray")["spec"]["ingress"]
+              if {"port": 9191, "protocol": "TCP"} in rule.get("ports", [])]
+    assert opened == [[{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]], opened
+
+    proxy = renderer.render()
+    assert all(p["name"] != "haproxy-metrics" for p in _named_ports(one(proxy, "RayService")))
+    assert all("haproxy-metrics" not in json.dumps(d) for d in by_kind(proxy, "PodMonitor"))
+    assert "9191" not in json.dumps(one(proxy, "NetworkPolicy", "-ray")) and "9101" not in json.dumps(
+        one(proxy, "NetworkPolicy", "-ray"))

@@ -264,6 +264,8 @@ replica serving HTTP itself behind it (KubeRay's "Enable High Throughput on Ray 
 {{- /* retried on another ingress replica when one closes without answering (cluster/serve_ingress.py RETRY_ON) */}}
 - name: RAY_SERVE_HAPROXY_RETRY_ON
   value: "conn-failure empty-response"
+- name: RAY_SERVE_HAPROXY_METRICS_PORT
+  value: {{ $root.Values.serving.haproxyMetricsPort | quote }}
 {{- end }}
 {{- end }}
 {{- with $root.Values.settings.extraEnv }}
@@ -318,9 +320,15 @@ replica serving HTTP itself behind it (KubeRay's "Enable High Throughput on Ray 
 {{- toYaml $res -}}
 {{- end -}}
 
+{{/* The ports every Ray container names: Ray's metrics; on serving pods behind HAProxy also HAProxy's.
+Call with {"root": $, "component": ...}. */}}
 {{- define "rayline.rayPorts" -}}
 - name: metrics
-  containerPort: {{ .Values.monitoring.rayMetricsPort }}
+  containerPort: {{ .root.Values.monitoring.rayMetricsPort }}
+{{- if and (eq .component "ray-serve") (eq .root.Values.serving.ingress "haproxy") }}
+- name: haproxy-metrics
+  containerPort: {{ .root.Values.serving.haproxyMetricsPort }}
+{{- end }}
 {{- end -}}
 
 {{/* A Ray pod template: metadata, scheduling and extension points of one group. Call with
@@ -468,7 +476,7 @@ workerGroupSpecs:
       {{- with .rayStartParams }}
       {{- toYaml . | nindent 6 }}
       {{- end }}
-    {{- $container := printf "name: ray-worker\nresources:\n%s\nports:\n%s" (include "rayline.groupResources" . | indent 2) (include "rayline.rayPorts" $root | indent 2) }}
+    {{- $container := printf "name: ray-worker\nresources:\n%s\nports:\n%s" (include "rayline.groupResources" . | indent 2) (include "rayline.rayPorts" (dict "root" $root "component" $ctx.component) | indent 2) }}
     template:
       {{- include "rayline.rayPodTemplate" (dict "root" $root "group" . "component" $ctx.component "extraLabels" (dict "rayline.io/worker-group" .name) "automount" false "container" $container "rayAddress" $ctx.rayAddress) | nindent 6 }}
 {{- end }}
@@ -491,7 +499,7 @@ ports:
   - name: serve
     containerPort: 8000
   {{- end }}
-  {{- include "rayline.rayPorts" $root | nindent 2 }}
+  {{- include "rayline.rayPorts" (dict "root" $root "component" .component) | nindent 2 }}
   - name: as-metrics
     containerPort: {{ $root.Values.monitoring.autoscalerMetricsPort }}
   - name: dash-metrics
