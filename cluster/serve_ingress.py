@@ -19,12 +19,11 @@ on the lost node, 2026-12-01). rayline also retries on ``empty-response`` (the c
 an answer), on another replica (Ray's ``option redispatch 1``). Ray leaves that out because a replayed request can
 run twice; rayline's are safe to: a prediction or a generation is computed again, feedback is kept once per request
 id when read (``deployments.feedback``), and an admin command is a transition of the persisted rollout, which
-refuses one no longer valid (409).
-HAProxy replays only a request it still holds whole: a GET always (16 of 16 in flight on a killed replica answered,
-twice), a POST whose body came in after its headers not (Ray's config forwards bodies as they come and has no knob
-for ``option http-buffer-request``): 14 and 15 of 16 POSTs answered. With the retry the multi-node test lost
-none of 600 with a router on the lost node. An answer already started (a stream under way)
-is never replayed: that client sees its stream cut, as behind Serve's proxy.
+refuses one no longer valid (409). HAProxy replays only a request it still holds whole: a GET always (16 of 16 in
+flight on a killed replica answered, twice), a POST whose body came in after its headers not (Ray's config forwards
+bodies as they come and has no knob for ``option http-buffer-request``): 14 and 15 of 16 POSTs answered. With the
+retry the multi-node test lost none of 600 with a router on the lost node. An answer already started (a stream under
+way) is never replayed: that client sees its stream cut, as behind Serve's proxy.
 
 Two things Ray fixes that a machine with several clusters (the tests, a stack beside a benchmark) cannot
 share, so each cluster gets its own: HAProxy's stats page (Ray's default port 8404) and its Prometheus

@@ -281,12 +281,12 @@ def test_an_ingress_replica_killed_with_requests_in_flight_behind_haproxy_fails_
         stack_env: dict[str, str], hold_url: str) -> None:
     """Two ingress replicas, each holding requests; one is SIGKILLed: HAProxy sends its requests to the other.
 
-    What a lost node does to the router replica on it. Ray's default (``retry-on conn-failure``) answers every
-    request the dead replica held 500; rayline's ``empty-response`` retry (``cluster.serve_ingress.RETRY_ON``)
-    replays them on the live replica, so all come back 200, from the survivor, and HAProxy's Prometheus metrics count
-    the retries.
-    GETs: HAProxy replays only a request it holds whole, and a POST whose body came after its headers was already
-    being forwarded (Ray's config streams bodies through); with POSTs 1 or 2 of ~8 still failed in probes."""
+    What a lost node does to the router replica on it. With Ray's default (``retry-on conn-failure``) every request
+    the dead replica held fails (its client's connection closed without an answer: 8 of 16 in probes); rayline's
+    ``empty-response`` retry (``cluster.serve_ingress.RETRY_ON``) replays them on the live replica, so all come back
+    200, from the survivor, and HAProxy's Prometheus metrics count the retries. GETs: HAProxy replays only a
+    request it holds whole, and a POST whose body came after its headers was already being forwarded (Ray's config
+    streams bodies through); with POSTs 1 or 2 of ~8 still failed in probes."""
     import signal
     from concurrent.futures import ThreadPoolExecutor
 
