@@ -8,11 +8,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from cluster.processes import free_port, session_members, wait_until
 from cluster.provenance import STAMP_FILE, from_git
@@ -269,8 +271,6 @@ IN_FLIGHT = 16        # requests sent together; leastconn gives each of the two 
 def _haproxy_retries(metrics_port: int) -> float:
     """Retries plus redispatches HAProxy counted over its backends, from its Prometheus frontend (what the chart's
     PodMonitor scrapes on a serving pod)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
     wanted = {"haproxy_backend_retry_warnings", "haproxy_backend_redispatch_warnings"}
     return sum(sample.value for family in text_string_to_metric_families(text) if family.name in wanted
@@ -287,9 +287,6 @@ def test_an_ingress_replica_killed_with_requests_in_flight_behind_haproxy_fails_
     200, from the survivor, and HAProxy's Prometheus metrics count the retries. GETs: HAProxy replays only a
     request it holds whole, and a POST whose body came after its headers was already being forwarded (Ray's config
     streams bodies through); with POSTs 1 or 2 of ~8 still failed in probes."""
-    import signal
-    from concurrent.futures import ThreadPoolExecutor
-
     deployed = rayline(stack_env, "job", "submit", "--follow", "--", "python", "-c",
                        SLOW_INGRESS.format(hold_s=HOLD_S))
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
@@ -309,7 +306,7 @@ def test_an_ingress_replica_killed_with_requests_in_flight_behind_haproxy_fails_
         futures = [pool.submit(call, i) for i in range(IN_FLIGHT)]
         time.sleep(HOLD_S / 2)   # every request is in flight on its replica
         victim = min(pids)
-        psutil.Process(victim).send_signal(signal.SIGKILL)
+        psutil.Process(victim).kill()   # SIGKILL
         answers = [f.result() for f in futures]
     statuses = [a if isinstance(a, str) else a.status_code for a in answers]
     assert statuses == [200] * IN_FLIGHT, statuses
