@@ -74,6 +74,7 @@ def llm_args(cfg: ServeAppConfig, variant: str, version: str, tracking_uri: str)
         "max_active": llm.max_active, "max_waiting": llm.max_waiting, "max_tokens_limit": llm.max_tokens_limit,
         "retry_after_s": int(cfg.retry_after_s) or 1, "torch_threads": llm.torch_threads,
         "stream_interval": llm.stream_interval, "engine_process": llm.engine_process,
+        "dtype": llm.dtype,
         "first_token_delay_s": llm.first_token_delay_s.get(variant, 0.0)}
     if llm.num_gpus > 0:   # only then: a CPU deployment keeps the engine's default device
         args["device"] = "cuda"

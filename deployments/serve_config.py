@@ -17,10 +17,20 @@ from cluster.files import join
 from deployments.contracts import BASELINE, CANDIDATE
 
 MODEL_PREFIX = "models:/"
+LLMDtype = Literal["float32", "bfloat16", "float16"]   # a language model's weights and KV cache (kind: llm)
+
 # Serve runs user code and outgoing handle calls on their own event-loop threads by default; each
 # request then crosses threads twice per hop, which costs milliseconds on a 2-core box. Our handlers
 # never block (the model forward is tiny and batched), so both run on the replica's main loop.
 FAST_PATH_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+
+
+def replica_actor_options(num_cpus: float, num_gpus: float, env: dict[str, str]) -> dict[str, Any]:
+    """A replica's ``ray_actor_options``: its CPUs, GPUs when any, and ``env`` as its runtime env when not empty."""
+    options: dict[str, Any] = {"num_cpus": num_cpus, **({"num_gpus": num_gpus} if num_gpus else {})}
+    if env:
+        options["runtime_env"] = {"env_vars": dict(env)}
+    return options
 
 
 class LLMOptions(BaseModel):
@@ -35,6 +45,10 @@ class LLMOptions(BaseModel):
     stream_interval: int | None = Field(None, ge=1, description="tokens per streamed event after the first (unset: "
                                         "adaptive, every token while few sequences decode, up to 8 under load; "
                                         "1: every token; more: fewer, larger events, more tokens/s under load)")
+    dtype: LLMDtype = Field(
+        "float32", description="precision of the weights and the KV cache (see docs/llm-serving.md, Precision): "
+                               "float32 computes as the checkpoint; bfloat16 is faster on batches where the device "
+                               "has native bfloat16 (AVX512-BF16/AMX CPUs, GPUs), slower alone on CPUs")
     engine_process: bool = Field(True, description="run each replica's decode loop in a child process (Serve's "
                                                    "threads and the engine then do not share one GIL); false: in "
                                                    "a thread of the replica")
@@ -156,10 +170,7 @@ class ServeAppConfig(BaseModel):
         return {"max_replicas_per_node": self.max_replicas_per_node} if self.max_replicas_per_node else {}
 
     def actor_options(self, num_cpus: float, num_gpus: float = 0) -> dict[str, Any]:
-        options: dict[str, Any] = {"num_cpus": num_cpus, **({"num_gpus": num_gpus} if num_gpus else {})}
-        if self.replica_env:
-            options["runtime_env"] = {"env_vars": dict(self.replica_env)}
-        return options
+        return replica_actor_options(num_cpus, num_gpus, self.replica_env)
 
     @property
     def feedback_store_root(self) -> str:

@@ -152,6 +152,7 @@ class Engine:
         """``stream_interval``: tokens per event after the first; None adapts it to the batch (see the module)."""
         self.model = model.eval()
         self.device = next(model.parameters()).device
+        self.dtype = str(next(model.parameters()).dtype).removeprefix("torch.")   # what the weights are, as loaded
         self.stream_interval = None if stream_interval is None else max(1, stream_interval)
         self._interval = self.stream_interval or 1     # this step's tokens per event
         self._mask_4d = getattr(model.config, "_attn_implementation", None) == "sdpa"

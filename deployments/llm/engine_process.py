@@ -10,7 +10,7 @@ does for the same reason (its "engine core"). The replica keeps the tokenizer, t
 :func:`main`. One duplex socket carries pickled tuples:
 
 - replica → child: the engine's settings first, then ``("submit", id, prompt_ids, params)``, ``("cancel", id)``;
-- child → replica: ``("ready", context)`` once the model is loaded; after every step that emitted or changed the
+- child → replica: ``("ready", context, dtype)`` once the model is loaded; after every step that emitted or changed the
   counts, ``("events", [(id, Event), ...], stats)`` (one message per step, not per token);
   ``("failed", reason)`` when a forward pass raised.
 
@@ -52,7 +52,7 @@ class EngineProcess:
     """An :class:`~deployments.llm.engine.Engine` in a child process, driven from the replica (any thread)."""
 
     def __init__(self, folder: Path, device: str, torch_threads: int | None, max_active: int, max_waiting: int,
-                 retry_after_s: int, stream_interval: int | None) -> None:
+                 retry_after_s: int, stream_interval: int | None, dtype: str = "float32") -> None:
         ours, theirs = socket.socketpair()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         self._proc = subprocess.Popen([sys.executable, "-m", __name__, str(theirs.fileno())],
@@ -62,7 +62,8 @@ class EngineProcess:
         self._conn = Connection(os.dup(ours.fileno()))
         self.max_active, self.max_waiting, self.retry_after_s = max_active, max_waiting, retry_after_s
         self._conn.send({"folder": str(folder), "device": device, "torch_threads": torch_threads,
-                         "max_active": max_active, "stream_interval": stream_interval})
+                         "max_active": max_active, "stream_interval": stream_interval,
+                         "dtype": dtype})
         if not self._conn.poll(START_TIMEOUT_S):
             self._proc.kill()
             raise EngineFailed(f"the engine process did not load the model within {START_TIMEOUT_S} s")
@@ -70,6 +71,7 @@ class EngineProcess:
         if ready[0] != "ready":
             raise EngineFailed(f"the engine process failed to start: {ready[1]}")
         self.context: int = ready[1]
+        self.dtype: str = ready[2]   # the child's weights as loaded
         self.stats = EngineStats()
         self.failure: str | None = None
         self._seqs: dict[int, RemoteSeq] = {}
@@ -160,7 +162,7 @@ def main(fd: int) -> None:
     try:
         if spec["torch_threads"]:
             torch.set_num_threads(spec["torch_threads"])
-        model, tokenizer = from_folder(spec["folder"], spec["device"])
+        model, tokenizer = from_folder(spec["folder"], spec["device"], spec["dtype"])
         # the replica counts the limits; the child admits whatever it is sent
         engine = Engine(model, tokenizer, spec["max_active"], max_waiting=1 << 30,
                         stream_interval=spec["stream_interval"])
@@ -169,7 +171,7 @@ def main(fd: int) -> None:
         return
     child = _Child(engine, conn)
     engine.start(after_step=child.flush)
-    conn.send(("ready", engine.context))
+    conn.send(("ready", engine.context, engine.dtype))
     try:
         while True:
             message = conn.recv()

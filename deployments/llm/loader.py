@@ -10,17 +10,22 @@ replica pins the same version) are downloaded through MLflow and loaded with
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from cluster.errors import ConfigError, RegistryError
 from cluster.registry import ModelVersionInfo, Registry
 from cluster.settings import load_settings
+from deployments.serve_config import LLMDtype
 from models.packaging import HF_PATH
 
 HF_SUBDIR = "hf"
 DEVICES = ("cpu", "cuda")
+DTYPES = get_args(LLMDtype)
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,6 +60,23 @@ def check_device(device: str) -> None:
                           "(set num_gpus > 0 on a node with a GPU, or device 'cpu')")
 
 
+def check_dtype(dtype: str, device: str) -> None:
+    """``dtype`` is one of :data:`DTYPES`; ConfigError naming the field otherwise.
+
+    A half-precision dtype the device has no native instructions for still runs (torch emulates it), only slower
+    than float32: that is logged, not refused."""
+    import torch
+
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype: {dtype!r} is not one of {', '.join(DTYPES)}")
+    if device == "cpu" and dtype == "bfloat16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        logger.warning("dtype: bfloat16 on a CPU without native bfloat16 instructions (AVX512-BF16 or AMX) runs "
+                       "slower than float32")
+    if device == "cpu" and dtype == "float16" and not torch.ops.mkldnn._is_mkldnn_fp16_supported():
+        logger.warning("dtype: float16 on a CPU without native float16 instructions (AMX-FP16) runs slower than "
+                       "float32")
+
+
 def download(info: ModelVersionInfo) -> Path:
     """The version's Hugging Face folder, its artifacts downloaded here."""
     import mlflow.artifacts
@@ -62,15 +84,15 @@ def download(info: ModelVersionInfo) -> Path:
     return hf_dir(Path(mlflow.artifacts.download_artifacts(artifact_uri=info.uri)))
 
 
-def from_folder(folder: str | Path, device: str = "cpu") -> tuple[Any, Any]:
-    """Model (float32, eval, on ``device``) and tokenizer from a Hugging Face folder (the replica's, or its
+def from_folder(folder: str | Path, device: str = "cpu", dtype: str = "float32") -> tuple[Any, Any]:
+    """Model (in ``dtype``, eval, on ``device``) and tokenizer from a Hugging Face folder (the replica's, or its
     engine process's)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(folder).to(device).eval()
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
     return model, AutoTokenizer.from_pretrained(folder)
 
 
-def load(info: ModelVersionInfo, device: str = "cpu") -> LoadedLM:
-    """Download the version's artifacts and load model and tokenizer (float32, eval, on ``device``)."""
-    return LoadedLM(info, *from_folder(download(info), device))
+def load(info: ModelVersionInfo, device: str = "cpu", dtype: str = "float32") -> LoadedLM:
+    """Download the version's artifacts and load model and tokenizer (in ``dtype``, eval, on ``device``)."""
+    return LoadedLM(info, *from_folder(download(info), device, dtype))

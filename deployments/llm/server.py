@@ -40,7 +40,7 @@ from deployments.llm import metrics
 from deployments.llm.engine import Engine, EngineFailed, EngineFull, Event, SamplingParams
 from deployments.llm.engine_process import EngineProcess
 from deployments.llm.generation import Generation
-from deployments.llm.loader import check_device, download, load, resolve
+from deployments.llm.loader import check_device, check_dtype, download, load, resolve
 from deployments.llm.openai_api import (
     ChatRequest,
     CompletionRequest,
@@ -50,6 +50,7 @@ from deployments.llm.openai_api import (
     parse,
 )
 from deployments.llm.relay import http_response, model_metrics
+from deployments.serve_config import FAST_PATH_ENV, LLMDtype, replica_actor_options
 
 logger = logging.getLogger(__name__)
 
@@ -83,13 +84,15 @@ class LLMModel:
     def __init__(self, model: str, tracking_uri: str | None = None, variant: str = "default", max_active: int = 16,
                  max_waiting: int = 64, max_tokens_limit: int | None = None, retry_after_s: int = 1,
                  torch_threads: int | None = None, first_token_delay_s: float = 0.0, device: str = "cpu",
-                 stream_interval: int | None = None, engine_process: bool = True) -> None:
+                 stream_interval: int | None = None, engine_process: bool = True, dtype: str = "float32") -> None:
         """``model``: ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``, resolved once here.
 
         ``device``: ``"cpu"`` or ``"cuda"`` (the replica's GPU: the engine makes every tensor there); checked
         first, so a replica without CUDA fails at construction with one line naming the field.
         ``stream_interval``: tokens per streamed event after the first; None (default) adapts it to the batch,
         every token while few sequences decode, up to 8 per event at 16 (see ``deployments.llm.engine``).
+
+        ``dtype``: the weights' and KV cache's precision (``loader.DTYPES``), checked first like ``device``.
 
         ``engine_process``: run the decode loop in a child process (``deployments.llm.engine_process``: Serve's
         threads and the engine then do not share one GIL; measured faster at concurrency 16 on 2 cores) or, False,
@@ -103,16 +106,17 @@ class LLMModel:
         from transformers import AutoTokenizer
 
         check_device(device)
+        check_dtype(dtype, device)
         self.info = resolve(model, tracking_uri)
         if engine_process:
             folder = download(self.info)
             self.tokenizer = AutoTokenizer.from_pretrained(folder)
             self.engine: Engine | EngineProcess = EngineProcess(folder, device, torch_threads, max_active, max_waiting,
-                                                                retry_after_s, stream_interval)
+                                                                retry_after_s, stream_interval, dtype)
         else:
             if torch_threads:
                 torch.set_num_threads(torch_threads)
-            loaded = load(self.info, device)
+            loaded = load(self.info, device, dtype)
             self.tokenizer = loaded.tokenizer
             self.engine = Engine(loaded.model, loaded.tokenizer, max_active, max_waiting, retry_after_s,
                                  stream_interval)
@@ -140,9 +144,9 @@ class LLMModel:
                 "kind": "llm", "fields": []}
 
     async def engine_stats(self) -> dict[str, Any]:
-        """The decode batch now (active, waiting, cancelled, ...) with the limits and labels."""
+        """The decode batch now (active, waiting, cancelled, ...) with the limits, the weights' dtype and labels."""
         return {**self.engine.stats.as_dict(), "max_active": self.engine.max_active,
-                "max_waiting": self.engine.max_waiting, **self.labels}
+                "max_waiting": self.engine.max_waiting, "dtype": self.engine.dtype, **self.labels}
 
     # ---- the seam: one streaming method for HTTP and handles ------------------------------------------
 
@@ -296,17 +300,23 @@ class LLMServeConfig(BaseModel):
     num_gpus: float = Field(default=0, ge=0, description="GPUs per replica; > 0 runs the engine on cuda")
     stream_interval: int | None = Field(default=None, ge=1, description="tokens per streamed event after the first; "
                                         "unset: adaptive (1 while few sequences decode, up to 8 under load)")
+    dtype: LLMDtype = Field(
+        default="float32", description="weights' and KV cache's precision (see docs/llm-serving.md, Precision)")
+    replica_env: dict[str, str] = Field(
+        default_factory=lambda: dict(FAST_PATH_ENV),
+        description="env of the replicas; the default runs the routes on Serve's main event loop, as the router "
+                    "app's replicas do (measured +8 % tokens/s at concurrency 16 on 2 cores); {}: Serve's threads")
     engine_process: bool = Field(default=True, description="decode in a child process of the replica (no GIL "
                                  "shared with Serve's threads); false: in a thread of the replica")
 
 
 def build(cfg: LLMServeConfig) -> Application:
-    actor = {"num_cpus": cfg.num_cpus, **({"num_gpus": cfg.num_gpus} if cfg.num_gpus else {})}
+    actor = replica_actor_options(cfg.num_cpus, cfg.num_gpus, cfg.replica_env)
     return LLMServer.options(name=f"llm-{cfg.variant}", num_replicas=cfg.num_replicas, ray_actor_options=actor,
                              logging_config=LOGGING).bind(
         cfg.model, cfg.tracking_uri, cfg.variant, cfg.max_active, cfg.max_waiting, cfg.max_tokens_limit,
         cfg.retry_after_s, cfg.torch_threads, device="cuda" if cfg.num_gpus else "cpu",
-        stream_interval=cfg.stream_interval, engine_process=cfg.engine_process)
+        stream_interval=cfg.stream_interval, engine_process=cfg.engine_process, dtype=cfg.dtype)
 
 
 def build_app(args: dict[str, Any]) -> Application:

@@ -97,16 +97,18 @@ def test_a_language_model_is_a_second_serve_app_whose_args_the_llm_server_accept
     from deployments.llm.server import LLMServeConfig
 
     def llm(values: dict[str, Any]) -> None:
-        values["serving"]["llm"].update(enabled=True, model="models:/pystdlib-gpt@champion", maxActive=8)
+        values["serving"]["llm"].update(enabled=True, model="models:/pystdlib-gpt@champion", maxActive=8,
+                                        dtype="bfloat16")
 
     tabular, language = serve_apps(renderer.render(renderer.values(llm)))
     assert tabular["route_prefix"] == "/" and language["route_prefix"] == "/llm"
     module, _, attr = language["import_path"].partition(":")
     assert attr in top_level_functions(module_file(module))
     cfg = LLMServeConfig(**language["args"])
-    assert (cfg.model, cfg.max_active, cfg.tracking_uri) == ("models:/pystdlib-gpt@champion", 8,
-                                                            tabular["args"]["tracking_uri"])
+    assert (cfg.model, cfg.max_active, cfg.tracking_uri, cfg.dtype) == ("models:/pystdlib-gpt@champion", 8,
+                                                                       tabular["args"]["tracking_uri"], "bfloat16")
     assert len(serve_apps(renderer.render())) == 1  # off by default
+    assert "dtype" in renderer.error(renderer.values(lambda v: v["serving"]["llm"].update(dtype="int8")))
     refused = renderer.error(renderer.values(lambda v: v["serving"]["llm"].update(enabled=True)))
     assert "llm" in refused and "model" in refused
 
@@ -116,11 +118,13 @@ def test_the_router_app_serves_a_language_model_with_kind_llm(renderer) -> None:
     real ``parse_config``; the default stays tabular."""
     def llm(values: dict[str, Any]) -> None:
         values["serving"]["app"].update(kind="llm", modelName="pystdlib-gpt", llm={"maxActive": 4, "maxWaiting": 8,
-                                                                                   "torchThreads": 2})
+                                                                                   "torchThreads": 2,
+                                                                                   "dtype": "bfloat16"})
 
     [app] = serve_apps(renderer.render(renderer.values(llm)))
     cfg = parse_config(app["args"])
-    assert (cfg.kind, cfg.llm.max_active, cfg.llm.max_waiting, cfg.llm.torch_threads) == ("llm", 4, 8, 2)
+    assert (cfg.kind, cfg.llm.max_active, cfg.llm.max_waiting, cfg.llm.torch_threads, cfg.llm.dtype) == (
+        "llm", 4, 8, 2, "bfloat16")
     assert cfg.candidate == "models:/pystdlib-gpt@challenger" and not cfg.llm.first_token_delay_s
     [default] = serve_apps(renderer.render())
     assert parse_config(default["args"]).kind == "tabular"

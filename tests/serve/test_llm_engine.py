@@ -317,3 +317,39 @@ def test_the_engine_in_a_child_process_generates_as_generate_cancels_and_ends_wi
     finally:
         engine.stop()
     assert engine._proc.poll() is not None
+
+
+def test_dtype_bfloat16_runs_the_child_in_bfloat16_as_generate_does_and_an_unknown_dtype_is_named(lm_folder):
+    """``dtype: bfloat16`` (the throughput setting on CPUs with AVX512-BF16 and on GPUs) reaches the engine's child:
+    it reports bfloat16 weights and a lone greedy completion equals ``generate`` on the bfloat16 model, token for
+    token; an unknown dtype is a ConfigError naming the field before any process starts."""
+    import threading
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cluster.errors import ConfigError
+    from deployments.llm.engine_process import EngineProcess
+    from deployments.llm.loader import check_dtype
+
+    with pytest.raises(ConfigError, match="dtype: 'int8' is not one of float32, bfloat16, float16"):
+        check_dtype("int8", "cpu")
+    lm = AutoModelForCausalLM.from_pretrained(lm_folder, dtype=torch.bfloat16).eval()
+    tokenizer = AutoTokenizer.from_pretrained(lm_folder)
+    engine = EngineProcess(lm_folder, "cpu", 1, max_active=4, max_waiting=4, retry_after_s=1, stream_interval=None,
+                           dtype="bfloat16")
+    try:
+        assert engine.dtype == "bfloat16"
+        for prompt in ([5, 6, 7], [11, 12, 13, 14, 15]):
+            done, texts = threading.Event(), []
+
+            def emit(event: Event, done: threading.Event = done, texts: list[str] = texts) -> None:
+                texts.append(event.text)
+                if event.finish_reason:
+                    done.set()
+
+            seq = engine.submit(prompt, SamplingParams(max_tokens=16, temperature=0), emit)
+            assert done.wait(30)
+            want = greedy(lm, prompt, 16)
+            assert "".join(texts) == tokenizer.decode(want, skip_special_tokens=True) and seq.tokens == len(want)
+    finally:
+        engine.stop()
