@@ -10,10 +10,13 @@ One script, one machine, side by side, same model, same prompts, same ``max_toke
   OpenMP threads contend with the proxy and the clients on 2 cores) and ``--stream-interval`` tokens
   per streamed event after the first (each event is one Serve item, replica → proxy → client, whose
   CPU cost per item exceeds a decode step's per row; 1 streams every token; unset: the deployment's
-  default, adaptive: every token while few sequences decode, up to 8 per event at 16).
+  default, adaptive: every token while few sequences decode, up to 8 per event at 16), in ``--dtype``
+  (the deployment's ``dtype``: float32, its default, or bfloat16, its throughput setting on CPUs with native
+  bfloat16).
 - (b) ``baseline``: the same files loaded in this process with ``transformers`` and served one
   request at a time with ``model.generate`` (a streamer records the first token), with the torch
-  thread count (1 or all cores) that was faster in a warm-up run, so the baseline gets its best. With
+  thread count (1 or all cores) and dtype (float32 or ``--dtype``) that were fastest in a warm-up run, so the
+  baseline gets its best (one request at a time, float32 wins on CPUs: half precision pays off on batches). With
   ``concurrency`` closed-loop clients in front of a one-at-a-time server, request ``j`` arrives
   when request ``j - concurrency`` finished, so its TTFT includes its wait in the queue.
 - (c) ``--router``: the same streaming client against the router app (``kind: llm``, this model as its
@@ -56,6 +59,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -156,17 +160,22 @@ def _baseline_run(model, tokenizer, prompts: list[str], concurrency: int, max_to
     return {"ttfts": ttfts, "tokens": tokens, "wall": time.perf_counter() - started}
 
 
-def _fastest_threads(model, tokenizer, prompts: list[str], max_tokens: int) -> int:
-    """The baseline's torch threads: 1 or every core, whichever ``generate`` ran faster (best of 2 runs each)."""
+def _fastest_setup(models: dict[str, Any], tokenizer, prompts: list[str], max_tokens: int) -> tuple[int, str]:
+    """The baseline's torch threads (1 or every core) and dtype (float32 or the deployment's), whichever ``generate``
+    ran fastest (best of 2 runs each): one request at a time, half precision is slower on CPUs (measured 2026-12-01:
+    a 256-wide bfloat16 linear layer at one row takes twice float32's time), so the baseline is not handicapped by
+    the deployment's choice."""
     import torch
 
     speed = {}
     for threads in sorted({1, os.cpu_count() or 1}):
         torch.set_num_threads(threads)
-        speed[threads] = max(_tokens_per_s(_baseline_run(model, tokenizer, prompts, 2, max_tokens)) for _ in range(2))
+        for dtype, model in models.items():
+            speed[threads, dtype] = max(_tokens_per_s(_baseline_run(model, tokenizer, prompts, 2, max_tokens))
+                                        for _ in range(2))
     best = max(speed, key=speed.get)
-    torch.set_num_threads(best)
-    print("baseline warm-up tok/s by torch threads:", {t: round(v) for t, v in speed.items()}, "->", best)
+    torch.set_num_threads(best[0])
+    print("baseline warm-up tok/s by (torch threads, dtype):", {k: round(v) for k, v in speed.items()}, "->", best)
     return best
 
 
@@ -175,7 +184,7 @@ def _tokens_per_s(result: dict) -> float:
 
 
 def _deploy(settings, folder: Path, port: int, max_active: int, torch_threads: int,
-            stream_interval: int | None) -> tuple[str, str]:
+            stream_interval: int | None, dtype: str) -> tuple[str, str]:
     from ray import serve
 
     from deployments.llm.server import LLMServeConfig, build
@@ -187,13 +196,13 @@ def _deploy(settings, folder: Path, port: int, max_active: int, torch_threads: i
                 logging_config={"log_level": "WARNING", "enable_access_log": False})
     cfg = LLMServeConfig(model=f"models:/{name}@champion", tracking_uri=str(settings.mlflow_tracking_uri),
                          num_cpus=1, max_active=max_active, max_waiting=256, torch_threads=torch_threads,
-                         stream_interval=stream_interval)
+                         stream_interval=stream_interval, dtype=dtype)
     serve.run(build(cfg), name="llm", route_prefix="/llm")
     return f"http://127.0.0.1:{port}/llm", name
 
 
 def _deploy_router(settings, name: str, port: int, max_active: int, torch_threads: int, stream_interval: int | None,
-                   topology: str) -> str:
+                   dtype: str, topology: str) -> str:
     """Row (c): a router app (``kind: llm``, the registered model as its only variant, no controller) beside
     the deployment on the same Serve, in ``topology``; the same replica size and engine limits as the deployment's."""
     from ray import serve
@@ -208,7 +217,7 @@ def _deploy_router(settings, name: str, port: int, max_active: int, torch_thread
                         "model_calls": "actor" if topology == "separate-actor" else "grpc",
                         **({"replica_env": {}} if topology.endswith("default-env") else {}),
                         "llm": {"max_active": max_active, "max_waiting": 256, "torch_threads": torch_threads,
-                                "stream_interval": stream_interval}})
+                                "stream_interval": stream_interval, "dtype": dtype}})
     app = ROUTER_PATHS[topology]
     serve.run(build(cfg), name=app, route_prefix=f"/{app}")
     return f"http://127.0.0.1:{port}/{app}"
@@ -268,6 +277,9 @@ def main() -> None:
     parser.add_argument("--stream-interval", type=int, default=None,
                         help="the deployment's tokens per streamed event after the first (1: every token; "
                              "unset: the deployment's default, adaptive to the batch)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                        help="the deployment's and router's weights/KV cache precision (llm dtype); the baseline "
+                             "runs the faster of float32 and this")
     parser.add_argument("--router-url", help="row (c): the router's base URL serving /v1/completions for the model")
     parser.add_argument("--router", action="store_true", help="row (c): deploy the router app (kind: llm) here")
     parser.add_argument("--router-topology", nargs="+", choices=sorted(ROUTER_PATHS), default=["separate"],
@@ -295,25 +307,29 @@ def main() -> None:
     settings, mlflow_proc = start_stack(work / "stack", args.ingress)
     try:
         port = free_port()
-        url, name = _deploy(settings, folder, port, args.max_active, args.torch_threads, args.stream_interval)
+        url, name = _deploy(settings, folder, port, args.max_active, args.torch_threads, args.stream_interval,
+                            args.dtype)
         routers = {ROUTER: args.router_url} if args.router_url else {
             ROUTER_PATHS[t]: _deploy_router(settings, name, port, args.max_active, args.torch_threads,
-                                            args.stream_interval, t)
+                                            args.stream_interval, args.dtype, t)
             for t in (args.router_topology if args.router else [])}
         targets = {DEPLOYMENT: url, **routers}
         paths = [DEPLOYMENT, BASELINE, *routers]
         http_paths = [DEPLOYMENT, *routers]
         for target in targets.values():                                                 # warm-up
             asyncio.run(_http_run(target, name, prompts, 2, args.max_tokens))
-        baseline_threads = _fastest_threads(model, tokenizer, prompts, args.max_tokens)
+        models = {"float32": model, args.dtype: AutoModelForCausalLM.from_pretrained(folder, dtype=args.dtype).eval()}
+        baseline_threads, baseline_dtype = _fastest_setup(models, tokenizer, prompts, args.max_tokens)
+        model = models[baseline_dtype]
         report = Report("llm-serve", f"GPT-2 {args.layers}x{args.dims} (context 512, vocab {spec.vocab}), "
                         f"{len(prompts)} prompts, max_tokens {args.max_tokens}, greedy; requests per run "
                         f"max({MIN_REQUESTS}, {args.requests_per_client} x concurrency); {args.repeats} repeats, "
                         f"path order rotating; Serve ingress {args.ingress}; replica 1 CPU, "
                         f"engine max_active {args.max_active}, stream_interval {args.stream_interval or 'adaptive'}, "
-                        f"torch threads {args.torch_threads} in the replica's engine, {baseline_threads} in the "
-                        f"baseline (the faster of 1 and all cores at warm-up); the HTTP client runs on the same cores "
-                        f"as the server")
+                        f"dtype {args.dtype}, torch threads {args.torch_threads} in the replica's engine; "
+                        f"{baseline_threads} torch threads and {baseline_dtype} in the baseline (the fastest of 1 and "
+                        f"all cores, float32 and {args.dtype}, at warm-up); the HTTP client runs on the same cores as "
+                        f"the server")
         load_before = os.getloadavg()
         for repeat in range(args.repeats):
             for c in args.concurrency:
