@@ -11,8 +11,8 @@ One script, one machine, side by side, same model, same prompts, same ``max_toke
   per streamed event after the first (each event is one Serve item, replica → proxy → client, whose
   CPU cost per item exceeds a decode step's per row; 1 streams every token; unset: the deployment's
   default, adaptive: every token while few sequences decode, up to 8 per event at 16), in ``--dtype``
-  (the deployment's ``dtype``: float32, its default, or bfloat16, its throughput setting on CPUs with native
-  bfloat16).
+  (the deployment's ``dtype``: auto, its default, the checkpoint's float32 here, or bfloat16, its throughput
+  setting on CPUs with native bfloat16).
 - (b) ``baseline``: the same files loaded in this process with ``transformers`` and served one
   request at a time with ``model.generate`` (a streamer records the first token), with the torch
   thread count (1 or all cores) and dtype (float32 or ``--dtype``) that were fastest in a warm-up run, so the
@@ -282,9 +282,9 @@ def main() -> None:
     parser.add_argument("--stream-interval", type=int, default=None,
                         help="the deployment's tokens per streamed event after the first (1: every token; "
                              "unset: the deployment's default, adaptive to the batch)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
-                        help="the deployment's and router's weights/KV cache precision (llm dtype); the baseline "
-                             "runs the faster of float32 and this")
+    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                        help="the deployment's and router's weights/KV cache precision (llm dtype; auto: the "
+                             "checkpoint's, float32 here); the baseline runs the faster of float32 and this")
     parser.add_argument("--router-url", help="row (c): the router's base URL serving /v1/completions for the model")
     parser.add_argument("--router", action="store_true", help="row (c): deploy the router app (kind: llm) here")
     parser.add_argument("--router-topology", nargs="+", choices=sorted(ROUTER_PATHS), default=["separate"],
@@ -323,7 +323,9 @@ def main() -> None:
         http_paths = [DEPLOYMENT, *routers]
         for target in targets.values():                                                 # warm-up
             asyncio.run(_http_run(target, name, prompts, 2, args.max_tokens))
-        models = {"float32": model, args.dtype: AutoModelForCausalLM.from_pretrained(folder, dtype=args.dtype).eval()}
+        models = {"float32": model}   # the checkpoint's dtype ("auto")
+        if args.dtype not in models and args.dtype != "auto":
+            models[args.dtype] = AutoModelForCausalLM.from_pretrained(folder, dtype=args.dtype).eval()
         baseline_threads, baseline_dtype = _fastest_setup(models, tokenizer, prompts, args.max_tokens)
         model = models[baseline_dtype]
         report = Report("llm-serve", f"GPT-2 {args.layers}x{args.dims} (context 512, vocab {spec.vocab}), "

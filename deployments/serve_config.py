@@ -17,7 +17,8 @@ from cluster.files import join
 from deployments.contracts import BASELINE, CANDIDATE
 
 MODEL_PREFIX = "models:/"
-LLMDtype = Literal["float32", "bfloat16", "float16"]   # a language model's weights and KV cache (kind: llm)
+# a language model's weights and KV cache (kind: llm); "auto": the checkpoint's own (its config.json's dtype)
+LLMDtype = Literal["auto", "float32", "bfloat16", "float16"]
 
 # Serve runs user code and outgoing handle calls on their own event-loop threads by default; each
 # request then crosses threads twice per hop, which costs milliseconds on a 2-core box. Our handlers
@@ -46,9 +47,9 @@ class LLMOptions(BaseModel):
                                         "adaptive, every token while few sequences decode, up to 8 under load; "
                                         "1: every token; more: fewer, larger events, more tokens/s under load)")
     dtype: LLMDtype = Field(
-        "float32", description="precision of the weights and the KV cache (see docs/llm-serving.md, Precision): "
-                               "float32 computes as the checkpoint; bfloat16 is faster on batches where the device "
-                               "has native bfloat16 (AVX512-BF16/AMX CPUs, GPUs), slower alone on CPUs")
+        "auto", description="precision of the weights and the KV cache (see docs/llm-serving.md, Precision): auto "
+                            "keeps the checkpoint's (float32 for rayline's GPTs); bfloat16 is faster on batches where "
+                            "the device has native bfloat16 (AVX512-BF16/AMX CPUs, GPUs), slower alone on CPUs")
     engine_process: bool = Field(True, description="run each replica's decode loop in a child process (Serve's "
                                                    "threads and the engine then do not share one GIL); false: in "
                                                    "a thread of the replica")

@@ -52,7 +52,7 @@ class EngineProcess:
     """An :class:`~deployments.llm.engine.Engine` in a child process, driven from the replica (any thread)."""
 
     def __init__(self, folder: Path, device: str, torch_threads: int | None, max_active: int, max_waiting: int,
-                 retry_after_s: int, stream_interval: int | None, dtype: str = "float32") -> None:
+                 retry_after_s: int, stream_interval: int | None, dtype: str = "auto") -> None:
         ours, theirs = socket.socketpair()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         self._proc = subprocess.Popen([sys.executable, "-m", __name__, str(theirs.fileno())],

@@ -84,7 +84,7 @@ def download(info: ModelVersionInfo) -> Path:
     return hf_dir(Path(mlflow.artifacts.download_artifacts(artifact_uri=info.uri)))
 
 
-def from_folder(folder: str | Path, device: str = "cpu", dtype: str = "float32") -> tuple[Any, Any]:
+def from_folder(folder: str | Path, device: str = "cpu", dtype: str = "auto") -> tuple[Any, Any]:
     """Model (in ``dtype``, eval, on ``device``) and tokenizer from a Hugging Face folder (the replica's, or its
     engine process's)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -93,6 +93,6 @@ def from_folder(folder: str | Path, device: str = "cpu", dtype: str = "float32")
     return model, AutoTokenizer.from_pretrained(folder)
 
 
-def load(info: ModelVersionInfo, device: str = "cpu", dtype: str = "float32") -> LoadedLM:
+def load(info: ModelVersionInfo, device: str = "cpu", dtype: str = "auto") -> LoadedLM:
     """Download the version's artifacts and load model and tokenizer (in ``dtype``, eval, on ``device``)."""
     return LoadedLM(info, *from_folder(download(info), device, dtype))

@@ -84,7 +84,7 @@ class LLMModel:
     def __init__(self, model: str, tracking_uri: str | None = None, variant: str = "default", max_active: int = 16,
                  max_waiting: int = 64, max_tokens_limit: int | None = None, retry_after_s: int = 1,
                  torch_threads: int | None = None, first_token_delay_s: float = 0.0, device: str = "cpu",
-                 stream_interval: int | None = None, engine_process: bool = True, dtype: str = "float32") -> None:
+                 stream_interval: int | None = None, engine_process: bool = True, dtype: str = "auto") -> None:
         """``model``: ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``, resolved once here.
 
         ``device``: ``"cpu"`` or ``"cuda"`` (the replica's GPU: the engine makes every tensor there); checked
@@ -301,7 +301,8 @@ class LLMServeConfig(BaseModel):
     stream_interval: int | None = Field(default=None, ge=1, description="tokens per streamed event after the first; "
                                         "unset: adaptive (1 while few sequences decode, up to 8 under load)")
     dtype: LLMDtype = Field(
-        default="float32", description="weights' and KV cache's precision (see docs/llm-serving.md, Precision)")
+        default="auto", description="weights' and KV cache's precision (auto: the checkpoint's; see "
+                                    "docs/llm-serving.md, Precision)")
     replica_env: dict[str, str] = Field(
         default_factory=lambda: dict(FAST_PATH_ENV),
         description="env of the replicas; the default runs the routes on Serve's main event loop, as the router "

@@ -319,22 +319,29 @@ def test_the_engine_in_a_child_process_generates_as_generate_cancels_and_ends_wi
     assert engine._proc.poll() is not None
 
 
-def test_dtype_bfloat16_runs_the_child_in_bfloat16_as_generate_does_and_an_unknown_dtype_is_named(lm_folder):
+def test_dtype_bfloat16_runs_the_child_in_bfloat16_as_generate_does_and_an_unknown_dtype_is_named(lm_folder,
+                                                                                                   tmp_path):
     """``dtype: bfloat16`` (the throughput setting on CPUs with AVX512-BF16 and on GPUs) reaches the engine's child:
     it reports bfloat16 weights and a lone greedy completion equals ``generate`` on the bfloat16 model, token for
-    token; an unknown dtype is a ConfigError naming the field before any process starts."""
+    token; ``auto`` (the default) keeps a checkpoint's own dtype, float32 or bfloat16; an unknown dtype is a
+    ConfigError naming the field before any process starts."""
     import threading
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from cluster.errors import ConfigError
     from deployments.llm.engine_process import EngineProcess
-    from deployments.llm.loader import check_dtype
+    from deployments.llm.loader import check_dtype, from_folder
 
-    with pytest.raises(ConfigError, match="dtype: 'int8' is not one of float32, bfloat16, float16"):
+    with pytest.raises(ConfigError, match="dtype: 'int8' is not one of auto, float32, bfloat16, float16"):
         check_dtype("int8", "cpu")
     lm = AutoModelForCausalLM.from_pretrained(lm_folder, dtype=torch.bfloat16).eval()
     tokenizer = AutoTokenizer.from_pretrained(lm_folder)
+    lm.save_pretrained(tmp_path / "bf16")
+    tokenizer.save_pretrained(tmp_path / "bf16")
+    assert from_folder(lm_folder)[0].dtype == torch.float32
+    assert from_folder(tmp_path / "bf16")[0].dtype == torch.bfloat16                       # auto: as saved
+    assert from_folder(tmp_path / "bf16", dtype="float32")[0].dtype == torch.float32
     engine = EngineProcess(lm_folder, "cpu", 1, max_active=4, max_waiting=4, retry_after_s=1, stream_interval=None,
                            dtype="bfloat16")
     try:

@@ -114,7 +114,7 @@ deployments/serve_config.py ServeAppConfig (extra fields fail the deployment).
 {{- $llmGpus := float64 (default 0 $app.llm.numGpus) }}
 {{- if eq (default "tabular" $app.kind) "llm" }}
 {{- $_ := set $args "kind" "llm" }}
-{{- $llm := dict "max_active" $app.llm.maxActive "max_waiting" $app.llm.maxWaiting "torch_threads" $app.llm.torchThreads "dtype" (default "float32" $app.llm.dtype) }}
+{{- $llm := dict "max_active" $app.llm.maxActive "max_waiting" $app.llm.maxWaiting "torch_threads" $app.llm.torchThreads "dtype" (default "auto" $app.llm.dtype) }}
 {{- if gt $llmGpus 0.0 }}
 {{- include "rayline.servingGpusFit" (dict "root" . "key" "serving.app.llm.numGpus" "gpus" $llmGpus) }}
 {{- $_ := set $llm "num_gpus" $app.llm.numGpus }}
