@@ -306,7 +306,8 @@ class LLMServeConfig(BaseModel):
     replica_env: dict[str, str] = Field(
         default_factory=lambda: dict(FAST_PATH_ENV),
         description="env of the replicas; the default runs the routes on Serve's main event loop, as the router "
-                    "app's replicas do (measured +8 % tokens/s at concurrency 16 on 2 cores); {}: Serve's threads")
+                    "app's replicas do (+2.5 % and +8 % tokens/s at concurrency 16 in two runs on 2 cores, within "
+                    "their spread); {}: Serve's threads")
     engine_process: bool = Field(default=True, description="decode in a child process of the replica (no GIL "
                                  "shared with Serve's threads); false: in a thread of the replica")
 
