@@ -60,19 +60,25 @@ def check_device(device: str) -> None:
                           "(set num_gpus > 0 on a node with a GPU, or device 'cpu')")
 
 
-def check_dtype(dtype: str, device: str) -> None:
-    """``dtype`` is one of :data:`DTYPES`; ConfigError naming the field otherwise.
-
-    A half-precision dtype the device has no native instructions for still runs (torch emulates it), only slower
-    than float32: that is logged, not refused."""
-    import torch
-
+def check_dtype(dtype: str) -> None:
+    """``dtype`` is one of :data:`DTYPES`; ConfigError naming the field otherwise."""
     if dtype not in DTYPES:
         raise ConfigError(f"dtype: {dtype!r} is not one of {', '.join(DTYPES)}")
-    if device == "cpu" and dtype == "bfloat16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+
+
+def warn_if_emulated(model: Any) -> None:
+    """Log when the loaded weights are in a half precision this CPU has no native instructions for: it still runs
+    (torch emulates it), only slower than float32. After loading, so that ``auto`` is judged by what it loaded."""
+    import torch
+
+    weights = next(model.parameters())
+    if weights.device.type != "cpu":
+        return
+    dtype = weights.dtype
+    if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         logger.warning("dtype: bfloat16 on a CPU without native bfloat16 instructions (AVX512-BF16 or AMX) runs "
                        "slower than float32")
-    if device == "cpu" and dtype == "float16" and not torch.ops.mkldnn._is_mkldnn_fp16_supported():
+    if dtype == torch.float16 and not torch.ops.mkldnn._is_mkldnn_fp16_supported():
         logger.warning("dtype: float16 on a CPU without native float16 instructions (AMX-FP16) runs slower than "
                        "float32")
 
@@ -90,6 +96,7 @@ def from_folder(folder: str | Path, device: str = "cpu", dtype: str = "auto") ->
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
+    warn_if_emulated(model)
     return model, AutoTokenizer.from_pretrained(folder)
 
 

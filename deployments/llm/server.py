@@ -106,7 +106,7 @@ class LLMModel:
         from transformers import AutoTokenizer
 
         check_device(device)
-        check_dtype(dtype, device)
+        check_dtype(dtype)
         self.info = resolve(model, tracking_uri)
         if engine_process:
             folder = download(self.info)

@@ -334,7 +334,7 @@ def test_dtype_bfloat16_runs_the_child_in_bfloat16_as_generate_does_and_an_unkno
     from deployments.llm.loader import check_dtype, from_folder
 
     with pytest.raises(ConfigError, match="dtype: 'int8' is not one of auto, float32, bfloat16, float16"):
-        check_dtype("int8", "cpu")
+        check_dtype("int8")
     lm = AutoModelForCausalLM.from_pretrained(lm_folder, dtype=torch.bfloat16).eval()
     tokenizer = AutoTokenizer.from_pretrained(lm_folder)
     lm.save_pretrained(tmp_path / "bf16")
