@@ -114,7 +114,7 @@ deployments/serve_config.py ServeAppConfig (extra fields fail the deployment).
 {{- $llmGpus := float64 (default 0 $app.llm.numGpus) }}
 {{- if eq (default "tabular" $app.kind) "llm" }}
 {{- $_ := set $args "kind" "llm" }}
-{{- $llm := dict "max_active" $app.llm.maxActive "max_waiting" $app.llm.maxWaiting "torch_threads" $app.llm.torchThreads "dtype" (default "auto" $app.llm.dtype) }}
+{{- $llm := dict "max_active" $app.llm.maxActive "max_waiting" $app.llm.maxWaiting "torch_threads" $app.llm.torchThreads "dtype" $app.llm.dtype }}
 {{- if gt $llmGpus 0.0 }}
 {{- include "rayline.servingGpusFit" (dict "root" . "key" "serving.app.llm.numGpus" "gpus" $llmGpus) }}
 {{- $_ := set $llm "num_gpus" $app.llm.numGpus }}
@@ -255,7 +255,7 @@ Call with a dict: {"root": $, "rayAddress": "..."}.
 {{- if eq .component "ray-serve" }}
 {{- /* Serve's HTTP ingress (cluster/serve_ingress.py): HAProxy on 8000 of every serving pod, each ingress
 replica serving HTTP itself behind it (KubeRay's "Enable High Throughput on Ray Serve"); "proxy": Serve's own. */}}
-{{- $haproxy := eq $root.Values.serving.ingress "haproxy" }}
+{{- $haproxy := eq (include "rayline.haproxyIngress" $root) "true" }}
 - name: RAY_SERVE_ENABLE_HA_PROXY
   value: {{ ternary "1" "0" $haproxy | quote }}
 {{- if $haproxy }}
@@ -320,12 +320,17 @@ replica serving HTTP itself behind it (KubeRay's "Enable High Throughput on Ray 
 {{- toYaml $res -}}
 {{- end -}}
 
+{{/* "true" when Serve's HTTP ingress is Ray's HAProxy (serving.ingress), else "". Call with the root context. */}}
+{{- define "rayline.haproxyIngress" -}}
+{{- if eq .Values.serving.ingress "haproxy" }}true{{ end }}
+{{- end -}}
+
 {{/* The ports every Ray container names: Ray's metrics; on serving pods behind HAProxy also HAProxy's.
 Call with {"root": $, "component": ...}. */}}
 {{- define "rayline.rayPorts" -}}
 - name: metrics
   containerPort: {{ .root.Values.monitoring.rayMetricsPort }}
-{{- if and (eq .component "ray-serve") (eq .root.Values.serving.ingress "haproxy") }}
+{{- if and (eq .component "ray-serve") (include "rayline.haproxyIngress" .root) }}
 - name: haproxy-metrics
   containerPort: {{ .root.Values.serving.haproxyMetricsPort }}
 {{- end }}
