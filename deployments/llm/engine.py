@@ -37,6 +37,10 @@ Per step the engine hands the model what it would otherwise rebuild: the decode'
 KV cache whose layers (:class:`SpareLayer`) write each new token into spare columns instead of
 ``DynamicLayer``'s ``torch.cat`` copy of the whole cache every token.
 
+Weights in bfloat16 or float16 on CPU: the engine switches the model's attention to
+:mod:`deployments.llm.cpu_attention` and keeps the batch's cache in float32 (``cache_dtype``): torch's half-precision
+CPU attention kernels are slow for a decode step's one query row (half of a bfloat16 step's time went there).
+
 The replica runs this engine in a child process (``deployments.llm.engine_process``), so that Serve's
 threads do not hold the GIL the loop needs.
 
@@ -54,6 +58,8 @@ from typing import Any
 
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
+
+from deployments.llm import cpu_attention
 
 HOLD = "\ufffd"  # what a byte-level tokenizer decodes an incomplete UTF-8 sequence to: wait for the next token
 ITEMS_PER_STEP = 2       # adaptive streaming: streamed items per decode step the whole batch aims at
@@ -153,9 +159,11 @@ class Engine:
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.dtype = str(next(model.parameters()).dtype).removeprefix("torch.")   # what the weights are, as loaded
+        cpu_attention.use(model)          # half precision on CPU: float32 cache and attention (see that module)
+        self.cache_dtype = cpu_attention.cache_dtype(model)
         self.stream_interval = None if stream_interval is None else max(1, stream_interval)
         self._interval = self.stream_interval or 1     # this step's tokens per event
-        self._mask_4d = getattr(model.config, "_attn_implementation", None) == "sdpa"
+        self._mask_4d = getattr(model.config, "_attn_implementation", None) in ("sdpa", cpu_attention.NAME)
         self.tokenizer = tokenizer
         self.max_active = max_active
         self.max_waiting = max_waiting
@@ -343,7 +351,7 @@ class Engine:
     def _merge(self, seqs: list[Seq], cache: Any) -> None:
         """Append the newcomers' rows to the batch cache, left-padding the shorter of the two."""
         if not self._active:
-            self._cache, self._active = _cache_of(_layers(cache)), list(seqs)
+            self._cache, self._active = _cache_of(_layers(cache), self.cache_dtype), list(seqs)
             return
         old, new = self._cache.get_seq_length(), cache.get_seq_length()
         width = max(old, new)
@@ -351,7 +359,7 @@ class Engine:
             seq.pad += width - old
         for seq in seqs:
             seq.pad += width - new
-        self._cache = _concat(self._cache, width - old, cache, width - new)
+        self._cache = _concat(self._cache, width - old, cache, width - new, self.cache_dtype)
         self._active.extend(seqs)
 
     def _drop(self, leaving: list[Seq], reason: str | None) -> None:
@@ -411,15 +419,17 @@ class SpareLayer(DynamicLayer):
     step (the context, 512 here, not the ~80 in use) and writes at one ``cache_position`` the left-padded rows
     would have to share. The rest (lengths, masks' sizes) is ``DynamicLayer``'s, reading the views."""
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, dtype: torch.dtype | None = None) -> None:
+        """``dtype``: the storage's (the keys' own by default; float32 under :mod:`cpu_attention`): each update's
+        keys and values are converted on the copy into it."""
         super().__init__()
-        self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
+        self.dtype, self.device, self.is_initialized = dtype or keys.dtype, keys.device, True
         self._store(keys, values, keys.shape[-2])
 
     def _store(self, keys: torch.Tensor, values: torch.Tensor, length: int) -> None:
         batch, heads, _, dims = keys.shape
         shape = (batch, heads, length + SPARE_COLUMNS, dims)
-        self._keys, self._values = keys.new_empty(shape), values.new_empty(shape)
+        self._keys, self._values = keys.new_empty(shape, dtype=self.dtype), values.new_empty(shape, dtype=self.dtype)
         self._keys[:, :, :length] = keys[:, :, :length]
         self._values[:, :, :length] = values[:, :, :length]
         self._view(length)
@@ -452,9 +462,9 @@ def _layers(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
-def _cache_of(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
+def _cache_of(layers: list[tuple[torch.Tensor, torch.Tensor]], dtype: torch.dtype) -> Any:
     cache = DynamicCache()
-    cache.layers = [SpareLayer(k, v) for k, v in layers]
+    cache.layers = [SpareLayer(k, v, dtype) for k, v in layers]
     return cache
 
 
@@ -469,7 +479,10 @@ def _pad_left(tensor: torch.Tensor, columns: int) -> torch.Tensor:
     return torch.nn.functional.pad(tensor, (0, 0, columns, 0)) if columns else tensor
 
 
-def _concat(first: Any, first_pad: int, second: Any, second_pad: int) -> Any:
-    return _cache_of([(torch.cat([_pad_left(k1, first_pad), _pad_left(k2, second_pad)]),
-                       torch.cat([_pad_left(v1, first_pad), _pad_left(v2, second_pad)]))
-                      for (k1, v1), (k2, v2) in zip(_layers(first), _layers(second), strict=True)])
+def _concat(first: Any, first_pad: int, second: Any, second_pad: int, dtype: torch.dtype) -> Any:
+    """One cache of ``first``'s rows then ``second``'s, each left-padded by its count, stored in ``dtype``."""
+    def rows(a: torch.Tensor, a_pad: int, b: torch.Tensor, b_pad: int) -> torch.Tensor:
+        return torch.cat([_pad_left(a.to(dtype), a_pad), _pad_left(b.to(dtype), b_pad)])
+
+    return _cache_of([(rows(k1, first_pad, k2, second_pad), rows(v1, first_pad, v2, second_pad))
+                      for (k1, v1), (k2, v2) in zip(_layers(first), _layers(second), strict=True)], dtype)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from deployments.llm import cpu_attention
 from deployments.llm.engine import (
     SPARE_COLUMNS,
     Engine,
@@ -211,6 +212,61 @@ def test_a_sequence_outgrowing_the_caches_spare_columns_while_rows_join_and_leav
         assert seq.generated == greedy(model, prompt, seq.params.max_tokens)
 
 
+def test_half_precision_on_cpu_keeps_a_float32_cache_and_decodes_as_generate_with_the_same_attention(model):
+    """bfloat16 weights on CPU: the engine switches the model to ``cpu_attention`` (torch's bfloat16 CPU attention
+    kernels are slow for a decode step's one query row) and keeps the batch's KV cache in float32; six staggered
+    prompts (rows joining, left-padded, leaving) each equal ``generate`` alone on that model, token for token. A
+    float32 model keeps ``sdpa``."""
+    import copy
+
+    assert Engine(model, Letters()).cache_dtype == torch.float32
+    assert model.config._attn_implementation == "sdpa"
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    engine = Engine(half, Letters(), max_active=8)
+    assert half.config._attn_implementation == cpu_attention.NAME and engine.cache_dtype == torch.float32
+    prompts = [[1, 2, 3], [5, 6, 7, 8, 9, 10, 11], [20], [30, 31, 32, 33], [40, 41], [7] * 20]
+    seqs = []
+    for i, prompt in enumerate(prompts):
+        seqs.append(engine.submit(prompt, SamplingParams(max_tokens=8 + 3 * i, temperature=0), lambda e: None))
+        engine.step()
+        assert all(layer.keys.dtype == torch.float32 for layer in engine._cache.layers)
+    drain(engine)
+    for prompt, seq in zip(prompts, seqs, strict=True):
+        assert seq.generated == greedy(half, prompt, seq.params.max_tokens)
+    assert engine.stats.max_active_seen == len(prompts)
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_cpu_attention_computes_sdpa_in_float32_for_decode_steps_and_prompts(kv_heads):
+    """``cpu_attention.attention`` against ``scaled_dot_product_attention`` in float64 on the same bfloat16 inputs:
+    one query row per sequence with left padding masked (the decode step), grouped key/value heads, and a causal
+    prompt; the output comes back in bfloat16, within bfloat16's rounding of the float64 result."""
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    class Module(torch.nn.Module):
+        is_causal = True
+        num_key_value_groups = 4 // kv_heads
+
+    torch.manual_seed(0)
+    batch, columns, dims = 3, 9, 16
+    key = torch.randn(batch, kv_heads, columns, dims, dtype=torch.bfloat16)
+    value = torch.randn(batch, kv_heads, columns, dims, dtype=torch.bfloat16)
+    query = torch.randn(batch, 4, 1, dims, dtype=torch.bfloat16)
+    mask = (torch.arange(columns) >= torch.tensor([[0], [3], [8]]))[:, None, None, :]   # pads 0, 3, 8
+
+    def reference(q: torch.Tensor, **kw) -> torch.Tensor:
+        groups = 4 // kv_heads
+        k, v = key.double().repeat_interleave(groups, 1), value.double().repeat_interleave(groups, 1)
+        return sdpa(q.double(), k, v, scale=0.3, **kw).transpose(1, 2)
+
+    out, _ = cpu_attention.attention(Module(), query, key.float(), value.float(), mask, scaling=0.3)
+    assert out.dtype == torch.bfloat16 and out.shape == (batch, 1, 4, dims)
+    torch.testing.assert_close(out.double(), reference(query, attn_mask=mask), atol=2e-2, rtol=2e-2)
+    prompt = torch.randn(batch, 4, columns, dims, dtype=torch.bfloat16)
+    out, _ = cpu_attention.attention(Module(), prompt, key, value, None, scaling=0.3)
+    torch.testing.assert_close(out.double(), reference(prompt, is_causal=True), atol=2e-2, rtol=2e-2)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the replica without CUDA")
 def test_device_cuda_without_a_gpu_fails_the_replica_at_construction_naming_the_field():
     """Checked before the model is resolved: no registry, no Ray needed (this machine has no CUDA)."""
@@ -322,9 +378,9 @@ def test_the_engine_in_a_child_process_generates_as_generate_cancels_and_ends_wi
 def test_dtype_bfloat16_runs_the_child_in_bfloat16_as_generate_does_and_an_unknown_dtype_is_named(lm_folder,
                                                                                                    tmp_path):
     """``dtype: bfloat16`` (the throughput setting on CPUs with AVX512-BF16 and on GPUs) reaches the engine's child:
-    it reports bfloat16 weights and a lone greedy completion equals ``generate`` on the bfloat16 model, token for
-    token; ``auto`` (the default) keeps a checkpoint's own dtype, float32 or bfloat16; an unknown dtype is a
-    ConfigError naming the field before any process starts."""
+    it reports bfloat16 weights and a lone greedy completion equals ``generate`` on the bfloat16 model (with the
+    engine's float32 CPU attention), token for token; ``auto`` (the default) keeps a checkpoint's own dtype, float32
+    or bfloat16; an unknown dtype is a ConfigError naming the field before any process starts."""
     import threading
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -339,6 +395,7 @@ def test_dtype_bfloat16_runs_the_child_in_bfloat16_as_generate_does_and_an_unkno
     tokenizer = AutoTokenizer.from_pretrained(lm_folder)
     lm.save_pretrained(tmp_path / "bf16")
     tokenizer.save_pretrained(tmp_path / "bf16")
+    assert cpu_attention.use(lm)                                  # the reference computes attention as the engine
     assert from_folder(lm_folder)[0].dtype == torch.float32
     assert from_folder(tmp_path / "bf16")[0].dtype == torch.bfloat16                       # auto: as saved
     assert from_folder(tmp_path / "bf16", dtype="float32")[0].dtype == torch.float32
