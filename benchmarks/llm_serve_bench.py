@@ -15,7 +15,8 @@ One script, one machine, side by side, same model, same prompts, same ``max_toke
   setting on CPUs with native bfloat16).
 - (b) ``baseline``: the same files loaded in this process with ``transformers`` and served one
   request at a time with ``model.generate`` (a streamer records the first token), with the torch
-  thread count (1 or all cores) and dtype (float32 or ``--dtype``) that were fastest in a warm-up run, so the
+  thread count (1 or all cores) and model (float32, ``--dtype``, or ``--dtype`` with the deployment's float32 CPU
+  attention) that were fastest in a warm-up run, so the
   baseline gets its best (one request at a time, float32 wins on CPUs: half precision pays off on batches). With
   ``concurrency`` closed-loop clients in front of a one-at-a-time server, request ``j`` arrives
   when request ``j - concurrency`` finished, so its TTFT includes its wait in the queue.
@@ -162,10 +163,11 @@ def _baseline_run(model, tokenizer, prompts: list[str], concurrency: int, max_to
 
 
 def _fastest_setup(models: dict[str, Any], tokenizer, prompts: list[str], max_tokens: int) -> tuple[int, str]:
-    """The baseline's torch threads (1 or every core) and dtype (float32 or the deployment's), whichever ``generate``
-    ran fastest (best of 2 runs each): one request at a time, half precision is slower on CPUs (measured 2026-12-01:
-    a 256-wide bfloat16 linear layer at one row takes twice float32's time), so the baseline is not handicapped by
-    the deployment's choice."""
+    """The baseline's torch threads (1 or every core) and model (float32, the deployment's dtype, and that dtype with
+    the deployment's float32 attention, :mod:`deployments.llm.cpu_attention`), whichever ``generate`` ran fastest
+    (best of 2 runs each): one request at a time, half precision is slower on CPUs (measured 2026-12-01: a 256-wide
+    bfloat16 linear layer at one row takes twice float32's time), so the baseline is not handicapped by the
+    deployment's choice, nor denied its attention."""
     import torch
 
     speed = {}
@@ -301,6 +303,7 @@ def main() -> None:
 
     from benchmarks.serving_stack import start_stack
     from cluster.processes import free_port, session_members, terminate
+    from deployments.llm import cpu_attention
     from tests.serve.llm_helpers import PROMPTS, TinyLM, build_tiny_lm, sentences
 
     work = Path(tempfile.mkdtemp(prefix="llm-bench-"))
@@ -326,6 +329,9 @@ def main() -> None:
         models = {"float32": model}   # the checkpoint's dtype ("auto")
         if args.dtype not in models and args.dtype != "auto":
             models[args.dtype] = AutoModelForCausalLM.from_pretrained(folder, dtype=args.dtype).eval()
+            half = AutoModelForCausalLM.from_pretrained(folder, dtype=args.dtype).eval()
+            if cpu_attention.use(half):   # the deployment's attention for half precision on CPU, offered too
+                models[f"{args.dtype}+{cpu_attention.NAME}"] = half
         baseline_threads, baseline_dtype = _fastest_setup(models, tokenizer, prompts, args.max_tokens)
         model = models[baseline_dtype]
         report = Report("llm-serve", f"GPT-2 {args.layers}x{args.dims} (context 512, vocab {spec.vocab}), "
@@ -335,8 +341,8 @@ def main() -> None:
                         f"engine max_active {args.max_active}, stream_interval {args.stream_interval or 'adaptive'}, "
                         f"dtype {args.dtype}, torch threads {args.torch_threads} in the replica's engine; "
                         f"{baseline_threads} torch threads and {baseline_dtype} in the baseline (the fastest of 1 and "
-                        f"all cores, float32 and {args.dtype}, at warm-up); the HTTP client runs on the same cores as "
-                        f"the server")
+                        f"all cores, float32, {args.dtype} and {args.dtype} with float32 attention, at warm-up); "
+                        f"the HTTP client runs on the same cores as the server")
         load_before = os.getloadavg()
         for repeat in range(args.repeats):
             for c in args.concurrency:
