@@ -236,11 +236,13 @@ def test_half_precision_on_cpu_keeps_a_float32_cache_and_decodes_as_generate_wit
     assert engine.stats.max_active_seen == len(prompts)
 
 
-@pytest.mark.parametrize("kv_heads", [4, 2])
-def test_cpu_attention_computes_sdpa_in_float32_for_decode_steps_and_prompts(kv_heads):
-    """``cpu_attention.attention`` against ``scaled_dot_product_attention`` in float64 on the same bfloat16 inputs:
-    one query row per sequence with left padding masked (the decode step), grouped key/value heads, and a causal
-    prompt; the output comes back in bfloat16, within bfloat16's rounding of the float64 result."""
+@pytest.mark.parametrize("kv_heads, value_dims, scaling", [(4, 16, 0.3), (2, 16, None), (2, 8, 0.3)])
+def test_cpu_attention_computes_sdpa_in_float32_for_decode_steps_and_prompts(kv_heads, value_dims, scaling):
+    """``cpu_attention.attention`` against ``scaled_dot_product_attention`` in float64 on the same inputs: one query
+    row per sequence with left padding masked (the decode step) or no mask, grouped key/value heads, a value head
+    size other than the query's, the default scaling; a causal prompt and an additive float mask (through ``sdpa``).
+    On float32 inputs it agrees to float32's rounding (it computes in float32); on bfloat16 ones the output comes
+    back in bfloat16."""
     from torch.nn.functional import scaled_dot_product_attention as sdpa
 
     class Module(torch.nn.Module):
@@ -248,23 +250,27 @@ def test_cpu_attention_computes_sdpa_in_float32_for_decode_steps_and_prompts(kv_
         num_key_value_groups = 4 // kv_heads
 
     torch.manual_seed(0)
-    batch, columns, dims = 3, 9, 16
-    key = torch.randn(batch, kv_heads, columns, dims, dtype=torch.bfloat16)
-    value = torch.randn(batch, kv_heads, columns, dims, dtype=torch.bfloat16)
-    query = torch.randn(batch, 4, 1, dims, dtype=torch.bfloat16)
-    mask = (torch.arange(columns) >= torch.tensor([[0], [3], [8]]))[:, None, None, :]   # pads 0, 3, 8
+    batch, columns, dims, groups = 3, 9, 16, 4 // kv_heads
+    key = torch.randn(batch, kv_heads, columns, dims)
+    value = torch.randn(batch, kv_heads, columns, value_dims)
+    pads = (torch.arange(columns) >= torch.tensor([[0], [3], [8]]))[:, None, None, :]   # pads 0, 3, 8
+    additive = torch.zeros(pads.shape, dtype=torch.bfloat16).masked_fill(~pads, float("-inf"))
 
-    def reference(q: torch.Tensor, **kw) -> torch.Tensor:
-        groups = 4 // kv_heads
-        k, v = key.double().repeat_interleave(groups, 1), value.double().repeat_interleave(groups, 1)
-        return sdpa(q.double(), k, v, scale=0.3, **kw).transpose(1, 2)
+    def check(query: torch.Tensor, mask: torch.Tensor | None, tolerance: float, **kw) -> None:
+        out, _ = cpu_attention.attention(Module(), query, key.to(query.dtype), value.to(query.dtype), mask,
+                                         scaling=scaling, **kw)
+        want = sdpa(query.double(), key.double().repeat_interleave(groups, 1),
+                    value.double().repeat_interleave(groups, 1),
+                    attn_mask=mask if mask is None or mask.dtype == torch.bool else mask.double(),
+                    scale=scaling, is_causal=mask is None and query.shape[2] > 1).transpose(1, 2)
+        assert out.dtype == query.dtype and out.shape == (batch, query.shape[2], 4, value_dims)
+        torch.testing.assert_close(out.double(), want, atol=tolerance, rtol=tolerance)
 
-    out, _ = cpu_attention.attention(Module(), query, key.float(), value.float(), mask, scaling=0.3)
-    assert out.dtype == torch.bfloat16 and out.shape == (batch, 1, 4, dims)
-    torch.testing.assert_close(out.double(), reference(query, attn_mask=mask), atol=2e-2, rtol=2e-2)
-    prompt = torch.randn(batch, 4, columns, dims, dtype=torch.bfloat16)
-    out, _ = cpu_attention.attention(Module(), prompt, key, value, None, scaling=0.3)
-    torch.testing.assert_close(out.double(), reference(prompt, is_causal=True), atol=2e-2, rtol=2e-2)
+    step = torch.randn(batch, 4, 1, dims)
+    for mask in (pads, None, additive):
+        check(step, mask, 1e-5)
+        check(step.to(torch.bfloat16), mask, 2e-2)
+    check(torch.randn(batch, 4, columns, dims).to(torch.bfloat16), None, 2e-2)   # a prompt, causal
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the replica without CUDA")
