@@ -419,11 +419,11 @@ class SpareLayer(DynamicLayer):
     step (the context, 512 here, not the ~80 in use) and writes at one ``cache_position`` the left-padded rows
     would have to share. The rest (lengths, masks' sizes) is ``DynamicLayer``'s, reading the views."""
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, dtype: torch.dtype | None = None) -> None:
-        """``dtype``: the storage's (the keys' own by default; float32 under :mod:`cpu_attention`): each update's
-        keys and values are converted on the copy into it."""
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, dtype: torch.dtype) -> None:
+        """``dtype``: the storage's (the engine's ``cache_dtype``, float32 under :mod:`cpu_attention`): each
+        update's keys and values are converted on the copy into it."""
         super().__init__()
-        self.dtype, self.device, self.is_initialized = dtype or keys.dtype, keys.device, True
+        self.dtype, self.device, self.is_initialized = dtype, keys.device, True
         self._store(keys, values, keys.shape[-2])
 
     def _store(self, keys: torch.Tensor, values: torch.Tensor, length: int) -> None:
