@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import random
 import re
-import secrets
 from collections.abc import Iterator
 
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
@@ -19,7 +19,9 @@ _current: contextvars.ContextVar[str | None] = contextvars.ContextVar("rayline_t
 
 
 def new_trace_id() -> str:
-    return secrets.token_hex(16)
+    """128 random bits, as OpenTelemetry's ``RandomIdGenerator`` makes them: ids must be unique, not secret, so no
+    system call per request (``secrets`` asks the kernel each time)."""
+    return f"{random.getrandbits(128) or 1:032x}"
 
 
 def parse_traceparent(header: str | None) -> str | None:
@@ -34,7 +36,7 @@ def parse_traceparent(header: str | None) -> str | None:
 
 def make_traceparent(trace_id: str) -> str:
     """A ``traceparent`` header that continues ``trace_id`` with a fresh span id."""
-    return f"00-{trace_id}-{secrets.token_hex(8)}-01"
+    return f"00-{trace_id}-{random.getrandbits(64) or 1:016x}-01"
 
 
 def current_trace_id() -> str | None:

@@ -8,7 +8,7 @@ import logging
 
 from cluster import metrics
 from cluster.logs import configure_logging
-from cluster.tracing import ensure_trace_id, make_traceparent, parse_traceparent, trace
+from cluster.tracing import ensure_trace_id, make_traceparent, new_trace_id, parse_traceparent, trace
 
 
 def _log_lines(stream: io.StringIO) -> list[dict]:
@@ -42,6 +42,13 @@ def test_incoming_traceparent_is_continued_and_garbage_is_replaced() -> None:
         assert len(fresh) == 32 and fresh != "4bf92f3577b34da6a3ce929d0e0e4736"
 
 
+def test_new_trace_ids_are_valid_w3c_ids_and_unique() -> None:
+    ids = {new_trace_id() for _ in range(10_000)}
+    assert len(ids) == 10_000
+    for trace_id in list(ids)[:100]:
+        assert parse_traceparent(make_traceparent(trace_id)) == trace_id   # 32 hex digits, not all zero
+
+
 def test_trace_id_is_carried_within_a_context() -> None:
     with trace() as outer:
         assert ensure_trace_id() == outer
@@ -52,6 +59,10 @@ def test_metrics_registration_is_get_or_create_and_exposed() -> None:
     c2 = metrics.counter("rayline_test_things_total", "things", ["kind"])
     assert c1 is c2
     c1.labels(kind="a").inc(3)
+    c2.labels(kind="a").inc(1)   # the same series, whichever handle and call made the child
+    c1.labels(kind=7).inc(2)     # label values are strings
+    c1.labels(kind="7").inc(1)
     body, content_type = metrics.exposition()
-    assert b'rayline_test_things_total{kind="a"} 3.0' in body
+    assert b'rayline_test_things_total{kind="a"} 4.0' in body
+    assert b'rayline_test_things_total{kind="7"} 3.0' in body
     assert content_type.startswith("text/plain")
