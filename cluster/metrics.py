@@ -55,7 +55,7 @@ class Metric:
         extra: dict[str, Any] = {"buckets": self.buckets} if kind == "histogram" else {}
         self.prom = cls(name, doc, list(self.label_names), registry=REGISTRY, **extra)
         self._ray: Any = None
-        self._children: dict[tuple[tuple[str, Any], ...], _Child] = {}
+        self._children: dict[tuple[tuple[str, str], ...], _Child] = {}
 
     def _ray_metric(self) -> Any:
         if self._ray is None and _in_ray():
@@ -73,20 +73,20 @@ class Metric:
     def labels(self, **labels: str) -> _Child:
         """The child for these label values, made once: a request path records a dozen samples, and building the
         tags and looking up prometheus_client's child each time was most of a sample's cost (~3 of ~5 us)."""
-        key = tuple(labels.items())
+        key = tuple((name, str(value)) for name, value in labels.items())   # 1, 1.0 and True are equal keys
         child = self._children.get(key)
         if child is None:
-            child = self._children[key] = _Child(self, {k: str(v) for k, v in labels.items()})
+            child = self._children[key] = _Child(self, dict(key))
         return child
 
     def inc(self, amount: float = 1.0) -> None:
-        _Child(self, {}).inc(amount)
+        self.labels().inc(amount)
 
     def observe(self, value: float) -> None:
-        _Child(self, {}).observe(value)
+        self.labels().observe(value)
 
     def set(self, value: float) -> None:
-        _Child(self, {}).set(value)
+        self.labels().set(value)
 
 
 class _Child:

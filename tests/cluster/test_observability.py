@@ -62,7 +62,10 @@ def test_metrics_registration_is_get_or_create_and_exposed() -> None:
     c2.labels(kind="a").inc(1)   # the same series, whichever handle and call made the child
     c1.labels(kind=7).inc(2)     # label values are strings
     c1.labels(kind="7").inc(1)
+    c1.labels(kind=True).inc(1)  # equal to 1 as a key, but its own series
+    c1.labels(kind=1).inc(5)
     body, content_type = metrics.exposition()
     assert b'rayline_test_things_total{kind="a"} 4.0' in body
     assert b'rayline_test_things_total{kind="7"} 3.0' in body
+    assert b'rayline_test_things_total{kind="True"} 1.0' in body and b'rayline_test_things_total{kind="1"} 5.0' in body
     assert content_type.startswith("text/plain")
