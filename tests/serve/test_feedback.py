@@ -186,24 +186,24 @@ class RewardLoad(Load):
 
 
 @pytest.mark.timeout(150)
-def test_a_bandit_on_posted_rewards_shifts_traffic_to_the_better_version_and_promotes_it(app):
+def test_a_bandit_on_posted_rewards_promotes_the_better_version(app):
     """Last in the module: the winner becomes champion. Rewards reach the bandit only through :feedback."""
     wait_for(lambda: helpers.phase(app) in helpers.TERMINAL | {None})
     bandit = {"min_samples_per_arm": 20, "promote_threshold": 0.95, "min_share": 0.1}
-    shares = []
     with RewardLoad(app, threads=2):
         admin_ok(app, "POST", "/admin/rollout/start",
                  {"spec": helpers.spec(app, mode="bandit", bandit=bandit), "actor": "ci", "reason": "bandit"})
 
         def decided() -> bool:
-            rollout = admin_ok(app, "GET", "/admin/rollout")["rollout"]
-            shares.append(rollout["traffic"]["weights"].get(CANDIDATE, 0.0))
-            return rollout["phase"] in helpers.TERMINAL
+            return admin_ok(app, "GET", "/admin/rollout")["rollout"]["phase"] in helpers.TERMINAL
 
         wait_for(decided, timeout_s=120, every_s=0.5)
     rollout = admin_ok(app, "GET", "/admin/rollout")["rollout"]
     assert rollout["phase"] == "succeeded", rollout["reason"]
-    assert max(shares) > 0.5   # the split followed the rewards before the end
+    # The bandit promoted it (its last update put the candidate's P(best) past the threshold). The shares a poll sees
+    # end at the promotion's 1.0, so they cannot show the split following the rewards (max(shares) > 0.5 held
+    # whatever happened); tests/rollout/test_controller_bandit.py checks that.
+    assert rollout["bandit"]["prob_best"][CANDIDATE] >= bandit["promote_threshold"], rollout["bandit"]
     arms = rollout["bandit"]["arms"]   # rewards posted through :feedback, joined to the variant that served them
     assert min(arms[v]["n"] for v in (BASELINE, CANDIDATE)) >= 20, arms
     assert arms[CANDIDATE]["total"] / arms[CANDIDATE]["n"] > arms[BASELINE]["total"] / arms[BASELINE]["n"], arms
