@@ -93,27 +93,22 @@ class _Child:
     def __init__(self, metric: Metric, labels: dict[str, str]) -> None:
         self.metric = metric
         self.tags = labels
-        self._prom_child: Any = None
-
-    def _prom(self) -> Any:
-        if self._prom_child is None:
-            self._prom_child = self.metric.prom.labels(**self.tags) if self.tags else self.metric.prom
-        return self._prom_child
+        self.prom = metric.prom.labels(**labels) if labels else metric.prom   # made once: Metric.labels caches us
 
     def inc(self, amount: float = 1.0) -> None:
-        self._prom().inc(amount)
+        self.prom.inc(amount)
         ray_metric = self.metric._ray_metric()
         if ray_metric is not None:
             ray_metric.inc(amount, tags=self.tags or None)
 
     def observe(self, value: float) -> None:
-        self._prom().observe(value)
+        self.prom.observe(value)
         ray_metric = self.metric._ray_metric()
         if ray_metric is not None:
             ray_metric.observe(value, tags=self.tags or None)
 
     def set(self, value: float) -> None:
-        self._prom().set(value)
+        self.prom.set(value)
         ray_metric = self.metric._ray_metric()
         if ray_metric is not None:
             ray_metric.set(value, tags=self.tags or None)
