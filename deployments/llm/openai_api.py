@@ -4,8 +4,11 @@ Shapes follow OpenAI's API as its official client parses them (and as vLLM's Ope
 server answers): ``text_completion`` / ``chat.completion`` objects, streamed chunks as server-sent
 events ``data: {...}\\n\\n`` ending with ``data: [DONE]``, errors as
 ``{"error": {"message", "type", "param", "code"}}`` where ``param`` names the offending field.
-Unknown fields are rejected (400 naming them), not silently ignored: a client that sends
-``logprobs`` or ``n: 2`` learns this server does not do it.
+No field is silently ignored. OpenAI's fields this server does not implement (penalties, ``logprobs``,
+``tools``, ...) are accepted at null or their neutral value, which asks nothing of it: OpenAI clients and
+frameworks send them at their defaults. Any other value is a 400 ``unsupported_value`` naming the field, so a
+client that sends ``presence_penalty: 0.5`` or ``n: 2`` learns this server does not do it. A field that is not
+OpenAI's for the endpoint is a 400 ``unknown_parameter`` naming it.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 MAX_STOP_STRINGS = 4
 
@@ -38,6 +42,23 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+def _only(*neutral: Any) -> AfterValidator:
+    """Accepts an OpenAI field only at null or one of its ``neutral`` values (a no-op on this server).
+
+    Clients send OpenAI's fields at their defaults, so those must pass; any other value asks for something this
+    server would not do, and ignoring it would silently change the answer: an ``unsupported_value`` error naming it.
+    """
+    shown = " or ".join(json.dumps(value) for value in neutral) or "null"
+
+    def check(value: Any, info: ValidationInfo) -> Any:
+        if value is not None and value not in neutral:
+            template = "{field} other than {neutral} is not supported by this server"
+            raise PydanticCustomError("unsupported_value", template, {"field": info.field_name, "neutral": shown})
+        return value
+
+    return AfterValidator(check)
+
+
 class _Sampling(BaseModel):
     """Fields both endpoints share."""
 
@@ -49,17 +70,20 @@ class _Sampling(BaseModel):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     seed: int | None = None
     stop: str | list[str] | None = None
-    n: int = 1
+    n: Annotated[int | None, _only(1)] = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None          # accepted (the router's sticky key); not used by the model
+    # OpenAI's, not implemented: accepted only where they change nothing (see _only)
+    frequency_penalty: Annotated[float | None, _only(0)] = None
+    presence_penalty: Annotated[float | None, _only(0)] = None
+    logit_bias: Annotated[dict[str, float] | None, _only({})] = None
 
-    @field_validator("n")
+    @field_validator("temperature", "top_p", "stream", mode="before")
     @classmethod
-    def _one_choice(cls, value: int) -> int:
-        if value != 1:
-            raise ValueError("only n=1 is supported")
-        return value
+    def _null_is_the_default(cls, value: Any, info: ValidationInfo) -> Any:
+        """OpenAI takes null for these as "the default" (clients send it so)."""
+        return cls.model_fields[str(info.field_name)].default if value is None else value
 
     @field_validator("stop")
     @classmethod
@@ -79,6 +103,11 @@ class _Sampling(BaseModel):
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str]
+    # OpenAI's completions fields, not implemented (logprobs: 0 still asks for the chosen tokens' log-probs)
+    logprobs: Annotated[int | None, _only()] = None
+    echo: Annotated[bool | None, _only(False)] = None
+    best_of: Annotated[int | None, _only(1)] = None
+    suffix: Annotated[str | None, _only()] = None
 
     @field_validator("prompt")
     @classmethod
@@ -101,6 +130,16 @@ class ChatMessage(BaseModel):
 class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
+    # OpenAI's chat fields, not implemented
+    logprobs: Annotated[bool | None, _only(False)] = None
+    top_logprobs: Annotated[int | None, _only(0)] = None
+    response_format: Annotated[dict[str, Any] | None, _only({"type": "text"})] = None
+    tools: Annotated[list[dict[str, Any]] | None, _only([])] = None
+    tool_choice: Annotated[str | dict[str, Any] | None, _only("none")] = None
+    parallel_tool_calls: bool | None = None        # a no-op at any value without tools
+    service_tier: Annotated[str | None, _only("auto", "default")] = None
+    store: Annotated[bool | None, _only(False)] = None
+    metadata: dict[str, str] | None = None         # labels for stored completions; nothing is stored
 
     def token_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
@@ -117,8 +156,10 @@ def parse(model: type[BaseModel], body: Any) -> Any:
         loc = [str(p) for p in first["loc"]]
         param = ".".join(loc) or None
         if first["type"] == "extra_forbidden":
-            message = f"unknown field {param!r}: not part of this endpoint or not supported by this server"
+            message = f"unknown field {param!r}: not an OpenAI field of this endpoint"
             code = "unknown_parameter"
+        elif first["type"] == "unsupported_value":
+            message, code = first["msg"], "unsupported_value"
         elif first["type"] == "missing":
             message, code = f"{param!r} is required", "missing_required_parameter"
         else:

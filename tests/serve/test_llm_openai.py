@@ -20,6 +20,7 @@ import openai
 import pytest
 import torch
 
+from deployments.llm.openai_api import ChatRequest, CompletionRequest, OpenAIError, parse
 from tests.helm.metric_names import metric_names_in_expr
 from tests.serve.helpers import wait_for
 from tests.serve.llm_helpers import PROMPTS, TinyLM, build_tiny_lm, register_lm
@@ -170,6 +171,95 @@ def test_bad_input_is_an_openai_error_naming_the_field(llm, kwargs, error, param
         llm.client.completions.create(**args)
     assert raised.value.param == param
     assert set(raised.value.body) >= {"message", "type", "param", "code"}
+
+
+# OpenAI's fields this server does not implement, at values that ask nothing of it, per endpoint.
+COMPLETION_NEUTRAL = {"n": None, "frequency_penalty": 0, "presence_penalty": 0, "logprobs": None, "echo": False,
+                      "best_of": 1, "logit_bias": {}, "suffix": None}
+CHAT_NEUTRAL = {"n": None, "frequency_penalty": 0, "presence_penalty": 0, "logprobs": False, "top_logprobs": None,
+                "logit_bias": {}, "response_format": {"type": "text"}, "parallel_tool_calls": False, "tools": [],
+                "tool_choice": "none", "service_tier": "auto", "metadata": {"app": "test"}, "store": False}
+ENDPOINTS = {False: (CompletionRequest, {"model": "m", "prompt": "x"}, COMPLETION_NEUTRAL),
+             True: (ChatRequest, {"model": "m", "messages": [{"role": "user", "content": "hi"}]}, CHAT_NEUTRAL)}
+
+
+@pytest.mark.parametrize(("chat", "field", "value"), [
+    *[(False, f, v) for f, v in COMPLETION_NEUTRAL.items()],
+    *[(True, f, v) for f, v in CHAT_NEUTRAL.items()],
+    (False, "frequency_penalty", 0.0), (False, "best_of", None), (True, "presence_penalty", None),
+    (True, "logprobs", None), (True, "top_logprobs", 0), (True, "tools", None), (True, "tool_choice", None),
+    (True, "service_tier", "default"), (True, "parallel_tool_calls", True), (True, "response_format", None),
+])
+def test_an_openai_field_at_its_neutral_value_is_accepted_and_on_the_other_endpoint_stays_unknown(chat, field, value):
+    """A no-op value of one of this endpoint's OpenAI fields parses; a field OpenAI gives only to the other endpoint
+    is still an unknown parameter there (``echo`` is a completions field, ``tools`` a chat one)."""
+    model, body, _ = ENDPOINTS[chat]
+    assert getattr(parse(model, {**body, field: value}), field) == value
+    other, other_body, other_fields = ENDPOINTS[not chat]
+    if field not in other_fields:
+        with pytest.raises(OpenAIError) as raised:
+            parse(other, {**other_body, field: value})
+        assert (raised.value.param, raised.value.code) == (field, "unknown_parameter")
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_null_sampling_fields_mean_their_defaults(chat):
+    """OpenAI allows null for ``temperature``, ``top_p`` and ``stream``: the default, not a type error."""
+    model, body, _ = ENDPOINTS[chat]
+    parsed = parse(model, {**body, "temperature": None, "top_p": None, "stream": None})
+    assert (parsed.temperature, parsed.top_p, parsed.stream) == (1.0, 1.0, False)
+
+
+def test_a_value_the_server_would_not_honour_says_so_naming_the_field():
+    with pytest.raises(OpenAIError) as raised:
+        parse(CompletionRequest, {**ENDPOINTS[False][1], "presence_penalty": 0.5})
+    assert (raised.value.status, raised.value.param, raised.value.code) == (400, "presence_penalty",
+                                                                            "unsupported_value")
+    assert raised.value.message == "presence_penalty other than 0 is not supported by this server"
+
+
+def test_openai_fields_at_their_neutral_values_give_the_plain_greedy_text(llm):
+    """What LangChain, LlamaIndex and SDK wrappers send (OpenAI's fields at their defaults) changes nothing."""
+    plain = llm.client.completions.create(model=llm.model, prompt=PROMPTS[1], max_tokens=12, temperature=0)
+    neutral = llm.client.completions.create(
+        model=llm.model, prompt=PROMPTS[1], max_tokens=12, temperature=0, frequency_penalty=0, presence_penalty=0,
+        logprobs=None, echo=False, best_of=1, logit_bias={}, suffix=None, n=None)
+    assert neutral.choices[0].text == plain.choices[0].text
+    messages = [{"role": "user", "content": "the cat"}]
+    plain_chat = llm.client.chat.completions.create(model=llm.model, messages=messages, max_tokens=12, temperature=0)
+    neutral_chat = llm.client.chat.completions.create(
+        model=llm.model, messages=messages, max_tokens=12, temperature=0, frequency_penalty=0, presence_penalty=0,
+        logprobs=False, top_logprobs=None, logit_bias={}, response_format={"type": "text"}, parallel_tool_calls=False,
+        tools=[], tool_choice="none", service_tier="auto", metadata={"app": "test"}, store=False, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in neutral_chat) == plain_chat.choices[0].message.content
+
+
+@pytest.mark.parametrize(("chat", "kwargs", "param"), [
+    (False, {"frequency_penalty": -1}, "frequency_penalty"),
+    (False, {"presence_penalty": 0.5}, "presence_penalty"),
+    (False, {"logprobs": 0}, "logprobs"),           # 0 still returns the chosen tokens' log-probs
+    (False, {"echo": True}, "echo"),
+    (False, {"best_of": 2}, "best_of"),
+    (False, {"logit_bias": {"50256": -100}}, "logit_bias"),
+    (False, {"suffix": "!"}, "suffix"),
+    (True, {"presence_penalty": 0.5}, "presence_penalty"),
+    (True, {"logprobs": True}, "logprobs"),
+    (True, {"top_logprobs": 2}, "top_logprobs"),
+    (True, {"response_format": {"type": "json_object"}}, "response_format"),
+    (True, {"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    (True, {"tool_choice": "required"}, "tool_choice"),
+    (True, {"service_tier": "priority"}, "service_tier"),
+    (True, {"store": True}, "store"),
+])
+def test_an_openai_field_the_server_would_not_honour_is_an_openai_error_naming_it(llm, chat, kwargs, param):
+    with pytest.raises(openai.BadRequestError) as raised:
+        if chat:
+            llm.client.chat.completions.create(model=llm.model, messages=[{"role": "user", "content": "hi"}],
+                                               max_tokens=4, **kwargs)
+        else:
+            llm.client.completions.create(model=llm.model, prompt=PROMPTS[0], max_tokens=4, **kwargs)
+    assert (raised.value.param, raised.value.code) == (param, "unsupported_value")
+    assert raised.value.message.endswith("is not supported by this server")
 
 
 def test_a_request_arriving_mid_decode_joins_the_batch_and_finishes_first(llm):
