@@ -14,7 +14,6 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from cluster.processes import free_port, session_members, wait_until
 from cluster.provenance import STAMP_FILE, from_git
@@ -22,6 +21,7 @@ from cluster.settings import load_settings
 from cluster.stack import load_state
 from tests.cluster.helpers import ROOT, rayline, stack_down, stack_settings
 from tests.cluster.helpers import stack_env as make_stack_env
+from tests.prometheus_text import sample_sum
 
 
 @pytest.fixture(scope="module")
@@ -272,9 +272,7 @@ def _haproxy_retries(metrics_port: int) -> float:
     """Retries plus redispatches HAProxy counted over its backends, from its Prometheus frontend (what the chart's
     PodMonitor scrapes on a serving pod)."""
     text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
-    wanted = {"haproxy_backend_retry_warnings", "haproxy_backend_redispatch_warnings"}
-    return sum(sample.value for family in text_string_to_metric_families(text) if family.name in wanted
-               for sample in family.samples)
+    return sample_sum(text, "haproxy_backend_retry_warnings_total", "haproxy_backend_redispatch_warnings_total")
 
 
 def test_an_ingress_replica_killed_with_requests_in_flight_behind_haproxy_fails_none_of_them(

@@ -181,7 +181,7 @@ def test_candidate_weight_climbs_through_the_steps_to_full_traffic(rollout: Roll
 def test_the_phase_gauge_ends_on_succeeded(rollout: RolloutRun, prometheus: PrometheusServer) -> None:
     """The dashboard's phase panel and any 'rollout stuck' alert read this gauge after the rollout ended."""
     assert phase(rollout.app) == "succeeded"
-    prometheus.wait_for(f'{PHASE}{{model="{rollout.app.model}", phase="succeeded"}} == 1', timeout_s=20)
+    prometheus.wait_for(f'{PHASE}{{model="{rollout.app.model}", phase="succeeded"}} == 1', timeout_s=EXPORT_WAIT_S)
 
 
 def chart_docs() -> list[dict]:

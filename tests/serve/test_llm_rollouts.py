@@ -69,12 +69,13 @@ def worse_app(serve_url: str, settings, folders: dict[str, Path]) -> Iterator[Se
 
 class OpenAILoad(Load):
     """The official ``openai`` client from a few threads: completions and chat, streamed and not, greedy, each
-    request from one of 40 users (OpenAI's ``user`` field, the sticky key); (sent, user, variant) of each answer."""
+    request from one of 40 users (OpenAI's ``user`` field, the sticky key); (sent, answered, user, variant) of each
+    answer."""
 
     def __init__(self, app: ServeApp, threads: int = 2) -> None:
         super().__init__(app, threads)
         self.client = openai.OpenAI(base_url=f"{app.url}/v1", api_key="unused", max_retries=0, timeout=30)
-        self.answers: list[tuple[float, str, str]] = []
+        self.answers: list[tuple[float, float, str, str]] = []
         self.failures: list[str] = []
         self._lock = threading.Lock()
 
@@ -96,7 +97,7 @@ class OpenAILoad(Load):
                 self.failures.append(repr(exc))
             raise
         with self._lock:
-            self.answers.append((sent, user, raw.headers[HEADER_VARIANT]))
+            self.answers.append((sent, time.time(), user, raw.headers[HEADER_VARIANT]))
         return raw
 
     def __exit__(self, *exc: object) -> None:
@@ -104,10 +105,10 @@ class OpenAILoad(Load):
         self.client.close()
 
     def variants_by_user(self, start: float, end: float) -> dict[str, set[str]]:
-        """The variants that answered each user among requests sent between ``start`` and ``end``."""
+        """The variants that answered each user among requests sent after ``start`` and answered before ``end``."""
         by_user: dict[str, set[str]] = {}
-        for sent, user, variant in self.answers:
-            if start <= sent <= end:
+        for sent, answered, user, variant in self.answers:
+            if start <= sent and answered <= end:
                 by_user.setdefault(user, set()).add(variant)
         return by_user
 
@@ -149,8 +150,13 @@ def test_an_ab_test_on_mean_logprob_keeps_each_user_on_one_version_and_concludes
     assert rollout["traffic"]["weights"] == {BASELINE: 1.0}
     assert champion_version(app) == app.versions[BASELINE]
     assert not load.failures, load.failures[:3]
-    # while the split stood (the router polls the controller every TRAFFIC_POLL_S): one variant per user
-    by_user = load.variants_by_user(left("pending", app) + 0.5, left("progressing", app) - 0.3)
+    # while the split stood: one variant per user. Only the split sends anything to the candidate (baseline alone
+    # before it and after the conclusion), so the router was on it from the first candidate answer to the last
+    # candidate request: the requests sent after the one and answered before the other were routed on the split,
+    # however late the router's poll (every TRAFFIC_POLL_S) took up each change on a loaded machine.
+    on_candidate = [(sent, answered) for sent, answered, _, variant in load.answers if variant == CANDIDATE]
+    assert on_candidate, "the candidate served traffic"
+    by_user = load.variants_by_user(min(a for _, a in on_candidate), max(s for s, _ in on_candidate))
     assert len(by_user) >= 10 and all(len(variants) == 1 for variants in by_user.values()), by_user
     assert {v for variants in by_user.values() for v in variants} == {BASELINE, CANDIDATE}
 

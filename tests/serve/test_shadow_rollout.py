@@ -10,11 +10,11 @@ from __future__ import annotations
 import time
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from cluster.loadgen import BackgroundLoad
 from deployments.contracts import BASELINE, CANDIDATE
 from tests.faults.figures import record
+from tests.prometheus_text import sample_sum
 from tests.serve.helpers import (
     TERMINAL,
     ServeApp,
@@ -29,6 +29,8 @@ from tests.serve.helpers import (
 )
 
 LOAD_RPS = 20.0
+SETTLE_S = 0.5            # copies still sent come ~10 per SETTLE_S: the count never holds still that long
+SETTLE_TIMEOUT_S = 30.0   # copies in flight at the switch end within the router's request_timeout_s (10 s)
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +43,25 @@ def shadowed_app(serve_url, settings):
 def mirrored_to_candidate(app: ServeApp) -> float:
     """Shadow copies the router has sent to the candidate so far (its /metrics counter)."""
     text = app.client.get(f"{app.url}/metrics").text
-    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
-               if s.name == "rayline_serve_shadow_requests_total" and s.labels.get("variant") == CANDIDATE)
+    return sample_sum(text, "rayline_serve_shadow_requests_total", variant=CANDIDATE)
+
+
+def settled_mirror_count(app: ServeApp) -> float:
+    """:func:`mirrored_to_candidate` once it held still for SETTLE_S. A copy counts when its answer comes back, so the
+    copies already in flight when the router switched still count for a while (longer on a loaded machine); copies
+    still sent (every caller request, LOAD_RPS a second) never let it settle."""
+    counts = [mirrored_to_candidate(app)]
+
+    def held_still() -> bool:
+        time.sleep(SETTLE_S)
+        counts.append(mirrored_to_candidate(app))
+        return counts[-1] == counts[-2]
+
+    try:
+        wait_for(held_still, timeout_s=SETTLE_TIMEOUT_S, every_s=0)
+    except AssertionError:
+        raise AssertionError(f"copies still reach the candidate after the decision: {counts}") from None
+    return counts[-1]
 
 
 def test_a_failing_candidate_in_shadow_never_serves_a_caller_and_is_stopped(shadowed_app):
@@ -56,8 +75,7 @@ def test_a_failing_candidate_in_shadow_never_serves_a_caller_and_is_stopped(shad
         decided_s = time.monotonic() - started
         rollout = admin_ok(app, "GET", "/admin/rollout")["rollout"]
         wait_for(lambda: admin_ok(app, "GET", "/admin/traffic")["epoch"] >= rollout["decision"]["epoch"])
-        time.sleep(0.5)                        # copies already in flight when the router switched
-        stopped_at = mirrored_to_candidate(app)
+        stopped_at = settled_mirror_count(app)   # copies already in flight when the router switched have ended
         time.sleep(1.5)
         still = mirrored_to_candidate(app)
     finally:
