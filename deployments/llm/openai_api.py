@@ -7,8 +7,9 @@ events ``data: {...}\\n\\n`` ending with ``data: [DONE]``, errors as
 No field is silently ignored. OpenAI's fields this server does not implement (penalties, ``logprobs``,
 ``tools``, ...) are accepted at null or their neutral value, which asks nothing of it: OpenAI clients and
 frameworks send them at their defaults. Any other value is a 400 ``unsupported_value`` naming the field, so a
-client that sends ``presence_penalty: 0.5`` or ``n: 2`` learns this server does not do it. A field that is not
-OpenAI's for the endpoint is a 400 ``unknown_parameter`` naming it.
+client that sends ``presence_penalty: 0.5`` or ``n: 2`` learns this server does not do it. Any other field (not
+OpenAI's, another endpoint's, or an OpenAI field not listed here: ``reasoning_effort``, ``audio``, ...) is a 400
+``unknown_parameter`` naming it.
 """
 
 from __future__ import annotations
@@ -156,7 +157,7 @@ def parse(model: type[BaseModel], body: Any) -> Any:
         loc = [str(p) for p in first["loc"]]
         param = ".".join(loc) or None
         if first["type"] == "extra_forbidden":
-            message = f"unknown field {param!r}: not an OpenAI field of this endpoint"
+            message = f"unknown field {param!r}: not a field this server accepts on this endpoint"
             code = "unknown_parameter"
         elif first["type"] == "unsupported_value":
             message, code = first["msg"], "unsupported_value"
