@@ -50,6 +50,19 @@ def summarize(values: Sequence[float]) -> dict[str, float]:
     }
 
 
+def median_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """A distribution-free confidence interval for the median of ``values`` (order statistics: the ranks a
+    binomial(n, 1/2) puts ``level`` between), e.g. 30 paired ratios give the 10th and 21st smallest."""
+    from scipy.stats import binom
+
+    ordered = sorted(values)
+    n = len(ordered)
+    if n == 0 or binom.cdf(0, n, 0.5) > (1 - level) / 2:   # even [min, max] would cover less than ``level``
+        raise ValueError(f"{n} values are too few for a {level:.0%} confidence interval of their median")
+    k = int(binom.ppf((1 - level) / 2, n, 0.5)) - 1   # 0-based rank of the lower bound
+    return ordered[k], ordered[n - 1 - k]
+
+
 PACKAGES = ("torch", "ray", "polars", "pandas", "mlflow", "deepspeed")
 
 
