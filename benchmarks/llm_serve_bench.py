@@ -249,10 +249,10 @@ def _row(path: str, concurrency: int, repeat: int | None, result: dict) -> dict:
 
 
 def _paired_ratios(rows: list[dict], path: str, concurrency: int, key: str = "ttft_p50_ms",
-                   over: str = DEPLOYMENT) -> list[float]:
-    """Per repeat: ``path``'s ``key`` / ``over``'s ``key`` at ``concurrency`` in the same repeat (by default the TTFT
-    p50 against the deployment's)."""
-    value = {(r["path"], r["repeat"]): r[key] for r in rows if r["concurrency"] == concurrency}
+                   over: str = DEPLOYMENT, by: str = "repeat") -> list[float]:
+    """Per repeat (``by``: or per round): ``path``'s ``key`` / ``over``'s ``key`` at ``concurrency`` in the same repeat
+    (by default the TTFT p50 against the deployment's)."""
+    value = {(r["path"], r[by]): r[key] for r in rows if r["concurrency"] == concurrency and r.get(by) is not None}
     return [value[(path, k)] / value[(over, k)] for (p, k) in value if p == path and (over, k) in value]
 
 
@@ -284,19 +284,16 @@ def _router_rounds(targets: dict[str, str], routers: list[str], model: str, prom
     a 95 % confidence interval of that median. A run's p50 scattered ~13 % from run to run (128 requests at 16, behind
     HAProxy, 2026-12-01) and the two paths' runs do not move together, so five repeats put a ±10 % error on the
     router's added TTFT: more than the 5 % target. The rounds' rows go to metrics.csv with their ``round``."""
-    ratios: dict[str, list[float]] = {p: [] for p in routers}
     for i in range(rounds):
         order = [DEPLOYMENT, *routers] if i % 2 == 0 else [*reversed(routers), DEPLOYMENT]
-        p50 = {}
         for path in order:
             result = asyncio.run(_http_run(targets[path], model, prompts, concurrency, max_tokens, per_client))
             report.add(**_row(path, concurrency, None, result), round=i)   # repeat: empty in metrics.csv
-            p50[path] = report.rows[-1]["ttft_p50_ms"]
-        for p in routers:
-            ratios[p].append(p50[p] / p50[DEPLOYMENT])
-        print(f"round {i} c={concurrency}: " + ", ".join(f"{p} {p50[p]:.1f} ms" for p in order), flush=True)
+        print(f"round {i} c={concurrency}: " + ", ".join(f"{r['path']} {r['ttft_p50_ms']:.1f} ms"
+                                                         for r in report.rows[-len(order):]), flush=True)
     out = []
-    for p, r in ratios.items():
+    for p in routers:
+        r = _paired_ratios(report.rows, p, concurrency, by="round")
         low, high = median_ci(r)
         out.append({"path": p, "concurrency": concurrency, "rounds": rounds, "requests_per_run": requests_for(
             concurrency, per_client), "ttft_p50_added": statistics.median(r) - 1, "ci95_low": low - 1,
