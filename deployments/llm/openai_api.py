@@ -7,19 +7,35 @@ events ``data: {...}\\n\\n`` ending with ``data: [DONE]``, errors as
 No field is silently ignored. OpenAI's fields this server does not implement (penalties, ``logprobs``,
 ``tools``, ...) are accepted at null or their neutral value, which asks nothing of it: OpenAI clients and
 frameworks send them at their defaults. Any other value is a 400 ``unsupported_value`` naming the field, so a
-client that sends ``presence_penalty: 0.5`` or ``n: 2`` learns this server does not do it. Any other field (not
-OpenAI's, another endpoint's, or an OpenAI field not listed here: ``reasoning_effort``, ``audio``, ...) is a 400
-``unknown_parameter`` naming it.
+client that sends ``presence_penalty: 0.5`` or ``n: 2`` learns this server does not do it. Which fields are
+OpenAI's comes from the installed official client's request types (``openai.types``), so a field OpenAI adds
+later (``reasoning_effort``, ``audio``, an assistant message's ``tool_calls``...) is also accepted at null and
+``unsupported_value`` otherwise. Any other field (not OpenAI's, or another endpoint's) is a 400
+``unknown_parameter`` naming it. Chat content may be a string or a list of text parts (joined with newlines, as
+vLLM does); any other part (an image, audio) is ``unsupported_value``.
 """
 
 from __future__ import annotations
 
 import json
 import time
+import typing
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from openai.types import completion_create_params as openai_completion
+from openai.types.chat import ChatCompletionMessage, ChatCompletionMessageParam
+from openai.types.chat import completion_create_params as openai_chat
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 MAX_STOP_STRINGS = 4
@@ -36,6 +52,34 @@ class OpenAIError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+def openai_fields(*typed_dicts: Any) -> frozenset[str]:
+    """The field names OpenAI's official client defines for a request object (its ``TypedDict``s' keys)."""
+    return frozenset(key for t in typed_dicts for key in t.__required_keys__ | t.__optional_keys__)
+
+
+class _OpenAIObject(BaseModel):
+    """A request object of OpenAI's API: OpenAI's fields this server lacks are accepted at null, refused otherwise.
+
+    ``openai`` names the object's fields in OpenAI's API. One of them this class does not declare asks nothing of
+    the server at null (OpenAI reads null as "not given"), so it is dropped; at any other value it is a 400
+    ``unsupported_value`` naming it. A field OpenAI does not have there stays ``extra_forbidden``.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=False)
+    openai: ClassVar[frozenset[str]] = frozenset()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _openai_fields_not_implemented(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        lacking = [key for key in data if key in cls.openai and key not in cls.model_fields]
+        if given := [key for key in lacking if data[key] is not None]:
+            raise PydanticCustomError("unsupported_value", "{extra} is not supported by this server (OpenAI's field; "
+                                      "send null or leave it out)", {"extra": given[0]})
+        return {key: value for key, value in data.items() if key not in lacking}
 
 
 class StreamOptions(BaseModel):
@@ -60,10 +104,8 @@ def _only(*neutral: Any) -> AfterValidator:
     return AfterValidator(check)
 
 
-class _Sampling(BaseModel):
+class _Sampling(_OpenAIObject):
     """Fields both endpoints share."""
-
-    model_config = ConfigDict(extra="forbid", strict=False)
 
     model: str
     max_tokens: int | None = Field(default=None, ge=1)
@@ -103,6 +145,7 @@ class _Sampling(BaseModel):
 
 
 class CompletionRequest(_Sampling):
+    openai = openai_fields(openai_completion.CompletionCreateParamsStreaming)
     prompt: str | list[str]
     # OpenAI's completions fields, not implemented (logprobs: 0 still asks for the chosen tokens' log-probs)
     logprobs: Annotated[int | None, _only()] = None
@@ -121,14 +164,30 @@ class CompletionRequest(_Sampling):
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def _text_parts_only(content: str | list[dict[str, Any]], info: ValidationInfo) -> str | list[dict[str, Any]]:
+    """Content parts other than text (images, audio, files) ask for a model this server does not run."""
+    for i, part in enumerate(content if isinstance(content, list) else []):
+        if part.get("type") != "text" or not isinstance(part.get("text"), str) or set(part) - {"type", "text"}:
+            raise PydanticCustomError("unsupported_value", "{field} part {index} ({kind}) is not supported by this "
+                                      "server: text parts only (type \"text\")",
+                                      {"field": info.field_name, "index": i, "kind": json.dumps(part.get("type"))})
+    return content
+
+
+class ChatMessage(_OpenAIObject):
+    # A message as a client sends one, or OpenAI's answer sent back as history (``message.model_dump()``)
+    openai = openai_fields(*typing.get_args(ChatCompletionMessageParam)) | frozenset(ChatCompletionMessage.model_fields)
     role: Literal["system", "user", "assistant", "developer"]
-    content: str
+    content: Annotated[str | list[dict[str, Any]], AfterValidator(_text_parts_only)]
     name: str | None = None
+
+    def text(self) -> str:
+        """The content as one string: text parts joined with newlines (as vLLM joins them)."""
+        return self.content if isinstance(self.content, str) else "\n".join(part["text"] for part in self.content)
 
 
 class ChatRequest(_Sampling):
+    openai = openai_fields(openai_chat.CompletionCreateParamsStreaming)
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     # OpenAI's chat fields, not implemented
@@ -160,7 +219,11 @@ def parse(model: type[BaseModel], body: Any) -> Any:
             message = f"unknown field {param!r}: not a field this server accepts on this endpoint"
             code = "unknown_parameter"
         elif first["type"] == "unsupported_value":
-            message, code = first["msg"], "unsupported_value"
+            # The message names the field; nested (a message's), the path to it leads. An object's own check
+            # (``_OpenAIObject``) is located at the object, with the field it refused as ``extra``.
+            extra = first["ctx"].get("extra")
+            message, code = ".".join([*(loc if extra else loc[:-1]), first["msg"]]), "unsupported_value"
+            loc = loc or [extra]
         elif first["type"] == "missing":
             message, code = f"{param!r} is required", "missing_required_parameter"
         else:
@@ -174,7 +237,7 @@ PLAIN_TEMPLATE = "{role}: {content}\n"   # one line per message, then "assistant
 
 def chat_prompt(tokenizer: Any, messages: list[ChatMessage]) -> str:
     """The tokenizer's chat template when it has one, else the plain template."""
-    plain = [{"role": m.role, "content": m.content} for m in messages]
+    plain = [{"role": m.role, "content": m.text()} for m in messages]
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(plain, add_generation_prompt=True, tokenize=False)
     return "".join(PLAIN_TEMPLATE.format(**m) for m in plain) + "assistant:"

@@ -20,7 +20,7 @@ import openai
 import pytest
 import torch
 
-from deployments.llm.openai_api import ChatRequest, CompletionRequest, OpenAIError, parse
+from deployments.llm.openai_api import ChatRequest, CompletionRequest, OpenAIError, chat_prompt, parse
 from tests.helm.metric_names import metric_names_in_expr
 from tests.serve.helpers import wait_for
 from tests.serve.llm_helpers import PROMPTS, TinyLM, build_tiny_lm, register_lm
@@ -216,6 +216,63 @@ def test_a_value_the_server_would_not_honour_says_so_naming_the_field():
     assert (raised.value.status, raised.value.param, raised.value.code) == (400, "presence_penalty",
                                                                             "unsupported_value")
     assert raised.value.message == "presence_penalty other than 0 is not supported by this server"
+
+
+@pytest.mark.parametrize("field", ["reasoning_effort", "modalities", "audio", "prediction", "web_search_options",
+                                   "verbosity", "prompt_cache_key", "safety_identifier"])
+def test_an_openai_field_the_server_does_not_list_is_accepted_at_null_and_refused_otherwise(field):
+    """OpenAI's fields come from the installed ``openai`` client's request types, so one this server does not list
+    (or that OpenAI added later) is no ``unknown_parameter`` at null, and any value is ``unsupported_value``."""
+    model, body, _ = ENDPOINTS[True]
+    assert parse(model, {**body, field: None}).messages[0].content == "hi"
+    with pytest.raises(OpenAIError) as raised:
+        parse(model, {**body, field: "x"})
+    assert (raised.value.status, raised.value.param, raised.value.code) == (400, field, "unsupported_value")
+    assert raised.value.message.startswith(f"{field} is not supported by this server")
+    with pytest.raises(OpenAIError) as raised:   # not a completions field in OpenAI's API either
+        parse(CompletionRequest, {**ENDPOINTS[False][1], field: None})
+    assert (raised.value.param, raised.value.code) == (field, "unknown_parameter")
+
+
+def test_an_answer_sent_back_as_history_and_text_parts_are_accepted():
+    """Chat clients append OpenAI's answer object as it is dumped (``refusal``, ``tool_calls``... at null) and send
+    content as text parts; the prompt is the same as with plain strings (parts joined with a newline, as vLLM)."""
+    answer = openai.types.chat.ChatCompletionMessage(role="assistant", content="the dog").model_dump()
+    parts = [{"type": "text", "text": "the"}, {"type": "text", "text": "cat"}]
+    parsed = parse(ChatRequest, {"model": "m", "messages": [{"role": "user", "content": parts}, answer]})
+    plain = parse(ChatRequest, {"model": "m", "messages": [{"role": "user", "content": "the\ncat"},
+                                                           {"role": "assistant", "content": "the dog"}]})
+    assert chat_prompt(None, parsed.messages) == chat_prompt(None, plain.messages) == \
+        "user: the\ncat\nassistant: the dog\nassistant:"
+
+
+@pytest.mark.parametrize(("message", "says"), [
+    ({"role": "assistant", "content": "x", "tool_calls": [{"id": "c1", "type": "function"}]},
+     "messages.0.tool_calls is not supported by this server"),
+    ({"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}}]},
+     'messages.0.content part 0 ("image_url") is not supported by this server'),
+    ({"role": "user", "content": [{"type": "text", "text": "a", "cache_control": {}}]},
+     'messages.0.content part 0 ("text") is not supported by this server'),
+])
+def test_what_a_message_asks_that_the_server_cannot_do_is_refused_naming_it(message, says):
+    with pytest.raises(OpenAIError) as raised:
+        parse(ChatRequest, {"model": "m", "messages": [message]})
+    assert (raised.value.status, raised.value.param, raised.value.code) == (400, "messages", "unsupported_value")
+    assert raised.value.message.startswith(says)
+
+
+def test_a_conversation_with_the_answer_sent_back_and_text_parts_through_the_client(llm):
+    """The official client sends the answer object it got as history, and content parts: one more turn works."""
+    first = llm.client.chat.completions.create(model=llm.model, messages=[{"role": "user", "content": "the cat"}],
+                                               max_tokens=6, temperature=0)
+    history = [{"role": "user", "content": [{"type": "text", "text": "the cat"}]},
+               first.choices[0].message.model_dump(), {"role": "user", "content": "and"}]
+    again = llm.client.chat.completions.create(model=llm.model, messages=history, max_tokens=6, temperature=0)
+    plain = llm.client.chat.completions.create(model=llm.model, max_tokens=6, temperature=0, messages=[
+        {"role": "user", "content": "the cat"}, {"role": "assistant", "content": first.choices[0].message.content},
+        {"role": "user", "content": "and"}])
+    assert again.choices[0].message.content == plain.choices[0].message.content
+    assert again.usage.prompt_tokens == plain.usage.prompt_tokens > first.usage.prompt_tokens
 
 
 def test_openai_fields_at_their_neutral_values_give_the_plain_greedy_text(llm):
