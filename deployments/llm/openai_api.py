@@ -24,7 +24,12 @@ import uuid
 from typing import Annotated, Any, ClassVar, Literal
 
 from openai.types import completion_create_params as openai_completion
-from openai.types.chat import ChatCompletionMessage, ChatCompletionMessageParam
+from openai.types.chat import (
+    ChatCompletionContentPartTextParam,
+    ChatCompletionMessage,
+    ChatCompletionMessageParam,
+    ChatCompletionStreamOptionsParam,
+)
 from openai.types.chat import completion_create_params as openai_chat
 from pydantic import (
     AfterValidator,
@@ -54,6 +59,9 @@ class OpenAIError(Exception):
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
 
+NOT_GIVEN = (None, [], {})   # values of a field that ask nothing of the server (OpenAI's answers carry annotations: [])
+
+
 def openai_fields(*typed_dicts: Any) -> frozenset[str]:
     """The field names OpenAI's official client defines for a request object (its ``TypedDict``s' keys)."""
     return frozenset(key for t in typed_dicts for key in t.__required_keys__ | t.__optional_keys__)
@@ -63,8 +71,8 @@ class _OpenAIObject(BaseModel):
     """A request object of OpenAI's API: OpenAI's fields this server lacks are accepted at null, refused otherwise.
 
     ``openai`` names the object's fields in OpenAI's API. One of them this class does not declare asks nothing of
-    the server at null (OpenAI reads null as "not given"), so it is dropped; at any other value it is a 400
-    ``unsupported_value`` naming it. A field OpenAI does not have there stays ``extra_forbidden``.
+    the server at null (OpenAI reads null as "not given") or empty (``[]``, ``{}``), so it is dropped; at any other
+    value it is a 400 ``unsupported_value`` naming it. A field OpenAI does not have there stays ``extra_forbidden``.
     """
 
     model_config = ConfigDict(extra="forbid", strict=False)
@@ -76,15 +84,10 @@ class _OpenAIObject(BaseModel):
         if not isinstance(data, dict):
             return data
         lacking = [key for key in data if key in cls.openai and key not in cls.model_fields]
-        if given := [key for key in lacking if data[key] is not None]:
+        if given := [key for key in lacking if data[key] not in NOT_GIVEN]:
             raise PydanticCustomError("unsupported_value", "{extra} is not supported by this server (OpenAI's field; "
                                       "send null or leave it out)", {"extra": given[0]})
         return {key: value for key, value in data.items() if key not in lacking}
-
-
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    include_usage: bool = False
 
 
 def _only(*neutral: Any) -> AfterValidator:
@@ -102,6 +105,12 @@ def _only(*neutral: Any) -> AfterValidator:
         return value
 
     return AfterValidator(check)
+
+
+class StreamOptions(_OpenAIObject):
+    openai = openai_fields(ChatCompletionStreamOptionsParam)
+    include_usage: bool = False
+    include_obfuscation: Annotated[bool | None, _only(False)] = None   # no padding is added: false asks nothing
 
 
 class _Sampling(_OpenAIObject):
@@ -164,14 +173,30 @@ class CompletionRequest(_Sampling):
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
 
 
+TEXT_PART = openai_fields(ChatCompletionContentPartTextParam)
+
+
 def _text_parts_only(content: str | list[dict[str, Any]], info: ValidationInfo) -> str | list[dict[str, Any]]:
-    """Content parts other than text (images, audio, files) ask for a model this server does not run."""
-    for i, part in enumerate(content if isinstance(content, list) else []):
-        if part.get("type") != "text" or not isinstance(part.get("text"), str) or set(part) - {"type", "text"}:
+    """Text parts, as ``{"type": "text", "text": ...}`` (OpenAI's other text-part fields only when not given).
+
+    Other parts (images, audio, files) ask for a model this server does not run: ``unsupported_value``.
+    """
+    if isinstance(content, str):
+        return content
+    if not content:
+        raise ValueError("at least one text part")
+    for i, part in enumerate(content):
+        where = {"field": info.field_name, "index": i}
+        if part.get("type") != "text":
             raise PydanticCustomError("unsupported_value", "{field} part {index} ({kind}) is not supported by this "
                                       "server: text parts only (type \"text\")",
-                                      {"field": info.field_name, "index": i, "kind": json.dumps(part.get("type"))})
-    return content
+                                      {**where, "kind": json.dumps(part.get("type"))})
+        if not isinstance(part.get("text"), str):
+            raise PydanticCustomError("invalid_part", "{field} part {index}: \"text\" must be a string", where)
+        if extra := [k for k in part if k not in ("type", "text") and not (k in TEXT_PART and part[k] in NOT_GIVEN)]:
+            raise PydanticCustomError("unsupported_value", "{field} part {index}: {key} is not supported by this "
+                                      "server", {**where, "key": json.dumps(extra[0])})
+    return [{"type": "text", "text": part["text"]} for part in content]
 
 
 class ChatMessage(_OpenAIObject):
@@ -221,7 +246,7 @@ def parse(model: type[BaseModel], body: Any) -> Any:
         elif first["type"] == "unsupported_value":
             # The message names the field; nested (a message's), the path to it leads. An object's own check
             # (``_OpenAIObject``) is located at the object, with the field it refused as ``extra``.
-            extra = first["ctx"].get("extra")
+            extra = (first.get("ctx") or {}).get("extra")
             message, code = ".".join([*(loc if extra else loc[:-1]), first["msg"]]), "unsupported_value"
             loc = loc or [extra]
         elif first["type"] == "missing":

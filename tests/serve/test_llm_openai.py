@@ -234,11 +234,29 @@ def test_an_openai_field_the_server_does_not_list_is_accepted_at_null_and_refuse
     assert (raised.value.param, raised.value.code) == (field, "unknown_parameter")
 
 
+def test_empty_content_and_a_stream_option_this_server_lacks_are_named():
+    with pytest.raises(OpenAIError) as raised:
+        parse(ChatRequest, {"model": "m", "messages": [{"role": "user", "content": []}]})
+    assert (raised.value.param, raised.value.code) == ("messages", "invalid_value")
+    assert "at least one text part" in raised.value.message
+    body = {**ENDPOINTS[False][1], "stream": True}
+    for neutral in (None, False):
+        assert parse(CompletionRequest, {**body, "stream_options": {"include_usage": True,
+                                                                    "include_obfuscation": neutral}}).include_usage()
+    with pytest.raises(OpenAIError) as raised:
+        parse(CompletionRequest, {**body, "stream_options": {"include_obfuscation": True}})
+    assert (raised.value.param, raised.value.code) == ("stream_options", "unsupported_value")
+    assert raised.value.message == "stream_options.include_obfuscation other than false is not supported by this server"
+    with pytest.raises(OpenAIError) as raised:   # not OpenAI's
+        parse(CompletionRequest, {**body, "stream_options": {"include_everything": True}})
+    assert (raised.value.param, raised.value.code) == ("stream_options", "unknown_parameter")
+
+
 def test_an_answer_sent_back_as_history_and_text_parts_are_accepted():
     """Chat clients append OpenAI's answer object as it is dumped (``refusal``, ``tool_calls``... at null) and send
     content as text parts; the prompt is the same as with plain strings (parts joined with a newline, as vLLM)."""
-    answer = openai.types.chat.ChatCompletionMessage(role="assistant", content="the dog").model_dump()
-    parts = [{"type": "text", "text": "the"}, {"type": "text", "text": "cat"}]
+    answer = openai.types.chat.ChatCompletionMessage(role="assistant", content="the dog", annotations=[]).model_dump()
+    parts = [{"type": "text", "text": "the"}, {"type": "text", "text": "cat", "prompt_cache_breakpoint": None}]
     parsed = parse(ChatRequest, {"model": "m", "messages": [{"role": "user", "content": parts}, answer]})
     plain = parse(ChatRequest, {"model": "m", "messages": [{"role": "user", "content": "the\ncat"},
                                                            {"role": "assistant", "content": "the dog"}]})
@@ -251,8 +269,10 @@ def test_an_answer_sent_back_as_history_and_text_parts_are_accepted():
      "messages.0.tool_calls is not supported by this server"),
     ({"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}}]},
      'messages.0.content part 0 ("image_url") is not supported by this server'),
-    ({"role": "user", "content": [{"type": "text", "text": "a", "cache_control": {}}]},
-     'messages.0.content part 0 ("text") is not supported by this server'),
+    ({"role": "user", "content": [{"type": "text", "text": "a", "cache_control": {"type": "ephemeral"}}]},
+     'messages.0.content part 0: "cache_control" is not supported by this server'),
+    ({"role": "user", "content": [{"type": "text", "text": "a", "prompt_cache_breakpoint": {"x": 1}}]},
+     'messages.0.content part 0: "prompt_cache_breakpoint" is not supported by this server'),
 ])
 def test_what_a_message_asks_that_the_server_cannot_do_is_refused_naming_it(message, says):
     with pytest.raises(OpenAIError) as raised:
