@@ -1,15 +1,19 @@
-"""The project carries what its chart tests need: they pass in a copy with nothing beside it.
+"""The project carries what its tests need: nothing in it reads the ``shared/`` folder CI keeps beside the clone.
 
-Real files, a real nested pytest run; nothing is mocked. Our CI clones the repository next to
-a `shared/` folder, so a test that reads a sibling shared folder would pass there and fail for everyone
-else: the copy here is made in an empty temporary folder to catch exactly that.
+CI clones the repository next to ``shared/``; a user's clone has nothing beside it. ``tests/shared_guard.py``
+(installed by ``tests/conftest.py`` for the whole suite) refuses the pytest process's reads of that folder and the
+paths it hands subprocesses (see its docstring for what it cannot see), so a test that would only pass in CI fails
+there too. CI's clean clone shows the tracked files suffice. These tests check the guard itself, and that the
+documents link only to files in the repository. Real files and processes; nothing is mocked.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -17,20 +21,10 @@ from pathlib import Path
 import pytest
 
 from tests.helm.conftest import ROOT
+from tests.shared_guard import SHARED, under_shared
 
 DOCS = [ROOT / "README.md", ROOT / "helm" / "rayline" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
-
-
-def tracked_and_new_files() -> list[str]:
-    """What a clone would hold: tracked files plus new ones git does not ignore (this working tree)."""
-    if not (ROOT / ".git").exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail("not a git checkout: cannot tell which files a clone would hold")
-        pytest.skip("not a git checkout")
-    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                         cwd=ROOT, capture_output=True, check=True, timeout=60).stdout
-    return [p for p in out.decode().split("\0") if p and (ROOT / p).is_file()]
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
@@ -43,25 +37,48 @@ def test_documentation_links_stay_inside_the_repository(doc: Path) -> None:
         assert resolved.exists(), f"{doc.name} links to a missing file: {target}"
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_chart_tests_pass_in_a_copy_with_no_shared_folder_beside_it(tmp_path: Path) -> None:
-    clone = tmp_path / "rayline"
-    for rel in tracked_and_new_files():
-        (clone / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / rel, clone / rel)
-    # The installed tools are build outputs, not project files: the copy borrows them.
-    (clone / ".tools").symlink_to((ROOT / ".tools").resolve())
-    assert not (tmp_path / "shared").exists()
-    env = {**os.environ, "PYTHONPATH": str(clone)}
-    result = subprocess.run(
-        # Left out: checkov and the MLflow migration run (they read only temp files; ~30 s of CI time).
-        [sys.executable, "-m", "pytest", "tests/helm", "-q", "-x", "-p", "no:cacheprovider",
-         "--ignore", "tests/helm/test_lone_clone.py",
-         "--deselect", "tests/helm/test_policy.py::test_checkov_scans_every_workload_and_fails_no_check",
-         "--deselect", "tests/helm/test_production_fixes.py::"
-                       "test_the_rendered_migration_command_creates_then_upgrades_a_real_database"],
-        cwd=clone, env=env, capture_output=True, text=True, timeout=580, check=False,
-    )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert " passed" in result.stdout and "skipped" not in result.stdout.splitlines()[-1]
+@pytest.mark.parametrize("named", ["{s}/STACK-NOTES.md", "--schemas={s}/crds", "file://{s}/x", "/opt/a:{s}/b",
+                                   "-I{s}/include", "cat {s}/x | wc", "{s}"])
+def test_every_way_of_naming_the_folder_is_seen(named: str) -> None:
+    assert under_shared(named.format(s=ROOT.parent / "shared"))
+
+
+@pytest.mark.parametrize("named", ["{r}/tests/shared_guard.py", "{r}/../shared-other/x", "/dev/shm/x",
+                                   "multiprocessing.shared_memory", "--shared", "-Wshared"])
+def test_other_paths_with_shared_in_them_are_not_refused(named: str) -> None:
+    assert not under_shared(named.format(r=ROOT))
+
+
+READS = {  # every way a test might read the shared folder, each refused before it happens
+    "open": lambda target, tmp: Path(target).read_text(),
+    "listdir": lambda target, tmp: os.listdir(os.path.dirname(target)),
+    "scandir": lambda target, tmp: list(os.scandir(os.path.dirname(target))),
+    "glob": lambda target, tmp: glob.glob(os.path.join(os.path.dirname(target), "*")),
+    "copy": lambda target, tmp: shutil.copy(target, tmp),
+    "subprocess argument": lambda target, tmp: subprocess.run(["cat", target], capture_output=True, check=False),
+    "subprocess --flag=": lambda target, tmp: subprocess.run([sys.executable, "-c", "pass", f"--f={target}"],
+                                                            check=False),
+    "subprocess cwd": lambda target, tmp: subprocess.run(["true"], cwd=os.path.dirname(target), check=False),
+    "subprocess env": lambda target, tmp: subprocess.run(["true"], env={**os.environ, "SCHEMAS": target},
+                                                         check=False),
+    "shell": lambda target, tmp: subprocess.run(f"cat {target} | wc -l", shell=True, check=False),
+    "sqlite": lambda target, tmp: sqlite3.connect(target),
+}
+
+
+@pytest.mark.parametrize("how", READS)
+def test_a_test_reading_the_shared_folder_fails_as_it_would_for_a_user(how: str, tmp_path: Path) -> None:
+    """Refused whether or not the folder exists here (in CI it does: the read would succeed without the guard),
+    with the error a user without the folder gets."""
+    with pytest.raises(FileNotFoundError, match=r"must not read \.\./shared"):
+        READS[how](os.path.join(SHARED, "STACK-NOTES.md"), tmp_path)
+
+
+def test_a_folder_named_shared_elsewhere_is_read_as_usual(tmp_path: Path) -> None:
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "notes.md").write_text("ok")
+    assert (tmp_path / "shared" / "notes.md").read_text() == "ok"
+    assert subprocess.run(["cat", str(tmp_path / "shared" / "notes.md")], capture_output=True, text=True,
+                          check=True).stdout == "ok"
+    # the machine's own environment is not the test's doing: only values a call sets are looked at
+    assert subprocess.run(["true"], env={**os.environ}, check=False).returncode == 0
