@@ -395,10 +395,11 @@ def test_a_candidate_with_a_slow_first_token_is_rolled_back_automatically(serve_
     assert champion_version(app) == app.versions[BASELINE]
 
 
-@pytest.mark.parametrize("colocate", [False, True], ids=["separate", "colocated"])
-def test_a_healthy_candidate_is_promoted_and_the_champion_alias_moves(serve_url, settings, lm_folder, colocate):
-    """Colocated too: the controller moves the weights of engines that run inside the router's replica."""
-    with running_app(serve_url, settings, register_two(settings, lm_folder), kind="llm", colocate=colocate) as app:
+def test_a_healthy_candidate_is_promoted_and_the_champion_alias_moves(serve_url, settings, lm_folder):
+    """Colocated: the controller moves the weights of engines that run inside the router's replica. The separate
+    topology's promotion (router replica → variant deployments) is the demo's language-model canary
+    (``tests/e2e/test_demo.py``), and this module's rollback test runs on it."""
+    with running_app(serve_url, settings, register_two(settings, lm_folder), kind="llm", colocate=True) as app:
         rollout = canary(app)
     assert rollout["phase"] == "succeeded", rollout
     assert champion_version(app) == app.versions[CANDIDATE]
