@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import shared_guard
 from tests.helm.conftest import ROOT
 from tests.shared_guard import SHARED, under_shared
 
@@ -37,7 +38,11 @@ def test_documentation_links_stay_inside_the_repository(doc: Path) -> None:
         assert resolved.exists(), f"{doc.name} links to a missing file: {target}"
 
 
-@pytest.mark.parametrize("named", ["{s}/STACK-NOTES.md", "--schemas={s}/crds", "file://{s}/x", "/opt/a:{s}/b",
+def test_the_guarded_folder_is_the_one_beside_the_clone() -> None:
+    assert str(ROOT.parent / "shared") == SHARED
+
+
+@pytest.mark.parametrize("named", ["{s}/notes.md", "--schemas={s}/crds", "file://{s}/x", "/opt/a:{s}/b",
                                    "-I{s}/include", "cat {s}/x | wc", "{s}"])
 def test_every_way_of_naming_the_folder_is_seen(named: str) -> None:
     assert under_shared(named.format(s=ROOT.parent / "shared"))
@@ -67,11 +72,17 @@ READS = {  # every way a test might read the shared folder, each refused before 
 
 
 @pytest.mark.parametrize("how", READS)
-def test_a_test_reading_the_shared_folder_fails_as_it_would_for_a_user(how: str, tmp_path: Path) -> None:
-    """Refused whether or not the folder exists here (in CI it does: the read would succeed without the guard),
-    with the error a user without the folder gets."""
+def test_a_test_reading_the_shared_folder_fails_as_it_would_for_a_user(how: str, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refused with the error a user without the folder gets. The guard is pointed at a folder made here, which
+    exists and holds the file (each read would succeed without the guard), so this test never touches ../shared."""
+    folder = tmp_path / "beside" / "shared"
+    folder.mkdir(parents=True)
+    (folder / "notes.md").write_text("only in CI")
+    monkeypatch.setattr(shared_guard, "SHARED", str(folder))
+    (tmp_path / "copies").mkdir()
     with pytest.raises(FileNotFoundError, match=r"must not read \.\./shared"):
-        READS[how](os.path.join(SHARED, "STACK-NOTES.md"), tmp_path)
+        READS[how](str(folder / "notes.md"), tmp_path / "copies")
 
 
 def test_a_folder_named_shared_elsewhere_is_read_as_usual(tmp_path: Path) -> None:
