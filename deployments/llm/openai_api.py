@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import json
 import time
-import typing
 import uuid
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from openai.types import completion_create_params as openai_completion
 from openai.types.chat import (
@@ -201,7 +200,7 @@ def _text_parts_only(content: str | list[dict[str, Any]], info: ValidationInfo) 
 
 class ChatMessage(_OpenAIObject):
     # A message as a client sends one, or OpenAI's answer sent back as history (``message.model_dump()``)
-    openai = openai_fields(*typing.get_args(ChatCompletionMessageParam)) | frozenset(ChatCompletionMessage.model_fields)
+    openai = openai_fields(*get_args(ChatCompletionMessageParam)) | frozenset(ChatCompletionMessage.model_fields)
     role: Literal["system", "user", "assistant", "developer"]
     content: Annotated[str | list[dict[str, Any]], AfterValidator(_text_parts_only)]
     name: str | None = None
